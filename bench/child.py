@@ -1,0 +1,35 @@
+"""The first code a worker process runs. Kept free of heavy imports so the parent can name it
+as a process target without importing torch (the worker module is preloaded in the fork server).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Any
+
+
+def main(task: dict[str, Any], conn: Any) -> None:
+    entered = time.perf_counter()
+    os.setsid()  # own process group: a timeout kills the worker and every compile helper it started
+    log_fd = os.open(task["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    try:
+        from .worker import run_cell
+    except BaseException as exc:  # noqa: BLE001 - a broken install must still yield a result
+        from .store import atomic_write_json
+
+        traceback.print_exc()
+        atomic_write_json(
+            task["result_path"],
+            {
+                "status": "failed",
+                "worker_pid": os.getpid(),
+                "error": {"kind": "python", "type": type(exc).__name__, "message": f"worker import failed: {exc}"},
+            },
+        )
+        os._exit(0)
+    run_cell(task, conn, entered)

@@ -1,0 +1,424 @@
+"""The config schema and its sources: files (YAML, JSON, JSONL), TFBENCH_* variables, CLI flags.
+
+Precedence is flag > env > file > default. Every mistake becomes a ConfigError that names the
+source, the field, the value and what is allowed; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+
+from .errors import ConfigError
+from .presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cuda", "cpu")
+CONFIG_FILE_NAMES = ("config.yaml", "config.yml", "config.json", "config.jsonl")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
+ENV_PREFIX = "TFBENCH_"
+# TFBENCH_* variables that are not config fields; any other unknown TFBENCH_* is a typo.
+NON_FIELD_ENV = {"TFBENCH_CONFIG", "TFBENCH_RUN_ID", "TFBENCH_COMMIT"}
+# Axes that may be given a single value or a list; lists expand to the cross product.
+AXIS_FIELDS = ("attn_implementation", "compile", "kernelize", "continuous_batching")
+SHAPE_FIELDS = ("batch_size", "sequence_length", "num_tokens_to_generate")
+LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
+
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+
+# What each field accepts, in words, for error messages and the README.
+ALLOWED: dict[str, str] = {
+    "model": "a hub id (org/name), a local directory, or synthetic:<preset> with preset one of "
+    + ", ".join(PRESETS),
+    "model_config": "a mapping of config overrides for a synthetic preset, keys from that preset",
+    "revision": "a branch, tag or commit of the hub repo (letters, digits, . _ - /), or null",
+    "dtype": "one of " + ", ".join(DTYPES) + " (auto: bfloat16 on cuda, float32 on cpu)",
+    "device": "one of " + ", ".join(DEVICES) + " (auto: cuda when an NVIDIA GPU is visible)",
+    "trust_remote_code": "true or false",
+    "batch_size": "a positive integer or a list of distinct positive integers",
+    "sequence_length": "a positive integer or a list of distinct positive integers",
+    "num_tokens_to_generate": "a positive integer or a list of distinct positive integers",
+    "warmup_iterations": "an integer >= 0",
+    "measurement_iterations": "an integer >= 1",
+    "coverage": "an integer from 0 to 4, or null to use the explicit axes",
+    "attn_implementation": "one or a list of " + ", ".join(ATTN_IMPLEMENTATIONS),
+    "compile": "null (no compile) or one of " + ", ".join(COMPILE_MODES) + ", or a list of these",
+    "compile_fullgraph": "true or false",
+    "compile_dynamic": "true, false or null",
+    "kernelize": "true, false, or a list of these",
+    "continuous_batching": "true, false, or a list of these",
+    "gpu_monitoring": "true or false",
+    "cell_timeout_s": "a number of seconds > 0",
+    "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
+    "output": "a directory path for results",
+    "seed": "an integer",
+}
+
+
+class BenchConfig(BaseModel):
+    """One benchmark run: a model, a matrix of axes and shapes, and how to measure each cell."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Annotated[str, Field(min_length=1, strict=True)]
+    # Named synthetic_config in Python (pydantic reserves model_config); "model_config" in files.
+    synthetic_config: dict[str, Any] = Field(default_factory=dict, alias="model_config")
+    revision: Annotated[str, Field(strict=True)] | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    trust_remote_code: StrictBool = False
+    batch_size: list[PositiveInt] = [1]
+    sequence_length: list[PositiveInt] = [128]
+    num_tokens_to_generate: list[PositiveInt] = [128]
+    warmup_iterations: Annotated[StrictInt, Field(ge=0)] = 5
+    measurement_iterations: Annotated[StrictInt, Field(ge=1)] = 20
+    coverage: Annotated[StrictInt, Field(ge=0, le=4)] | None = None
+    attn_implementation: list[Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]] = ["sdpa"]
+    compile: list[CompileMode] = [None]
+    compile_fullgraph: StrictBool = False
+    compile_dynamic: StrictBool | None = None
+    kernelize: list[StrictBool] = [False]
+    continuous_batching: list[StrictBool] = [False]
+    gpu_monitoring: StrictBool = True
+    cell_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1800.0
+    run_name: Annotated[str, Field(strict=True)] = "tfbench"
+    output: Annotated[str, Field(min_length=1, strict=True)] | None = None
+    seed: StrictInt = 0
+
+    @field_validator(*LIST_FIELDS, mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    @field_validator(*LIST_FIELDS)
+    @classmethod
+    def _non_empty_distinct(cls, value: list[Any]) -> list[Any]:
+        if not value:
+            raise ValueError("the list is empty")
+        seen: list[Any] = []
+        for v in value:
+            if any(v is s or (type(v) is type(s) and v == s) for s in seen):
+                raise ValueError(f"{v!r} is listed twice")
+            seen.append(v)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model_reference(cls, value: str) -> str:
+        if is_synthetic(value):
+            if preset_for(value) is None:
+                raise ValueError(f"unknown synthetic preset {value[len(SYNTHETIC_PREFIX):]!r}")
+            return value
+        looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value[:1]
+        if looks_like_path:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise ValueError("no such model directory")
+            return value
+        if Path(value).is_dir():
+            return value
+        if not _HUB_ID_RE.match(value) or ".." in value:
+            raise ValueError("not a hub id (org/name) nor an existing directory")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and (not _REVISION_RE.match(value) or ".." in value):
+            raise ValueError("not a valid revision")
+        return value
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("not a valid run name")
+        return value
+
+    def check_combinations(self, given: set[str]) -> list[tuple[str, Any, str]]:
+        """Cross-field problems as (field, value, message); `given` is the set of fields a source set."""
+        problems: list[tuple[str, Any, str]] = []
+        if self.coverage is not None:
+            for name in AXIS_FIELDS:
+                if name in given:
+                    problems.append(
+                        (
+                            name,
+                            getattr(self, name),
+                            f"cannot be combined with coverage={self.coverage}: "
+                            "use a coverage level or explicit axes, not both",
+                        )
+                    )
+        preset = preset_for(self.model)
+        if self.synthetic_config:
+            if preset is None:
+                problems.append(
+                    ("model_config", self.synthetic_config, "only applies to synthetic:<preset> models")
+                )
+            else:
+                for key in self.synthetic_config:
+                    if key not in preset.config:
+                        hint = _did_you_mean(key, preset.config)
+                        problems.append(
+                            (
+                                f"model_config.{key}",
+                                self.synthetic_config[key],
+                                f"not a setting of preset {preset.name}{hint}; allowed: "
+                                + ", ".join(preset.config),
+                            )
+                        )
+        if (self.compile_fullgraph or self.compile_dynamic is not None) and self.coverage is None:
+            if all(mode is None for mode in self.compile):
+                problems.append(
+                    (
+                        "compile_fullgraph" if self.compile_fullgraph else "compile_dynamic",
+                        self.compile_fullgraph if self.compile_fullgraph else self.compile_dynamic,
+                        "has no effect without a compile mode",
+                    )
+                )
+        return problems
+
+    def as_given(self) -> dict[str, Any]:
+        """The config as a plain dict with file field names (for run.json)."""
+        return self.model_dump(by_alias=True)
+
+
+@dataclass
+class LoadedConfig:
+    config: BenchConfig
+    source: str  # where the file part came from, e.g. "cfg/config.yaml line 3", or "defaults"
+    given: dict[str, Any] = field(default_factory=dict)  # merged raw values, before validation
+    origins: dict[str, str] = field(default_factory=dict)  # field -> "file X" / "env TFBENCH_Y" / "flag --z"
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def field_names() -> list[str]:
+    """Config keys as written in files."""
+    return [f.alias or name for name, f in BenchConfig.model_fields.items()]
+
+
+def _python_name(key: str) -> str:
+    return "synthetic_config" if key == "model_config" else key
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading sources
+# ---------------------------------------------------------------------------------------------
+
+
+def find_config_file(path: str | os.PathLike[str]) -> Path:
+    """A config file given directly, or the one config.{yaml,yml,json,jsonl} in a directory."""
+    p = Path(path)
+    if p.is_dir():
+        found = [p / n for n in CONFIG_FILE_NAMES if (p / n).is_file()]
+        if not found:
+            raise ConfigError(
+                [f"no config file in directory {p}: expected one of " + ", ".join(CONFIG_FILE_NAMES)]
+            )
+        if len(found) > 1:
+            raise ConfigError(
+                [f"more than one config file in {p}: " + ", ".join(f.name for f in found) + "; keep one"]
+            )
+        return found[0]
+    if not p.exists():
+        raise ConfigError([f"config file {p} does not exist"])
+    if p.suffix.lower() not in CONFIG_SUFFIXES:
+        raise ConfigError(
+            [f"config file {p} has suffix {p.suffix!r}; allowed: " + ", ".join(CONFIG_SUFFIXES)]
+        )
+    return p
+
+
+def read_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Parse a config file into (source label, mapping) pairs: one for YAML/JSON, one per JSONL line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read {path}: {exc}"]) from None
+    suffix = path.suffix.lower()
+    docs: list[tuple[str, Any]] = []
+    if suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            label = f"{path} line {lineno}"
+            try:
+                docs.append((label, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ConfigError([f"not valid JSON: {exc.msg} at column {exc.colno}"], label) from None
+        if not docs:
+            raise ConfigError(["the file holds no config line"], str(path))
+    elif suffix == ".json":
+        try:
+            docs.append((str(path), json.loads(text)))
+        except json.JSONDecodeError as exc:
+            raise ConfigError([f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"], str(path)) from None
+    else:
+        try:
+            # safe_load: plain data only, never Python objects.
+            docs.append((str(path), yaml.safe_load(text)))
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"not valid YAML: {exc}".replace("\n", " ")], str(path)) from None
+    out = []
+    for label, doc in docs:
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise ConfigError([f"the top level must be a mapping of fields, got {type(doc).__name__}"], label)
+        out.append((label, doc))
+    return out
+
+
+def parse_text_value(key: str, text: str) -> Any:
+    """Turn an env or flag string into a typed value: YAML scalars, lists as '[a, b]' or 'a,b'."""
+    if key in ("model", "revision", "run_name", "output") and text not in ("null", "~"):
+        return text
+    stripped = text.strip()
+    if key in LIST_FIELDS and "," in stripped and not stripped.startswith("["):
+        return [_yaml_scalar(part.strip()) for part in stripped.split(",")]
+    return _yaml_scalar(stripped)
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text) if text else text
+    except yaml.YAMLError:
+        return text
+    # "none" reads as "no compile" the way null does; YAML itself only knows null and ~.
+    if isinstance(value, str) and value.lower() == "none":
+        return None
+    return value
+
+
+def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Config values from TFBENCH_* variables: {field: (variable name, value)}. Unknown names are errors."""
+    known = {env_name(k): k for k in field_names()}
+    values: dict[str, tuple[str, Any]] = {}
+    problems = []
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in NON_FIELD_ENV:
+            continue
+        if name not in known:
+            hint = _did_you_mean(name, list(known) + sorted(NON_FIELD_ENV))
+            problems.append(f"environment variable {name} is not a tfbench setting{hint}")
+            continue
+        key = known[name]
+        values[key] = (name, parse_text_value(key, text))
+    if problems:
+        raise ConfigError(problems, "environment")
+    return values
+
+
+def load_configs(
+    config_path: str | os.PathLike[str] | None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    default_path: Path | None = None,
+) -> list[LoadedConfig]:
+    """Every config to run, in order: one per file, or one per JSONL line, with env and flags on top.
+
+    `flags` maps file field names to values already parsed from the command line.
+    `default_path` is used when no config path is given.
+    """
+    environ = os.environ if environ is None else environ
+    flags = dict(flags or {})
+    env_values = read_env(environ)
+    if config_path is not None:
+        path = find_config_file(config_path)
+        docs = read_config_file(path)
+    elif default_path is not None:
+        docs = [(f"{default_path} (embedded default)", d) for _, d in read_config_file(default_path)]
+    else:
+        docs = [("defaults", {})]
+    loaded = []
+    for label, doc in docs:
+        merged: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for key, value in doc.items():
+            merged[key] = value
+            origins[key] = f"file {label}"
+        for key, (var, value) in env_values.items():
+            merged[key] = value
+            origins[key] = f"env {var}"
+        for key, value in flags.items():
+            merged[key] = value
+            origins[key] = f"flag --{key.replace('_', '-')}"
+        loaded.append(validate(merged, origins, label))
+    return loaded
+
+
+def validate(merged: dict[str, Any], origins: dict[str, str], label: str) -> LoadedConfig:
+    problems: list[str] = []
+    try:
+        config = BenchConfig.model_validate(merged)
+    except ValidationError as exc:
+        # One problem per field: a union or a list yields several errors for one bad value.
+        first: dict[str, Mapping[str, Any]] = {}
+        for err in exc.errors():
+            loc = err.get("loc") or ("?",)
+            key = str(loc[0]) if err.get("type") != "extra_forbidden" else f"extra:{loc[0]}"
+            first.setdefault(key, err)
+        problems = [_describe_error(err, merged, origins) for err in first.values()]
+        raise ConfigError(problems, label) from None
+    given = {_python_name(k) for k in merged}
+    for name, value, message in config.check_combinations(given):
+        top = name.split(".")[0]
+        problems.append(_problem(name, value, message, origins.get(top), ALLOWED.get(top) if "." not in name else None))
+    if problems:
+        raise ConfigError(problems, label)
+    return LoadedConfig(config=config, source=label, given=dict(merged), origins=origins)
+
+
+def _describe_error(err: Mapping[str, Any], merged: dict[str, Any], origins: dict[str, str]) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    top = loc[0] if loc else "?"
+    if err.get("type") == "extra_forbidden":
+        return (
+            f"unknown field {top!r}{_did_you_mean(top, field_names())} ({origins.get(top, 'config')}); "
+            "allowed fields: " + ", ".join(field_names())
+        )
+    if err.get("type") == "missing":
+        return f"field {top!r} is required: {ALLOWED.get(top, '')}"
+    value = merged.get(top, err.get("input"))
+    # Pydantic appends the union branch or list index to loc; name the top-level field.
+    message = str(err.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    return _problem(top, value, message, origins.get(top), ALLOWED.get(top))
+
+
+def _problem(name: str, value: Any, message: str, origin: str | None, allowed: str | None) -> str:
+    text = f"{name} = {_show(value)}: {message}"
+    if allowed:
+        text += f"; allowed: {allowed}"
+    if origin:
+        text += f" [from {origin}]"
+    return text
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+

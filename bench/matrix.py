@@ -1,0 +1,266 @@
+"""The plan: a config expanded into cells, each with a stable id, runnable or skipped with a reason.
+
+Pure functions of the config and the machine's capabilities; no torch import. A combination
+that cannot run stays in the plan as skipped, never rewritten into another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
+from .presets import preset_for
+
+# Bump only if the meaning of a cell changes; ids must stay stable across releases otherwise.
+CELL_ID_VERSION = 1
+CB_COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
+
+Combo = tuple[str, str | None, bool, bool]  # attn_implementation, compile mode, kernelize, continuous batching
+
+
+def coverage_combos(level: int) -> list[Combo]:
+    """The (attn, compile, kernelize, continuous batching) combinations of a coverage level.
+
+    Follows transformers' benchmark_v2 levels with one meaning of "compiled": mode "default"
+    at every level, and level 0 uncompiled as documented.
+    """
+    if level >= 3:
+        modes: list[str | None] = [None, "default"] if level == 3 else [None, *COMPILE_MODES]
+        return list(itertools.product(ATTN_IMPLEMENTATIONS, modes, (False, True), (False, True)))
+    combos: list[Combo] = [("flex_attention", None, False, False)]
+    if level >= 1:
+        combos += [
+            ("flash_attention_2", None, False, False),
+            ("eager", "default", False, False),
+            ("flash_attention_2", None, False, True),
+        ]
+    if level >= 2:
+        combos += [
+            ("sdpa", "default", False, False),
+            ("flex_attention", "default", True, False),
+            ("flash_attention_2", None, True, False),
+            ("sdpa", None, False, True),
+        ]
+    return combos
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the machine offers, as seen by the parent (device already resolved from 'auto')."""
+
+    device: str  # "cuda" or "cpu"
+    flash_attn: bool
+    kernels: bool
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    cell_id: str
+    name: str
+    model: str
+    revision: str | None
+    model_config: dict[str, Any]
+    dtype: str
+    device: str
+    attn_implementation: str
+    compile: str | None
+    compile_fullgraph: bool
+    compile_dynamic: bool | None
+    kernelize: bool
+    continuous_batching: bool
+    batch_size: int
+    sequence_length: int
+    num_tokens_to_generate: int
+    skip_reason: str | None = None
+
+    @property
+    def runnable(self) -> bool:
+        return self.skip_reason is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "cell_id": self.cell_id,
+            "name": self.name,
+            "model": self.model,
+            "revision": self.revision,
+            "model_config": self.model_config,
+            "dtype": self.dtype,
+            "device": self.device,
+            "attn_implementation": self.attn_implementation,
+            "compile": self.compile,
+            "compile_fullgraph": self.compile_fullgraph,
+            "compile_dynamic": self.compile_dynamic,
+            "kernelize": self.kernelize,
+            "continuous_batching": self.continuous_batching,
+            "batch_size": self.batch_size,
+            "sequence_length": self.sequence_length,
+            "num_tokens_to_generate": self.num_tokens_to_generate,
+            "skip_reason": self.skip_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cell:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Plan:
+    cells: list[Cell]
+    capabilities: Capabilities
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.runnable]
+
+    @property
+    def skipped(self) -> list[Cell]:
+        return [c for c in self.cells if not c.runnable]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "capabilities": {
+                "device": self.capabilities.device,
+                "flash_attn": self.capabilities.flash_attn,
+                "kernels": self.capabilities.kernels,
+            },
+            "cells": [c.to_dict() for c in self.cells],
+            "warnings": self.warnings,
+        }
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def cell_id(defining: dict[str, Any]) -> str:
+    """A hash of what defines the measurement: the same cell gets the same id on any run and machine."""
+    blob = json.dumps({"v": CELL_ID_VERSION, **defining}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cell_name(attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int) -> str:
+    parts = [attn, f"compile:{mode}" if mode else "eager-mode"]
+    if kernelize:
+        parts.append("kernels")
+    if cb:
+        parts.append("cb")
+    return "/".join(parts) + f" b{b} s{s} n{n}"
+
+
+def skip_reason(
+    attn: str,
+    mode: str | None,
+    kernelize: bool,
+    cb: bool,
+    seq: int,
+    new_tokens: int,
+    model: str,
+    model_config: dict[str, Any],
+    caps: Capabilities,
+) -> str | None:
+    """Why this combination cannot run here, or None. First matching rule wins."""
+    preset = preset_for(model)
+    if preset is not None:
+        if attn not in preset.attn_implementations:
+            return f"synthetic:{preset.name} does not support {attn} (supports: {', '.join(preset.attn_implementations)})"
+        if mode is not None and not preset.compilable:
+            return f"synthetic:{preset.name} cannot be compiled"
+        if cb and not preset.continuous_batching:
+            return f"synthetic:{preset.name} does not support continuous batching"
+        limit = preset.max_positions(model_config)
+        if limit is not None and seq + new_tokens > limit:
+            return (
+                f"sequence_length + num_tokens_to_generate = {seq + new_tokens} exceeds "
+                f"the model's {limit} positions"
+            )
+    if attn == "flash_attention_2":
+        if caps.device != "cuda":
+            return "flash_attention_2 needs a CUDA GPU (device is cpu)"
+        if not caps.flash_attn:
+            return "flash_attention_2 needs the flash-attn package, which is not installed"
+    if kernelize and not caps.kernels:
+        return "kernelize needs the kernels package, which is not installed"
+    if attn == "flash_attention_2" and mode is not None and not cb:
+        return "flash_attention_2 with torch.compile is not supported by plain generate"
+    if cb and attn == "flex_attention":
+        return "continuous batching does not support flex_attention"
+    if cb and mode not in CB_COMPILE_MODES:
+        return (
+            f"continuous batching compiles only with mode default or max-autotune-no-cudagraphs, not {mode} "
+            "(it manages CUDA graphs itself)"
+        )
+    if mode == "reduce-overhead" and caps.device == "cpu":
+        return "reduce-overhead only adds CUDA graphs, which do not exist on cpu: it would measure mode default"
+    return None
+
+
+def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
+    combos: list[Combo]
+    if config.coverage is not None:
+        combos = coverage_combos(config.coverage)
+    else:
+        combos = list(
+            itertools.product(
+                config.attn_implementation, config.compile, config.kernelize, config.continuous_batching
+            )
+        )
+    shapes = list(
+        itertools.product(config.batch_size, config.sequence_length, config.num_tokens_to_generate)
+    )
+    dtype = resolve_dtype(config.dtype, caps.device)
+    overrides = dict(config.synthetic_config)
+    base = {
+        "model": config.model,
+        "revision": config.revision,
+        "model_config": overrides,
+        "dtype": dtype,
+        "device": caps.device,
+    }
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for attn, mode, kern, cb in combos:
+        # fullgraph/dynamic only define the measurement of a compiled cell.
+        fullgraph = config.compile_fullgraph if mode else False
+        dynamic = config.compile_dynamic if mode else None
+        reason_cache: dict[tuple[int, int], str | None] = {}
+        for b, s, n in shapes:
+            defining = {
+                **base,
+                "attn_implementation": attn,
+                "compile": mode,
+                "compile_fullgraph": fullgraph,
+                "compile_dynamic": dynamic,
+                "kernelize": kern,
+                "continuous_batching": cb,
+                "batch_size": b,
+                "sequence_length": s,
+                "num_tokens_to_generate": n,
+            }
+            cid = cell_id(defining)
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if (s, n) not in reason_cache:
+                reason_cache[(s, n)] = skip_reason(attn, mode, kern, cb, s, n, config.model, overrides, caps)
+            cells.append(
+                Cell(
+                    index=len(cells),
+                    cell_id=cid,
+                    name=cell_name(attn, mode, kern, cb, b, s, n),
+                    skip_reason=reason_cache[(s, n)],
+                    **defining,
+                )
+            )
+    warnings = []
+    if not any(c.runnable for c in cells):
+        warnings.append("no cell in this plan can run on this machine; see the skip reasons")
+    return Plan(cells=cells, capabilities=caps, warnings=warnings)

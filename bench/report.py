@@ -1,0 +1,221 @@
+"""What a person sees: the plan, a progress bar while cells run, and the summary table at the end."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .matrix import Cell, Plan
+
+STATUS_STYLE = {
+    "ok": "green",
+    "skipped": "dim",
+    "failed": "red",
+    "oom": "red",
+    "timeout": "red",
+    "interrupted": "yellow",
+}
+
+
+def fmt_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1:
+        return f"{value:.3f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value * 1e6:.1f} µs"
+
+
+def fmt_rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+
+
+def fmt_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def _stat(record: dict[str, Any], metric: str, stat: str) -> float | None:
+    return ((record.get("stats") or {}).get(metric) or {}).get(stat)
+
+
+def _ms(record: dict[str, Any], metric: str, stat: str) -> str:
+    value = _stat(record, metric, stat)
+    return "-" if value is None else f"{value * 1e3:.2f}"
+
+
+def combo_label(cell: dict[str, Any] | Cell) -> str:
+    get = cell.get if isinstance(cell, dict) else lambda k: getattr(cell, k)
+    parts = [get("attn_implementation")]
+    if get("compile"):
+        parts.append(f"compile:{get('compile')}")
+    if get("kernelize"):
+        parts.append("kernels")
+    if get("continuous_batching"):
+        parts.append("cb")
+    return "+".join(parts)
+
+
+def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    """One row per cell: latencies in ms (p50 and p95), throughput, memory, n, and the cell id."""
+    table = Table(title=title, header_style="bold", title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for header in ("e2e p50", "e2e p95", "ttft p50", "tpot p50", "itl p95"):
+        table.add_column(f"{header}\n[dim]ms[/dim]", justify="right", no_wrap=True)
+    table.add_column("tok/s\n[dim]p50[/dim]", justify="right", no_wrap=True)
+    table.add_column("peak\n[dim]mem[/dim]", justify="right", no_wrap=True)
+    table.add_column("n", justify="right")
+    table.add_column("cell id", style="dim", no_wrap=True)
+    for rec in sorted(records, key=lambda r: r["cell"]["index"]):
+        cell = rec["cell"]
+        status = rec["status"]
+        style = STATUS_STYLE.get(status, "")
+        status_text = f"[{style}]{status}[/{style}]" if style else status
+        shape = f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}"
+        if status == "ok":
+            cols = [
+                _ms(rec, "e2e_latency", "p50"),
+                _ms(rec, "e2e_latency", "p95"),
+                _ms(rec, "ttft", "p50"),
+                _ms(rec, "tpot", "p50"),
+                _ms(rec, "itl", "p95"),
+                fmt_rate(_stat(rec, "e2e_throughput", "p50")),
+                fmt_bytes((rec.get("memory") or {}).get("peak_bytes")),
+                str(_stat(rec, "e2e_latency", "n") or 0),
+            ]
+        else:
+            cols = ["-"] * 8  # why: see unmeasured_table
+        table.add_row(escape(combo_label(cell)), shape, status_text, *cols, rec["cell_id"][:8])
+    return table
+
+
+def unmeasured_table(records: Iterable[dict[str, Any]]) -> Table | None:
+    """Cells without numbers and why: skipped, failed, timed out, out of memory, interrupted."""
+    rows = [r for r in sorted(records, key=lambda r: r["cell"]["index"]) if r["status"] != "ok"]
+    if not rows:
+        return None
+    table = Table(title="cells without measurements", header_style="bold", title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason")
+    table.add_column("cell id", style="dim", no_wrap=True)
+    for rec in rows:
+        cell = rec["cell"]
+        style = STATUS_STYLE.get(rec["status"], "")
+        table.add_row(
+            escape(combo_label(cell)),
+            f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}",
+            f"[{style}]{rec['status']}[/{style}]" if style else rec["status"],
+            escape((rec.get("reason") or "")[:300]),
+            rec["cell_id"][:8],
+        )
+    return table
+
+
+def plan_table(plan: Plan, title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold")
+    for name in ("#", "cell id", "attn", "compile", "kernels", "cb", "batch", "seq", "new", "plan"):
+        table.add_column(
+            name,
+            justify="right" if name in ("#", "batch", "seq", "new") else "left",
+            no_wrap=name in ("cell id", "attn", "compile"),
+            min_width=16 if name == "cell id" else None,
+        )
+    for c in plan.cells:
+        verdict = "run" if c.runnable else f"[dim]skip: {escape(c.skip_reason or '')}[/dim]"
+        table.add_row(
+            str(c.index),
+            c.cell_id,
+            c.attn_implementation,
+            c.compile or "-",
+            "yes" if c.kernelize else "-",
+            "yes" if c.continuous_batching else "-",
+            str(c.batch_size),
+            str(c.sequence_length),
+            str(c.num_tokens_to_generate),
+            verdict,
+        )
+    return table
+
+
+def plan_lines(plan: Plan) -> Iterable[str]:
+    """A plain, fast rendering for large plans (a rich table of 10,000 rows takes seconds)."""
+    yield f"{'#':>6}  {'cell id':16}  {'name':60}  plan"
+    for c in plan.cells:
+        verdict = "run" if c.runnable else f"skip: {c.skip_reason}"
+        yield f"{c.index:>6}  {c.cell_id:16}  {c.name:60}  {verdict}"
+
+
+class ProgressReporter:
+    """A rich progress bar over the cells with the running cell and its phase; a line per finished cell."""
+
+    def __init__(self, console: Console, label: str = ""):
+        self.console = console
+        self.label = label
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("cells"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[current]}"),
+            console=console,
+            transient=False,
+        )
+        self.task_id: Any = None
+        self.done = 0
+
+    def start(self, plan: Plan) -> None:
+        self.progress.start()
+        self.task_id = self.progress.add_task(self.label or "cells", total=len(plan.cells), current="")
+
+    def cell_started(self, cell: Cell) -> None:
+        self.progress.update(self.task_id, current=f"{escape(cell.name)} · starting")
+
+    def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
+        text = {"load": "loading model", "done": "writing result"}.get(phase, phase)
+        if total:
+            text = f"{phase} {i}/{total}"
+        self.progress.update(self.task_id, current=f"{escape(cell.name)} · {text}")
+
+    def cell_done(self, cell: Cell, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.progress.update(self.task_id, advance=1, current="")
+        status = record["status"]
+        style = STATUS_STYLE.get(status, "")
+        if status == "ok":
+            detail = (
+                f"e2e p50 {fmt_seconds(_stat(record, 'e2e_latency', 'p50'))}  "
+                f"ttft p50 {fmt_seconds(_stat(record, 'ttft', 'p50'))}  "
+                f"tpot p50 {fmt_seconds(_stat(record, 'tpot', 'p50'))}"
+            )
+        else:
+            detail = escape((record.get("reason") or "")[:160])
+        self.progress.console.print(
+            f"[{style}]{status:>11}[/{style}]  {escape(cell.name)}  [dim]{cell.cell_id[:8]}[/dim]  {detail}",
+            highlight=False,
+        )
+
+    def note(self, text: str) -> None:
+        if self.task_id is not None:
+            self.progress.update(self.task_id, current=escape(text))
+
+    def stop(self) -> None:
+        self.progress.stop()

@@ -1,0 +1,361 @@
+"""The parent: runs each cell of a plan in a fresh worker process, in order, and records the outcome.
+
+It never imports torch nor initializes CUDA. Workers are forked from a fork server that has
+preloaded torch and transformers (imports only), so a fresh process costs a fraction of a
+second instead of the seconds a new interpreter needs. The parent enforces the cell timeout
+by killing the worker's whole process group, tells crashes, out-of-memory, timeouts and
+Python errors apart, and turns SIGINT/SIGTERM into an orderly stop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import SCHEMA_VERSION, __version__
+from .errors import EXIT_CELL_FAILED, EXIT_OK
+from .matrix import Cell, Plan
+from .store import RunDir, read_json
+
+FAILED_STATUSES = ("failed", "oom", "timeout")
+LOG_TAIL_LINES = 30
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def new_run_id(run_name: str, output: Path, clock: Callable[[], datetime] | None = None) -> str:
+    stamp = (clock or (lambda: datetime.now(timezone.utc)))().strftime("%Y%m%dT%H%M%SZ")
+    base = f"{stamp}-{run_name}"
+    run_id, k = base, 2
+    while (output / run_id).exists():
+        run_id, k = f"{base}-{k}", k + 1
+    return run_id
+
+
+_CONTEXT: Any = None
+
+
+def worker_context() -> Any:
+    """The fork-server context, created once per parent process."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        # torch.cuda.is_available() in the server would create driver state that forked
+        # children inherit; ask NVML instead (it creates none).
+        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["bench.worker"])
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
+def start_worker_server() -> None:
+    import multiprocessing.forkserver
+
+    worker_context()
+    multiprocessing.forkserver.ensure_running()
+
+
+def oom_kill_count() -> int | None:
+    """The cgroup's OOM-kill counter, to tell an OOM kill from another SIGKILL; None if unknown."""
+    for path, key in (
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ):
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+@dataclass
+class Settings:
+    """Per-run settings the worker needs besides the cell."""
+
+    warmup_iterations: int
+    measurement_iterations: int
+    seed: int
+    trust_remote_code: bool
+    gpu_monitoring: bool
+    cell_timeout_s: float
+
+
+@dataclass
+class RunState:
+    counts: dict[str, int] = field(default_factory=dict)
+    stop_signal: int | None = None
+
+
+class Runner:
+    """Runs one plan into one run directory."""
+
+    def __init__(
+        self,
+        rundir: RunDir,
+        plan: Plan,
+        settings: Settings,
+        run_meta: dict[str, Any],
+        reporter: Any,
+    ):
+        self.rundir = rundir
+        self.plan = plan
+        self.settings = settings
+        self.run_meta = run_meta
+        self.reporter = reporter
+        self.state = RunState()
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.state.stop_signal is None:
+            self.state.stop_signal = signum
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, self._on_signal)
+        return previous
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def execute(self) -> int:
+        previous = self._install_signals()
+        try:
+            return self._execute()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _execute(self) -> int:
+        self.rundir.create()
+        meta = {
+            **self.run_meta,
+            "schema_version": SCHEMA_VERSION,
+            "tfbench_version": __version__,
+            "started_at": now_iso(),
+            "finished_at": None,
+            "status": "running",
+        }
+        self.rundir.write_run(meta)
+        records: list[dict[str, Any]] = []
+        for cell in self.plan.skipped:
+            rec = self._record(cell, "skipped", reason=cell.skip_reason)
+            self.rundir.write_cell(rec)
+            records.append(rec)
+        self.reporter.start(self.plan)
+        for cell, rec in zip(self.plan.skipped, records):
+            self.reporter.cell_done(cell, rec)
+        if self.plan.runnable:
+            # Start the fork server now, so its one-time imports are not charged to the first cell.
+            self.reporter.note("starting the worker server (imports torch and transformers once)")
+            t = time.perf_counter()
+            start_worker_server()
+            meta["worker_server_start_s"] = time.perf_counter() - t
+        for cell in self.plan.runnable:
+            if self.state.stop_signal is not None:
+                break
+            self.reporter.cell_started(cell)
+            rec = self._run_cell(cell)
+            self.rundir.write_cell(rec)
+            self.rundir.drop_scratch(cell.cell_id)
+            records.append(rec)
+            self.reporter.cell_done(cell, rec)
+        self.reporter.stop()
+        self.rundir.write_summary(records)
+        counts: dict[str, int] = {}
+        for rec in records:
+            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        counts["not_run"] = len(self.plan.cells) - len(records)
+        self.state.counts = counts
+        interrupted = self.state.stop_signal is not None
+        meta.update(
+            finished_at=now_iso(),
+            status="interrupted" if interrupted else "finished",
+            counts=counts,
+        )
+        if interrupted:
+            meta["interrupted_by"] = _signal_name(self.state.stop_signal)
+        self.rundir.write_run(meta)
+        try:
+            self.rundir.work.rmdir()
+        except OSError:
+            pass
+        if interrupted:
+            return 128 + int(self.state.stop_signal)
+        return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
+
+    def _record(self, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.rundir.run_id,
+            "cell_id": cell.cell_id,
+            "status": status,
+            "reason": extra.pop("reason", None),
+            "error": extra.pop("error", None),
+            "cell": cell.to_dict(),
+            "settings": {
+                "warmup_iterations": self.settings.warmup_iterations,
+                "measurement_iterations": self.settings.measurement_iterations,
+                "seed": self.settings.seed,
+                "gpu_monitoring": self.settings.gpu_monitoring,
+                "cell_timeout_s": self.settings.cell_timeout_s,
+            },
+            **extra,
+        }
+
+    def _run_cell(self, cell: Cell) -> dict[str, Any]:
+        ctx = worker_context()
+        scratch = self.rundir.scratch(cell.cell_id)
+        result_path = scratch / "result.json"
+        log_path = self.rundir.log_path(cell.cell_id)
+        task = {
+            "cell": cell.to_dict(),
+            "warmup_iterations": self.settings.warmup_iterations,
+            "measurement_iterations": self.settings.measurement_iterations,
+            "seed": self.settings.seed,
+            "trust_remote_code": self.settings.trust_remote_code,
+            "log_path": str(log_path),
+            "scratch_dir": str(scratch),
+            "result_path": str(result_path),
+        }
+        receiver, sender = ctx.Pipe(duplex=False)
+        ooms_before = oom_kill_count()
+        started_at = now_iso()
+        from .child import main as child_main
+
+        proc = ctx.Process(target=child_main, args=(task, sender), name=f"tfbench-{cell.cell_id}")
+        t_start = time.perf_counter()
+        proc.start()
+        sender.close()
+        deadline = t_start + self.settings.cell_timeout_s
+        ended_by: str | None = None  # "timeout" or "interrupted" when the parent stopped it
+        while True:
+            ready = multiprocessing.connection.wait([receiver, proc.sentinel], timeout=0.2)
+            if receiver in ready:
+                self._drain(receiver, cell)
+            if proc.sentinel in ready:
+                break
+            if self.state.stop_signal is not None:
+                ended_by = "interrupted"
+            elif time.perf_counter() > deadline:
+                ended_by = "timeout"
+            if ended_by:
+                self._kill(proc)
+                break
+        proc.join()
+        t_exit = time.perf_counter()
+        receiver.close()
+        timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
+        base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.path)), **timing}
+        result = None
+        if result_path.exists():
+            try:
+                result = read_json(result_path)
+            except (OSError, ValueError) as exc:
+                result = None
+                base["result_read_error"] = str(exc)
+
+        if ended_by == "timeout":
+            return self._record(
+                cell,
+                "timeout",
+                reason=f"no result within cell_timeout_s={self.settings.cell_timeout_s:g} s; the worker's process group was killed",
+                error={"kind": "timeout", "log_tail": log_tail(log_path)},
+                **base,
+            )
+        if ended_by == "interrupted":
+            return self._record(
+                cell,
+                "interrupted",
+                reason=f"stopped by {_signal_name(self.state.stop_signal or 0)}",
+                **base,
+            )
+        if result is not None and "status" in result:
+            entered, finished = result.pop("entered_at", None), result.pop("finished_at", None)
+            if entered is not None and finished is not None:
+                # Process isolation cost: fork and start-up before the worker ran, exit after it wrote.
+                spawn_s, exit_s = entered - t_start, t_exit - finished
+                base["isolation"] = {"spawn_s": spawn_s, "exit_s": exit_s, "overhead_s": spawn_s + exit_s}
+            status = result.pop("status")
+            error = result.pop("error", None)
+            reason = None
+            if error:
+                reason = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()[:500]
+                error["log_tail"] = log_tail(log_path)
+            result.pop("worker_pid", None)
+            return self._record(cell, status, reason=reason, error=error, **base, **result)
+        # No result: the worker died before it could write one.
+        code = proc.exitcode
+        if code is not None and code < 0:
+            sig = -code
+            killed_by_oom = (
+                sig == signal.SIGKILL
+                and ooms_before is not None
+                and (oom_kill_count() or 0) > ooms_before
+            )
+            status = "oom" if killed_by_oom else "failed"
+            reason = (
+                f"the worker was killed by the kernel's OOM killer ({_signal_name(sig)})"
+                if killed_by_oom
+                else f"the worker crashed with {_signal_name(sig)}"
+            )
+            kind = "oom" if killed_by_oom else "crash"
+            error = {"kind": kind, "signal": _signal_name(sig), "log_tail": log_tail(log_path)}
+        else:
+            status = "failed"
+            reason = f"the worker exited with code {code} without a result"
+            error = {"kind": "crash", "exit_code": code, "log_tail": log_tail(log_path)}
+        return self._record(cell, status, reason=reason, error=error, **base)
+
+    def _drain(self, receiver: Any, cell: Cell) -> None:
+        try:
+            while receiver.poll():
+                msg = receiver.recv()
+                if msg and msg[0] == "phase":
+                    _, name, i, total = msg
+                    self.reporter.cell_phase(cell, name, i, total)
+        except (EOFError, OSError):
+            pass
+
+    @staticmethod
+    def _kill(proc: Any) -> None:
+        # The worker leads its own process group (setsid): kill the group, then the worker itself
+        # in case it had not reached setsid yet.
+        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError, OSError):
+                pass

@@ -1,0 +1,82 @@
+"""Per-run metrics as DESIGN.md defines them, and their summary statistics. Pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+STAT_NAMES = ("n", "mean", "std", "min", "p50", "p90", "p95", "p99", "max")
+# Every metric a cell reports, in the order tables and summary.jsonl use.
+METRICS = (
+    "e2e_latency",
+    "ttft",
+    "tpot",
+    "itl",
+    "e2e_throughput",
+    "decode_throughput",
+    "prefill_throughput",
+)
+UNITS = {
+    "e2e_latency": "s",
+    "ttft": "s",
+    "tpot": "s",
+    "itl": "s",
+    "e2e_throughput": "tok/s",
+    "decode_throughput": "tok/s",
+    "prefill_throughput": "tok/s",
+}
+
+
+def summarize(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """n, mean, std (sample, ddof=1), min, p50, p90, p95, p99, max; None values are left out."""
+    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if arr.size == 0:
+        return {name: (0 if name == "n" else None) for name in STAT_NAMES}
+    p50, p90, p95, p99 = np.percentile(arr, [50, 90, 95, 99])
+    return {
+        "n": int(arr.size),
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "min": float(arr.min()),
+        "p50": float(p50),
+        "p90": float(p90),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(arr.max()),
+    }
+
+
+def run_metrics(e2e: float, token_times: Sequence[float], batch_size: int, sequence_length: int) -> dict[str, Any]:
+    """Metrics of one generate call from its e2e latency and per-token times (seconds from the start).
+
+    token_times[k] is when generated token k+1 was ready, for every sequence of the batch at once.
+    """
+    n = len(token_times)
+    if n == 0:
+        raise ValueError("a run without generated tokens has no metrics")
+    ttft = float(token_times[0])
+    tpot = (e2e - ttft) / (n - 1) if n > 1 else None
+    decode_time = e2e - ttft
+    return {
+        "e2e_latency": float(e2e),
+        "ttft": ttft,
+        "tpot": tpot,
+        "itl": [float(b - a) for a, b in zip(token_times, token_times[1:])],
+        "e2e_throughput": batch_size * n / e2e if e2e > 0 else None,
+        "decode_throughput": batch_size * (n - 1) / decode_time if n > 1 and decode_time > 0 else None,
+        "prefill_throughput": batch_size * sequence_length / ttft if ttft > 0 else None,
+    }
+
+
+def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Statistics of every metric over runs; itl pools the gaps of all runs into one distribution."""
+    out = {}
+    for metric in METRICS:
+        if metric == "itl":
+            values = [gap for run in runs for gap in run.get("itl", [])]
+        else:
+            values = [run.get(metric) for run in runs]
+        out[metric] = summarize(values)
+    return out

@@ -1,0 +1,371 @@
+"""The worker: one fresh process per cell. Load, warm up, measure, write the result, leave.
+
+Runs in a child of the runner's fork server, which has imported torch and transformers but
+never computed anything nor touched CUDA. The child makes its own session (so a timeout can
+kill its whole process group), writes its log and compile caches into the cell's own
+directories, writes its result file atomically and leaves with os._exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from . import models
+
+# Modules transformers imports lazily inside from_pretrained and generate (about 1-2 s). The fork
+# server imports this module once, so every worker starts with them loaded. Import only: the
+# server must never compute (libgomp state) nor touch CUDA.
+PRELOAD = (
+    "transformers.modeling_utils",
+    "transformers.generation.utils",
+    "transformers.generation.continuous_batching",
+    "transformers.masking_utils",
+    "transformers.integrations.sdpa_attention",
+    "transformers.integrations.flex_attention",
+    "transformers.integrations.eager_paged",
+    "transformers.quantizers.auto",
+    "transformers.models.llama.modeling_llama",
+    "transformers.models.gpt2.modeling_gpt2",
+    "torch._dynamo",
+)
+for _name in PRELOAD:
+    try:
+        importlib.import_module(_name)
+    except Exception:  # noqa: BLE001 - a missing optional module only costs start-up time
+        pass
+from .stats import run_metrics, summarize, summarize_runs
+from .store import atomic_write_json
+from .timing import HostClock, make_clock
+
+
+class CellError(Exception):
+    """The cell ran but did not measure what was asked (wrong token count, compile not applied, ...)."""
+
+
+class TokenClockProcessor(LogitsProcessor):
+    """Marks the token clock once per generated token; leaves the scores untouched."""
+
+    def __init__(self, clock: HostClock):
+        self.clock = clock
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.clock.mark()
+        return scores
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return "out of memory" in str(exc).lower() and isinstance(exc, RuntimeError)
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _memory(device: str) -> dict[str, Any]:
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    out: dict[str, Any] = {"peak_rss_bytes": peak_rss}
+    if device == "cuda":
+        out.update(
+            peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+            peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+            allocated_bytes=torch.cuda.memory_allocated(),
+        )
+        out["peak_bytes"] = out["peak_allocated_bytes"]
+    else:
+        out["peak_bytes"] = peak_rss
+    return out
+
+
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"].get("unique_graphs", 0))
+
+
+def _compile_config(cell: dict[str, Any]) -> CompileConfig:
+    cc = CompileConfig(mode=cell["compile"], fullgraph=cell["compile_fullgraph"], dynamic=cell["compile_dynamic"])
+    if cell["device"] == "cpu":
+        # transformers only auto-compiles generate on accelerators unless this flag is set.
+        cc._compile_all_devices = True
+    return cc
+
+
+def _expected_attn(cell: dict[str, Any]) -> str:
+    attn = cell["attn_implementation"]
+    # Continuous batching needs the paged variant of eager; that is the same kernel, not a rewrite.
+    return "paged|eager" if cell["continuous_batching"] and attn == "eager" else attn
+
+
+def _check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
+    actual = getattr(net.config, "_attn_implementation", None)
+    if cell["model"] == "synthetic:sleep":
+        return str(actual)
+    if actual != _expected_attn(cell):
+        raise CellError(
+            f"attention implementation is {actual!r} {when}, not the {cell['attn_implementation']!r} asked for"
+        )
+    return str(actual)
+
+
+def measure_generate(net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any) -> dict[str, Any]:
+    device, b, s, n = cell["device"], cell["batch_size"], cell["sequence_length"], cell["num_tokens_to_generate"]
+    rows = models.prompt_ids(tokenizer, b, s)
+    input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+    attention_mask = torch.ones_like(input_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad, use_cache=True)
+    # generate fills unset fields from the model's own generation config; clear its EOS so that
+    # exactly n tokens come out (EOS ignored) without adding a logits processor.
+    net.generation_config.eos_token_id = None
+    if cell["compile"]:
+        gen.cache_implementation = "static"
+        gen.compile_config = _compile_config(cell)
+    clock = make_clock(device, n)
+    processors = LogitsProcessorList([TokenClockProcessor(clock)])
+
+    def one_run() -> tuple[float, list[float]]:
+        clock.start()
+        out = net.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=gen, logits_processor=processors
+        )
+        e2e = clock.stop()
+        produced = out.shape[1] - s
+        if produced != n or out.shape[0] != b:
+            raise CellError(f"generate returned {out.shape[0]}x{produced} new tokens, expected {b}x{n}")
+        times = clock.token_times()
+        if len(times) != n:
+            raise CellError(f"the token clock saw {len(times)} tokens, expected {n}")
+        return e2e, times
+
+    warm_start = time.perf_counter()
+    for i in range(task["warmup_iterations"]):
+        phase("warmup", i + 1, task["warmup_iterations"])
+        one_run()
+    warmup_time = time.perf_counter() - warm_start
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    runs = []
+    for i in range(task["measurement_iterations"]):
+        phase("measure", i + 1, task["measurement_iterations"])
+        e2e, times = one_run()
+        run = run_metrics(e2e, times, b, s)
+        run.pop("itl")  # derivable from token_times; kept out of the raw record to halve its size
+        run["token_times"] = times
+        runs.append(run)
+    if cell["compile"] and _compiled_graphs() == 0:
+        raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
+    stats = summarize_runs([{**r, "itl": _gaps(r["token_times"])} for r in runs])
+    return {"runs": runs, "stats": stats, "warmup_time_s": warmup_time}
+
+
+def measure_continuous_batching(
+    net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any
+) -> dict[str, Any]:
+    from transformers import ContinuousBatchingConfig
+
+    device, b, s, n = cell["device"], cell["batch_size"], cell["sequence_length"], cell["num_tokens_to_generate"]
+    rows = models.prompt_ids(tokenizer, b, s)
+    gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=-1)  # -1: EOS disabled in CB
+    if cell["compile"]:
+        gen.compile_config = _compile_config(cell)
+    cb_kwargs: dict[str, Any] = {
+        "auto_switch_to_flash": False,  # never measure another attention than the one asked for
+        "allow_block_sharing": False,  # identical prompts would otherwise share their prefill
+    }
+    if device == "cpu":
+        # Explicit sizes: sizing from free memory is slow and meaningless on the CPU.
+        page = 256
+        cb_kwargs.update(
+            page_size=page,
+            num_blocks=b * math.ceil((s + n) / page) + 1,
+            max_batch_tokens=max(b * s, b),
+        )
+    manager = net.init_continuous_batching(
+        generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**cb_kwargs)
+    )
+    effective_attn = _check_attn(net, cell, "after continuous batching set-up")
+    setup_start = time.perf_counter()
+    if device == "cuda":
+        manager.warmup()  # CUDA graph capture belongs to set-up, outside the timed window
+    manager.start()
+    setup_time = time.perf_counter() - setup_start
+
+    def one_batch() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        ids = manager.add_requests(rows, max_new_tokens=n, record_timestamps=True)
+        results: dict[str, Any] = {}
+        while len(results) < len(ids):
+            out = manager.get_result(timeout=1.0)
+            if out is None:
+                if not manager.is_running():
+                    raise CellError("the continuous batching loop stopped before all requests finished")
+                continue
+            if out.is_finished():
+                results[out.request_id] = out
+        e2e = time.perf_counter() - t0
+        requests = []
+        for rid in ids:
+            out = results[rid]
+            if out.error:
+                raise CellError(f"request {rid} failed: {out.error}")
+            if len(out.generated_tokens) != n or not out.timestamps or len(out.timestamps) != n:
+                raise CellError(f"request {rid} produced {len(out.generated_tokens)} tokens, expected {n}")
+            times = [t - t0 for t in out.timestamps]
+            req_e2e = times[-1]
+            requests.append(
+                {
+                    "e2e_latency": req_e2e,
+                    "ttft": times[0],
+                    "tpot": (req_e2e - times[0]) / (n - 1) if n > 1 else None,
+                    "token_times": times,
+                }
+            )
+        return {"e2e_latency": e2e, "e2e_throughput": b * n / e2e, "requests": requests}
+
+    try:
+        warm_start = time.perf_counter()
+        for i in range(task["warmup_iterations"]):
+            phase("warmup", i + 1, task["warmup_iterations"])
+            one_batch()
+        warmup_time = time.perf_counter() - warm_start
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        runs = []
+        for i in range(task["measurement_iterations"]):
+            phase("measure", i + 1, task["measurement_iterations"])
+            runs.append(one_batch())
+    finally:
+        manager.stop(block=True, timeout=30)
+    if cell["compile"] and _compiled_graphs() == 0:
+        raise CellError("torch.compile was asked for but continuous batching compiled nothing")
+    reqs = [r for run in runs for r in run["requests"]]
+    stats = {
+        "e2e_latency": summarize([r["e2e_latency"] for r in runs]),
+        "ttft": summarize([r["ttft"] for r in reqs]),
+        "tpot": summarize([r["tpot"] for r in reqs]),
+        "itl": summarize([g for r in reqs for g in _gaps(r["token_times"])]),
+        "e2e_throughput": summarize([r["e2e_throughput"] for r in runs]),
+        # Prefill and decode of different requests interleave: no batch-level split exists.
+        "decode_throughput": summarize([]),
+        "prefill_throughput": summarize([]),
+    }
+    resolved = manager.continuous_batching_config
+    return {
+        "runs": runs,
+        "stats": stats,
+        "warmup_time_s": warmup_time,
+        "setup_time_s": setup_time,
+        "effective_attn_implementation": effective_attn,
+        "continuous_batching_config": {k: _plain(v) for k, v in vars(resolved).items()},
+    }
+
+
+def _gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def worker_environment(device: str) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device == "cuda":
+        env["cuda_device_name"] = torch.cuda.get_device_name()
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
+    cell = task["cell"]
+    device = cell["device"]
+    torch.manual_seed(task["seed"])
+    phase("load", 0, 0)
+    t = time.perf_counter()
+    net, tokenizer = models.load(
+        cell["model"],
+        cell["revision"],
+        cell["model_config"],
+        cell["dtype"],
+        device,
+        cell["attn_implementation"],
+        task["trust_remote_code"],
+        task["seed"],
+    )
+    if cell["kernelize"]:
+        from kernels import Mode, kernelize
+
+        mode = Mode.INFERENCE | Mode.TORCH_COMPILE if cell["compile"] else Mode.INFERENCE
+        net = kernelize(net, mode=mode, device=device)
+    _synchronize(device)
+    load_time = time.perf_counter() - t
+    memory_after_load = _memory(device)
+    out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
+    with torch.inference_mode():
+        if cell["continuous_batching"]:
+            out.update(measure_continuous_batching(net, tokenizer, cell, task, phase))
+        else:
+            out["effective_attn_implementation"] = _check_attn(net, cell, "after loading")
+            out.update(measure_generate(net, tokenizer, cell, task, phase))
+    out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
+    out["worker_environment"] = worker_environment(device)
+    return out
+
+
+def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
+    """Measure the cell, write its result file, leave through os._exit (never returns)."""
+    # Each cell compiles into its own cache: nothing carries over between cells.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(task["scratch_dir"], "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(task["scratch_dir"], "triton")
+
+    def phase(name: str, i: int, total: int) -> None:
+        try:
+            conn.send(("phase", name, i, total))
+        except (BrokenPipeError, OSError):
+            pass
+
+    result: dict[str, Any] = {"worker_pid": os.getpid(), "entered_at": entered}
+    try:
+        result.update(measure(task, phase))
+        result["status"] = "ok"
+    except BaseException as exc:  # noqa: BLE001 - every failure must become a result
+        result["status"] = "oom" if is_oom(exc) else "failed"
+        result["error"] = {
+            "kind": "oom" if is_oom(exc) else ("cell" if isinstance(exc, CellError) else "python"),
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exc(limit=20),
+        }
+        traceback.print_exc()
+    result["finished_at"] = time.perf_counter()
+    exit_code = 0
+    try:
+        atomic_write_json(task["result_path"], result)
+        phase("done", 0, 0)
+    except BaseException:
+        traceback.print_exc()
+        exit_code = 3
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
