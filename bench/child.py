@@ -28,8 +28,17 @@ def main(task: dict[str, Any], conn: Any) -> None:
             {
                 "status": "failed",
                 "worker_pid": os.getpid(),
-                "error": {"kind": "python", "type": type(exc).__name__, "message": f"worker import failed: {exc}"},
+                "error": {
+                    "kind": "python",
+                    "type": type(exc).__name__,
+                    "message": f"worker import failed: {exc}",
+                },
             },
         )
         os._exit(0)
     run_cell(task, conn, entered)
+
+
+def ping() -> None:
+    """A no-op child: its start returns once the fork server has finished its preload."""
+    os._exit(0)

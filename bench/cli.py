@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from . import __version__
-from .config import ALLOWED, LoadedConfig, NAME_RE, field_names, load_configs, parse_text_value
+from .config import ALLOWED, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
 from .errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, UserError
 from .hardware import Accelerators, detect_accelerators, environment, is_installed, measured_commit
 from .matrix import Capabilities, Plan, build_plan
@@ -46,17 +46,25 @@ def _add_field_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tfbench", description="Benchmark Hugging Face transformers inference, cell by cell.")
+    parser = _Parser(
+        prog="tfbench", description="Benchmark Hugging Face transformers inference, cell by cell."
+    )
     parser.add_argument("--version", action="version", version=f"tfbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run every cell of the config's matrix and write results")
-    run.add_argument("--config", "-c", help="config file or directory (default: TFBENCH_CONFIG, else the embedded default)")
-    run.add_argument("--run-id", help="name of the run directory (default: TFBENCH_RUN_ID, else <UTC time>-<run_name>)")
+    run.add_argument(
+        "--config", "-c", help="config file or directory (default: TFBENCH_CONFIG, else the embedded default)"
+    )
+    run.add_argument(
+        "--run-id", help="name of the run directory (default: TFBENCH_RUN_ID, else <UTC time>-<run_name>)"
+    )
     _add_field_flags(run)
 
     plan = sub.add_parser("plan", help="print the matrix: every cell, its id, and whether it runs or why not")
-    plan.add_argument("--config", "-c", help="config file or directory (default: TFBENCH_CONFIG, else the embedded default)")
+    plan.add_argument(
+        "--config", "-c", help="config file or directory (default: TFBENCH_CONFIG, else the embedded default)"
+    )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     _add_field_flags(plan)
 
@@ -114,7 +122,9 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
         (lc, build_plan(lc.config, capabilities(lc.config.device, accel))) for lc in configs
     ]
     if args.json:
-        payload = [{"source": lc.source, "config": lc.config.as_given(), **plan.to_dict()} for lc, plan in plans]
+        payload = [
+            {"source": lc.source, "config": lc.config.as_given(), **plan.to_dict()} for lc, plan in plans
+        ]
         sys.stdout.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=1) + "\n")
         return EXIT_OK
     for lc, plan in plans:

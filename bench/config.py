@@ -29,7 +29,9 @@ CONFIG_FILE_NAMES = ("config.yaml", "config.yml", "config.json", "config.jsonl")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
 ENV_PREFIX = "TFBENCH_"
 # TFBENCH_* variables that are not config fields; any other unknown TFBENCH_* is a typo.
-NON_FIELD_ENV = {"TFBENCH_CONFIG", "TFBENCH_RUN_ID", "TFBENCH_COMMIT"}
+NON_FIELD_ENV = {"TFBENCH_CONFIG", "TFBENCH_RUN_ID", "TFBENCH_COMMIT", "TFBENCH_FAULT"}
+# Kinds of TFBENCH_FAULT, the harness's own fault injection (see worker.inject_fault).
+FAULT_KINDS = ("raise", "oom", "segv", "kill", "exit", "hang")
 # Axes that may be given a single value or a list; lists expand to the cross product.
 AXIS_FIELDS = ("attn_implementation", "compile", "kernelize", "continuous_batching")
 SHAPE_FIELDS = ("batch_size", "sequence_length", "num_tokens_to_generate")
@@ -95,7 +97,7 @@ class BenchConfig(BaseModel):
     kernelize: list[StrictBool] = [False]
     continuous_batching: list[StrictBool] = [False]
     gpu_monitoring: StrictBool = True
-    cell_timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1800.0
+    cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
     run_name: Annotated[str, Field(strict=True)] = "tfbench"
     output: Annotated[str, Field(min_length=1, strict=True)] | None = None
     seed: StrictInt = 0
@@ -122,7 +124,7 @@ class BenchConfig(BaseModel):
     def _model_reference(cls, value: str) -> str:
         if is_synthetic(value):
             if preset_for(value) is None:
-                raise ValueError(f"unknown synthetic preset {value[len(SYNTHETIC_PREFIX):]!r}")
+                raise ValueError(f"unknown synthetic preset {value[len(SYNTHETIC_PREFIX) :]!r}")
             return value
         looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value[:1]
         if looks_like_path:
@@ -171,31 +173,48 @@ class BenchConfig(BaseModel):
                     ("model_config", self.synthetic_config, "only applies to synthetic:<preset> models")
                 )
             else:
-                for key in self.synthetic_config:
+                for key, value in self.synthetic_config.items():
                     if key not in preset.config:
                         hint = _did_you_mean(key, preset.config)
                         problems.append(
                             (
                                 f"model_config.{key}",
-                                self.synthetic_config[key],
+                                value,
                                 f"not a setting of preset {preset.name}{hint}; allowed: "
                                 + ", ".join(preset.config),
                             )
                         )
-        if (self.compile_fullgraph or self.compile_dynamic is not None) and self.coverage is None:
-            if all(mode is None for mode in self.compile):
-                problems.append(
-                    (
-                        "compile_fullgraph" if self.compile_fullgraph else "compile_dynamic",
-                        self.compile_fullgraph if self.compile_fullgraph else self.compile_dynamic,
-                        "has no effect without a compile mode",
-                    )
+                    elif (message := _override_problem(value, preset.config[key])) is not None:
+                        problems.append((f"model_config.{key}", value, message))
+        compile_options_set = self.compile_fullgraph or self.compile_dynamic is not None
+        if compile_options_set and self.coverage is None and all(mode is None for mode in self.compile):
+            problems.append(
+                (
+                    "compile_fullgraph" if self.compile_fullgraph else "compile_dynamic",
+                    self.compile_fullgraph if self.compile_fullgraph else self.compile_dynamic,
+                    "has no effect without a compile mode",
                 )
+            )
         return problems
 
     def as_given(self) -> dict[str, Any]:
         """The config as a plain dict with file field names (for run.json)."""
         return self.model_dump(by_alias=True)
+
+
+def _override_problem(value: Any, default: Any) -> str | None:
+    """An override must have the preset value's type: sizes stay integers, rates stay numbers."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer (the preset has {default})"
+        return None if value >= 0 else "must be >= 0"
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return f"must be a number (the preset has {default})"
+        return None if value >= 0 else "must be >= 0"
+    return None
 
 
 @dataclass
@@ -275,7 +294,9 @@ def read_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
         try:
             docs.append((str(path), json.loads(text)))
         except json.JSONDecodeError as exc:
-            raise ConfigError([f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"], str(path)) from None
+            raise ConfigError(
+                [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"], str(path)
+            ) from None
     else:
         try:
             # safe_load: plain data only, never Python objects.
@@ -322,7 +343,10 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
         if not name.startswith(ENV_PREFIX) or name in NON_FIELD_ENV:
             continue
         if name not in known:
-            hint = _did_you_mean(name, list(known) + sorted(NON_FIELD_ENV))
+            # Compare what follows the shared prefix, or every name looks alike.
+            suffixes = {n[len(ENV_PREFIX) :]: n for n in [*known, *sorted(NON_FIELD_ENV)]}
+            close = difflib.get_close_matches(name[len(ENV_PREFIX) :], list(suffixes), n=1)
+            hint = f" (did you mean {suffixes[close[0]]!r}?)" if close else ""
             problems.append(f"environment variable {name} is not a tfbench setting{hint}")
             continue
         key = known[name]
@@ -330,6 +354,22 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
     if problems:
         raise ConfigError(problems, "environment")
     return values
+
+
+def check_fault_spec(spec: str | None) -> None:
+    """TFBENCH_FAULT=<cell id prefix or *>:<kind>[,...]; a typo must not silently inject nothing."""
+    if not spec:
+        return
+    for item in spec.split(","):
+        target, sep, kind = item.strip().partition(":")
+        if not sep or not target or kind not in FAULT_KINDS:
+            raise ConfigError(
+                [
+                    f"TFBENCH_FAULT = {spec!r}: {item.strip()!r} is not <cell id prefix or *>:<kind>; "
+                    f"kinds: {', '.join(FAULT_KINDS)}"
+                ],
+                "environment",
+            )
 
 
 def load_configs(
@@ -346,6 +386,7 @@ def load_configs(
     environ = os.environ if environ is None else environ
     flags = dict(flags or {})
     env_values = read_env(environ)
+    check_fault_spec(environ.get("TFBENCH_FAULT"))
     if config_path is not None:
         path = find_config_file(config_path)
         docs = read_config_file(path)
@@ -386,7 +427,9 @@ def validate(merged: dict[str, Any], origins: dict[str, str], label: str) -> Loa
     given = {_python_name(k) for k in merged}
     for name, value, message in config.check_combinations(given):
         top = name.split(".")[0]
-        problems.append(_problem(name, value, message, origins.get(top), ALLOWED.get(top) if "." not in name else None))
+        problems.append(
+            _problem(name, value, message, origins.get(top), ALLOWED.get(top) if "." not in name else None)
+        )
     if problems:
         raise ConfigError(problems, label)
     return LoadedConfig(config=config, source=label, given=dict(merged), origins=origins)
@@ -421,4 +464,3 @@ def _problem(name: str, value: Any, message: str, origin: str | None, allowed: s
 def _show(value: Any) -> str:
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
-

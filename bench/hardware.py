@@ -6,6 +6,7 @@ packages are found with importlib without importing them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -99,10 +100,8 @@ def detect_accelerators(environ: dict[str, str] | None = None) -> Accelerators:
     except Exception as exc:
         return Accelerators(False, f"NVML error while listing GPUs ({exc})")
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
     if not gpus:
         reason = "no GPU visible" + (
             f" (CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r})"

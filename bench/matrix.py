@@ -19,7 +19,9 @@ from .presets import preset_for
 CELL_ID_VERSION = 1
 CB_COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
 
-Combo = tuple[str, str | None, bool, bool]  # attn_implementation, compile mode, kernelize, continuous batching
+Combo = tuple[
+    str, str | None, bool, bool
+]  # attn_implementation, compile mode, kernelize, continuous batching
 
 
 def coverage_combos(level: int) -> list[Combo]:
@@ -199,7 +201,9 @@ def skip_reason(
             "(it manages CUDA graphs itself)"
         )
     if mode == "reduce-overhead" and caps.device == "cpu":
-        return "reduce-overhead only adds CUDA graphs, which do not exist on cpu: it would measure mode default"
+        return (
+            "reduce-overhead only adds CUDA graphs, which do not exist on cpu: it would measure mode default"
+        )
     return None
 
 
@@ -213,9 +217,7 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
                 config.attn_implementation, config.compile, config.kernelize, config.continuous_batching
             )
         )
-    shapes = list(
-        itertools.product(config.batch_size, config.sequence_length, config.num_tokens_to_generate)
-    )
+    shapes = list(itertools.product(config.batch_size, config.sequence_length, config.num_tokens_to_generate))
     dtype = resolve_dtype(config.dtype, caps.device)
     overrides = dict(config.synthetic_config)
     base = {

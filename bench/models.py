@@ -80,7 +80,9 @@ class SleepModel(PreTrainedModel, GenerationMixin):
             prefill = input_ids.shape[1] > 1
         time.sleep(self.config.prefill_sleep_s if prefill else self.config.decode_sleep_s)
         batch, length = input_ids.shape
-        logits = torch.zeros(batch, length, self.config.vocab_size, dtype=self.anchor.dtype, device=input_ids.device)
+        logits = torch.zeros(
+            batch, length, self.config.vocab_size, dtype=self.anchor.dtype, device=input_ids.device
+        )
         nxt = ((input_ids + 1) % self.config.vocab_size).unsqueeze(-1)
         logits.scatter_(2, nxt, 1.0)
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
@@ -99,7 +101,9 @@ def synthetic_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     tok.decoder = decoders.ByteLevel()
     size = max(len(specials) + 1, min(vocab_size, 512))
     alphabet = pre_tokenizers.ByteLevel.alphabet() if size >= 256 + len(specials) + 1 else []
-    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     tok.train_from_iterator([DEFAULT_PROMPT], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
@@ -170,4 +174,12 @@ def parameter_count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-__all__ = ["PRESETS", "load", "prompt_ids", "synthetic_tokenizer", "SleepModel", "SleepConfig", "parameter_count"]
+__all__ = [
+    "PRESETS",
+    "load",
+    "prompt_ids",
+    "synthetic_tokenizer",
+    "SleepModel",
+    "SleepConfig",
+    "parameter_count",
+]

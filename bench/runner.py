@@ -9,6 +9,7 @@ Python errors apart, and turns SIGINT/SIGTERM into an orderly stop.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -60,10 +61,13 @@ def worker_context() -> Any:
 
 
 def start_worker_server() -> None:
-    import multiprocessing.forkserver
+    """Start the fork server and wait until its preload is done (one trivial child proves it)."""
+    from .child import ping
 
-    worker_context()
-    multiprocessing.forkserver.ensure_running()
+    ctx = worker_context()
+    proc = ctx.Process(target=ping, name="tfbench-server-check")
+    proc.start()
+    proc.join()
 
 
 def oom_kill_count() -> int | None:
@@ -209,10 +213,8 @@ class Runner:
         if interrupted:
             meta["interrupted_by"] = _signal_name(self.state.stop_signal)
         self.rundir.write_run(meta)
-        try:
+        with contextlib.suppress(OSError):
             self.rundir.work.rmdir()
-        except OSError:
-            pass
         if interrupted:
             return 128 + int(self.state.stop_signal)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
@@ -322,9 +324,7 @@ class Runner:
         if code is not None and code < 0:
             sig = -code
             killed_by_oom = (
-                sig == signal.SIGKILL
-                and ooms_before is not None
-                and (oom_kill_count() or 0) > ooms_before
+                sig == signal.SIGKILL and ooms_before is not None and (oom_kill_count() or 0) > ooms_before
             )
             status = "oom" if killed_by_oom else "failed"
             reason = (
@@ -355,7 +355,5 @@ class Runner:
         # The worker leads its own process group (setsid): kill the group, then the worker itself
         # in case it had not reached setsid yet.
         for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
                 kill()
-            except (ProcessLookupError, PermissionError, OSError):
-                pass

@@ -48,7 +48,9 @@ def summarize(values: Sequence[float | None]) -> dict[str, float | int | None]:
     }
 
 
-def run_metrics(e2e: float, token_times: Sequence[float], batch_size: int, sequence_length: int) -> dict[str, Any]:
+def run_metrics(
+    e2e: float, token_times: Sequence[float], batch_size: int, sequence_length: int
+) -> dict[str, Any]:
     """Metrics of one generate call from its e2e latency and per-token times (seconds from the start).
 
     token_times[k] is when generated token k+1 was ready, for every sequence of the batch at once.

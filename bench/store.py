@@ -11,6 +11,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,10 +67,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -79,7 +78,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> None:
-    atomic_write_text(path, json.dumps(_finite(data), indent=1, default=_json_default, allow_nan=False) + "\n")
+    atomic_write_text(
+        path, json.dumps(_finite(data), indent=1, default=_json_default, allow_nan=False) + "\n"
+    )
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -127,7 +128,9 @@ class RunDir:
 
     def write_summary(self, records: Iterable[dict[str, Any]]) -> None:
         rows = [summary_row(self.run_id, r) for r in sorted(records, key=lambda r: r["cell"]["index"])]
-        atomic_write_text(self.summary, "".join(json.dumps(_finite(row), allow_nan=False) + "\n" for row in rows))
+        atomic_write_text(
+            self.summary, "".join(json.dumps(_finite(row), allow_nan=False) + "\n" for row in rows)
+        )
 
 
 def summary_columns() -> list[str]:

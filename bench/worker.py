@@ -8,10 +8,13 @@ directories, writes its result file atomically and leaves with os._exit.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
 import resource
+import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -21,6 +24,9 @@ import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from . import models
+from .stats import run_metrics, summarize, summarize_runs
+from .store import atomic_write_json
+from .timing import HostClock, make_clock
 
 # Modules transformers imports lazily inside from_pretrained and generate (about 1-2 s). The fork
 # server imports this module once, so every worker starts with them loaded. Import only: the
@@ -39,13 +45,9 @@ PRELOAD = (
     "torch._dynamo",
 )
 for _name in PRELOAD:
-    try:
+    # A module missing in another transformers version only costs start-up time.
+    with contextlib.suppress(Exception):
         importlib.import_module(_name)
-    except Exception:  # noqa: BLE001 - a missing optional module only costs start-up time
-        pass
-from .stats import run_metrics, summarize, summarize_runs
-from .store import atomic_write_json
-from .timing import HostClock, make_clock
 
 
 class CellError(Exception):
@@ -96,7 +98,9 @@ def _compiled_graphs() -> int:
 
 
 def _compile_config(cell: dict[str, Any]) -> CompileConfig:
-    cc = CompileConfig(mode=cell["compile"], fullgraph=cell["compile_fullgraph"], dynamic=cell["compile_dynamic"])
+    cc = CompileConfig(
+        mode=cell["compile"], fullgraph=cell["compile_fullgraph"], dynamic=cell["compile_dynamic"]
+    )
     if cell["device"] == "cpu":
         # transformers only auto-compiles generate on accelerators unless this flag is set.
         cc._compile_all_devices = True
@@ -120,13 +124,22 @@ def _check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
-def measure_generate(net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any) -> dict[str, Any]:
-    device, b, s, n = cell["device"], cell["batch_size"], cell["sequence_length"], cell["num_tokens_to_generate"]
+def measure_generate(
+    net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any
+) -> dict[str, Any]:
+    device, b, s, n = (
+        cell["device"],
+        cell["batch_size"],
+        cell["sequence_length"],
+        cell["num_tokens_to_generate"],
+    )
     rows = models.prompt_ids(tokenizer, b, s)
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad, use_cache=True)
+    gen = GenerationConfig(
+        do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad, use_cache=True
+    )
     # generate fills unset fields from the model's own generation config; clear its EOS so that
     # exactly n tokens come out (EOS ignored) without adding a logits processor.
     net.generation_config.eos_token_id = None
@@ -139,7 +152,10 @@ def measure_generate(net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[
     def one_run() -> tuple[float, list[float]]:
         clock.start()
         out = net.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=gen, logits_processor=processors
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=gen,
+            logits_processor=processors,
         )
         e2e = clock.stop()
         produced = out.shape[1] - s
@@ -165,10 +181,17 @@ def measure_generate(net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[
         run.pop("itl")  # derivable from token_times; kept out of the raw record to halve its size
         run["token_times"] = times
         runs.append(run)
-    if cell["compile"] and _compiled_graphs() == 0:
+    graphs = _compiled_graphs()
+    if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
     stats = summarize_runs([{**r, "itl": _gaps(r["token_times"])} for r in runs])
-    return {"runs": runs, "stats": stats, "warmup_time_s": warmup_time}
+    return {
+        "runs": runs,
+        "stats": stats,
+        "warmup_time_s": warmup_time,
+        "inputs": {"shape": list(input_ids.shape), "new_tokens": n},
+        "compiled_graphs": graphs,
+    }
 
 
 def measure_continuous_batching(
@@ -176,7 +199,12 @@ def measure_continuous_batching(
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
-    device, b, s, n = cell["device"], cell["batch_size"], cell["sequence_length"], cell["num_tokens_to_generate"]
+    device, b, s, n = (
+        cell["device"],
+        cell["batch_size"],
+        cell["sequence_length"],
+        cell["num_tokens_to_generate"],
+    )
     rows = models.prompt_ids(tokenizer, b, s)
     gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=-1)  # -1: EOS disabled in CB
     if cell["compile"]:
@@ -249,7 +277,8 @@ def measure_continuous_batching(
             runs.append(one_batch())
     finally:
         manager.stop(block=True, timeout=30)
-    if cell["compile"] and _compiled_graphs() == 0:
+    graphs = _compiled_graphs()
+    if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but continuous batching compiled nothing")
     reqs = [r for run in runs for r in run["requests"]]
     stats = {
@@ -269,6 +298,8 @@ def measure_continuous_batching(
         "warmup_time_s": warmup_time,
         "setup_time_s": setup_time,
         "effective_attn_implementation": effective_attn,
+        "inputs": {"shape": [len(rows), len(rows[0])], "new_tokens": n},
+        "compiled_graphs": graphs,
         "continuous_batching_config": {k: _plain(v) for k, v in vars(resolved).items()},
     }
 
@@ -297,6 +328,33 @@ def worker_environment(device: str) -> dict[str, Any]:
     return env
 
 
+def inject_fault(cell: dict[str, Any], spec: str | None) -> None:
+    """Fail on purpose, to exercise the runner's fault handling: TFBENCH_FAULT=<cell id prefix|*>:<kind>,...
+
+    Kinds: raise (a Python error), oom (a real failed allocation), segv, kill (SIGKILL),
+    exit (exit code 7 without a result), hang (sleeps, with a child process in its group).
+    """
+    if not spec:
+        return
+    for item in spec.split(","):
+        target, _, kind = item.strip().partition(":")
+        if not (target == "*" or cell["cell_id"].startswith(target)):
+            continue
+        if kind == "raise":
+            raise RuntimeError("fault injected by TFBENCH_FAULT")
+        if kind == "oom":
+            bytearray(1 << 50)  # 1 PiB: the allocator refuses, as in any host out-of-memory
+        if kind == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if kind == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if kind == "exit":
+            os._exit(7)
+        if kind == "hang":
+            subprocess.Popen(["sleep", "3600"])  # a helper in the worker's group, as inductor starts
+            time.sleep(3600)
+
+
 def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
     cell = task["cell"]
     device = cell["device"]
@@ -320,6 +378,7 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
         net = kernelize(net, mode=mode, device=device)
     _synchronize(device)
     load_time = time.perf_counter() - t
+    inject_fault(cell, os.environ.get("TFBENCH_FAULT"))
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
     with torch.inference_mode():
@@ -340,10 +399,8 @@ def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
     os.environ["TRITON_CACHE_DIR"] = os.path.join(task["scratch_dir"], "triton")
 
     def phase(name: str, i: int, total: int) -> None:
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             conn.send(("phase", name, i, total))
-        except (BrokenPipeError, OSError):
-            pass
 
     result: dict[str, Any] = {"worker_pid": os.getpid(), "entered_at": entered}
     try:

@@ -1,0 +1,84 @@
+"""Shared helpers: configs written on the spot, the appliance run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A tiny synthetic Llama: fast enough that a cell takes well under a second on 2 cores.
+TINY = {
+    "model": "synthetic:llama-tiny",
+    "device": "cpu",
+    "batch_size": 1,
+    "sequence_length": 16,
+    "num_tokens_to_generate": 6,
+    "warmup_iterations": 1,
+    "measurement_iterations": 3,
+    "attn_implementation": "sdpa",
+    "cell_timeout_s": 120,
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TFBENCH_")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def write_config(directory: Path, name: str = "config.yaml", **fields: Any) -> Path:
+    path = directory / name
+    data = {**TINY, **fields}
+    path.write_text(yaml.safe_dump(data) if name.endswith((".yaml", ".yml")) else json.dumps(data))
+    return path
+
+
+def run_entrypoint(
+    config: Path, output: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    environ = clean_env(TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output))
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(ROOT / "entrypoint.py"), *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.parent,
+    )
+
+
+def only_run_dir(output: Path) -> Path:
+    runs = [p for p in output.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def cells_by_id(run_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in (run_dir / "cells").glob("*.json")}
+
+
+def plan_cells(config: Path) -> list[dict[str, Any]]:
+    """The plan's cells as the runner will see them (computed in-process, no torch)."""
+    from bench.config import load_configs
+    from bench.matrix import Capabilities, build_plan
+
+    (loaded,) = load_configs(config, environ={})
+    return [c.to_dict() for c in build_plan(loaded.config, Capabilities("cpu", False, False)).cells]
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path):
+    def make(**fields: Any) -> Path:
+        return write_config(tmp_path, **fields)
+
+    return make

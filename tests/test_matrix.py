@@ -1,0 +1,497 @@
+"""The plan: coverage levels, the cross product, skip reasons and stable cell ids.
+
+Pure functions of a config and a Capabilities value; nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.config import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, validate
+from bench.matrix import Capabilities, Cell, build_plan, coverage_combos, resolve_dtype, skip_reason
+
+TINY = "synthetic:llama-tiny"
+CPU = Capabilities(device="cpu", flash_attn=False, kernels=False)
+CUDA_BARE = Capabilities(device="cuda", flash_attn=False, kernels=False)
+CUDA_FULL = Capabilities(device="cuda", flash_attn=True, kernels=True)
+
+
+def config(**fields: Any) -> BenchConfig:
+    merged = {"model": TINY, **fields}
+    return validate(merged, {}, "test").config
+
+
+def only_cell(plan_config: BenchConfig, caps: Capabilities = CPU) -> Cell:
+    (cell,) = build_plan(plan_config, caps).cells
+    return cell
+
+
+def combo(cell: Cell) -> tuple[str, str | None, bool, bool]:
+    return (cell.attn_implementation, cell.compile, cell.kernelize, cell.continuous_batching)
+
+
+# ---------------------------------------------------------------------------------------------
+# Coverage levels
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("level", "count"), [(0, 1), (1, 4), (2, 8), (3, 32), (4, 80)])
+def test_coverage_level_counts(level: int, count: int) -> None:
+    combos = coverage_combos(level)
+    assert len(combos) == count
+    assert len(set(combos)) == count
+
+
+def test_coverage_level_0_is_uncompiled_flex_attention() -> None:
+    assert coverage_combos(0) == [("flex_attention", None, False, False)]
+
+
+def test_coverage_level_1() -> None:
+    assert coverage_combos(1) == [
+        ("flex_attention", None, False, False),
+        ("flash_attention_2", None, False, False),
+        ("eager", "default", False, False),
+        ("flash_attention_2", None, False, True),
+    ]
+
+
+def test_coverage_level_2() -> None:
+    assert coverage_combos(2) == [
+        *coverage_combos(1),
+        ("sdpa", "default", False, False),
+        ("flex_attention", "default", True, False),
+        ("flash_attention_2", None, True, False),
+        ("sdpa", None, False, True),
+    ]
+
+
+def test_coverage_levels_3_and_4_are_full_products() -> None:
+    level3 = set(coverage_combos(3))
+    level4 = set(coverage_combos(4))
+    assert {c[1] for c in level3} == {None, "default"}
+    assert {c[1] for c in level4} == {None, *COMPILE_MODES}
+    for combos in (level3, level4):
+        assert {c[0] for c in combos} == set(ATTN_IMPLEMENTATIONS)
+        assert {c[2] for c in combos} == {False, True}
+        assert {c[3] for c in combos} == {False, True}
+
+
+def test_each_coverage_level_contains_the_one_below() -> None:
+    for level in range(4):
+        assert set(coverage_combos(level)) <= set(coverage_combos(level + 1)), level
+
+
+def test_coverage_config_plans_the_level_combos() -> None:
+    plan = build_plan(config(coverage=2, batch_size=[1, 2]), CUDA_FULL)
+    assert len(plan.cells) == 16
+    # Each combo with every shape, combos in the level's order.
+    assert [combo(c) for c in plan.cells[::2]] == coverage_combos(2)
+
+
+def test_compile_fullgraph_only_applies_to_compiled_cells() -> None:
+    plan = build_plan(config(coverage=3, compile_fullgraph=True, compile_dynamic=True), CUDA_FULL)
+    for cell in plan.cells:
+        if cell.compile is None:
+            assert (cell.compile_fullgraph, cell.compile_dynamic) == (False, None), cell.name
+        else:
+            assert (cell.compile_fullgraph, cell.compile_dynamic) == (True, True), cell.name
+
+
+# ---------------------------------------------------------------------------------------------
+# The cross product
+# ---------------------------------------------------------------------------------------------
+
+BATCHES = [1, 4]
+SEQS = [32, 64, 128]
+NEWS = [8, 16]
+ATTNS = ["sdpa", "eager"]
+
+
+def cross_config() -> BenchConfig:
+    return config(
+        batch_size=BATCHES, sequence_length=SEQS, num_tokens_to_generate=NEWS, attn_implementation=ATTNS
+    )
+
+
+def test_build_plan_is_the_cross_product_in_config_order() -> None:
+    plan = build_plan(cross_config(), CPU)
+    assert len(plan.cells) == 24
+    expected = [(a, b, s, n) for a in ATTNS for b in BATCHES for s in SEQS for n in NEWS]
+    got = [
+        (c.attn_implementation, c.batch_size, c.sequence_length, c.num_tokens_to_generate) for c in plan.cells
+    ]
+    assert got == expected
+    assert [c.index for c in plan.cells] == list(range(24))
+    assert len({c.cell_id for c in plan.cells}) == 24
+    assert len({c.name for c in plan.cells}) == 24
+    assert plan.cells[0].name == "sdpa/eager-mode b1 s32 n8"
+    assert plan.cells[-1].name == "eager/eager-mode b4 s128 n16"
+    assert all(c.runnable for c in plan.cells)
+    assert plan.warnings == []
+
+
+def test_build_plan_is_deterministic() -> None:
+    first = build_plan(cross_config(), CPU).to_dict()
+    second = build_plan(cross_config(), CPU).to_dict()
+    assert first == second
+
+
+def test_cell_round_trips_through_dict() -> None:
+    plan = build_plan(config(compile="default", kernelize=[False, True]), CUDA_BARE)
+    for cell in plan.cells:
+        assert Cell.from_dict(json.loads(json.dumps(cell.to_dict()))) == cell
+
+
+# ---------------------------------------------------------------------------------------------
+# Skip reasons
+# ---------------------------------------------------------------------------------------------
+
+
+def reason(
+    attn: str = "sdpa",
+    mode: str | None = None,
+    kernelize: bool = False,
+    cb: bool = False,
+    seq: int = 128,
+    new_tokens: int = 32,
+    model: str = TINY,
+    model_config: dict[str, Any] | None = None,
+    caps: Capabilities = CUDA_FULL,
+) -> str | None:
+    return skip_reason(attn, mode, kernelize, cb, seq, new_tokens, model, model_config or {}, caps)
+
+
+def test_plain_cells_run_everywhere() -> None:
+    assert reason(caps=CPU) is None
+    assert reason(caps=CUDA_BARE) is None
+    assert reason(attn="eager", mode="default", caps=CPU) is None
+
+
+def test_flash_attention_2_on_cpu() -> None:
+    assert reason(attn="flash_attention_2", caps=CPU) == "flash_attention_2 needs a CUDA GPU (device is cpu)"
+
+
+def test_flash_attention_2_without_flash_attn() -> None:
+    assert (
+        reason(attn="flash_attention_2", caps=CUDA_BARE)
+        == "flash_attention_2 needs the flash-attn package, which is not installed"
+    )
+    assert reason(attn="flash_attention_2", caps=CUDA_FULL) is None
+
+
+def test_kernelize_without_kernels() -> None:
+    no_kernels = Capabilities(device="cuda", flash_attn=True, kernels=False)
+    assert (
+        reason(kernelize=True, caps=no_kernels)
+        == "kernelize needs the kernels package, which is not installed"
+    )
+    assert reason(kernelize=True, caps=CPU) == "kernelize needs the kernels package, which is not installed"
+    assert reason(kernelize=True, caps=CUDA_FULL) is None
+
+
+def test_flash_attention_2_with_compile_needs_continuous_batching() -> None:
+    text = reason(attn="flash_attention_2", mode="default", cb=False)
+    assert text == "flash_attention_2 with torch.compile is not supported by plain generate"
+    assert reason(attn="flash_attention_2", mode="default", cb=True) is None
+
+
+def test_flex_attention_with_continuous_batching() -> None:
+    assert reason(attn="flex_attention", cb=True) == "continuous batching does not support flex_attention"
+    assert reason(attn="flex_attention", cb=False) is None
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_continuous_batching_skips_cuda_graph_modes(mode: str) -> None:
+    text = reason(cb=True, mode=mode)
+    assert text is not None
+    assert text.startswith(
+        f"continuous batching compiles only with mode default or max-autotune-no-cudagraphs, not {mode}"
+    )
+
+
+@pytest.mark.parametrize("mode", [None, "default", "max-autotune-no-cudagraphs"])
+def test_continuous_batching_allows_modes_without_cuda_graphs(mode: str | None) -> None:
+    assert reason(cb=True, mode=mode) is None
+
+
+def test_reduce_overhead_on_cpu() -> None:
+    text = reason(mode="reduce-overhead", caps=CPU)
+    assert text is not None
+    assert text.startswith("reduce-overhead only adds CUDA graphs, which do not exist on cpu")
+    assert reason(mode="reduce-overhead", caps=CUDA_FULL) is None
+    assert reason(mode="max-autotune", caps=CPU) is None
+
+
+def test_shape_beyond_the_presets_positions() -> None:
+    # llama-tiny has 4096 positions; the boundary itself fits.
+    assert reason(seq=4000, new_tokens=96) is None
+    assert reason(seq=4000, new_tokens=97) == (
+        "sequence_length + num_tokens_to_generate = 4097 exceeds the model's 4096 positions"
+    )
+    assert reason(seq=1000, new_tokens=25, model="synthetic:gpt2-tiny") == (
+        "sequence_length + num_tokens_to_generate = 1025 exceeds the model's 1024 positions"
+    )
+
+
+def test_model_config_override_moves_the_position_limit() -> None:
+    assert reason(seq=8000, new_tokens=100, model_config={"max_position_embeddings": 8192}) is None
+    assert reason(seq=100, new_tokens=28, model_config={"max_position_embeddings": 64}) == (
+        "sequence_length + num_tokens_to_generate = 128 exceeds the model's 64 positions"
+    )
+
+
+def test_hub_models_have_no_position_check() -> None:
+    assert reason(seq=10**6, new_tokens=10**6, model="meta-llama/Llama-3.2-1B") is None
+
+
+def test_gpt2_tiny_has_no_flex_attention() -> None:
+    assert reason(attn="flex_attention", model="synthetic:gpt2-tiny") == (
+        "synthetic:gpt2-tiny does not support flex_attention (supports: eager, sdpa, flash_attention_2)"
+    )
+    assert reason(attn="sdpa", model="synthetic:gpt2-tiny") is None
+
+
+def test_sleep_preset_limits() -> None:
+    sleep = "synthetic:sleep"
+    assert reason(model=sleep, attn="eager") is None
+    assert reason(model=sleep, attn="sdpa") == "synthetic:sleep does not support sdpa (supports: eager)"
+    assert reason(model=sleep, attn="eager", mode="default") == "synthetic:sleep cannot be compiled"
+    assert (
+        reason(model=sleep, attn="eager", cb=True) == "synthetic:sleep does not support continuous batching"
+    )
+
+
+def test_first_matching_rule_wins() -> None:
+    # On cpu with continuous batching and reduce-overhead, the CB rule comes before the cpu rule.
+    assert reason(mode="reduce-overhead", cb=True, caps=CPU).startswith("continuous batching compiles only")
+    # A preset limitation is reported before a machine limitation.
+    assert reason(attn="flex_attention", model="synthetic:gpt2-tiny", caps=CPU).startswith(
+        "synthetic:gpt2-tiny does not support flex_attention"
+    )
+
+
+def test_skipped_cells_stay_in_the_plan_as_asked() -> None:
+    plan = build_plan(
+        config(attn_implementation=["sdpa", "flash_attention_2"], compile=[None, "default"]), CPU
+    )
+    assert [combo(c) for c in plan.cells] == [
+        ("sdpa", None, False, False),
+        ("sdpa", "default", False, False),
+        ("flash_attention_2", None, False, False),
+        ("flash_attention_2", "default", False, False),
+    ]
+    assert [c.runnable for c in plan.cells] == [True, True, False, False]
+    assert plan.skipped[0].skip_reason == "flash_attention_2 needs a CUDA GPU (device is cpu)"
+    assert [c.name for c in plan.runnable] == [
+        "sdpa/eager-mode b1 s128 n128",
+        "sdpa/compile:default b1 s128 n128",
+    ]
+    assert plan.warnings == []
+
+
+def test_coverage_plan_keeps_unrunnable_combos_on_cpu() -> None:
+    plan = build_plan(config(coverage=1), CPU)
+    assert [combo(c) for c in plan.cells] == coverage_combos(1)
+    assert [c.skip_reason for c in plan.cells] == [
+        None,
+        "flash_attention_2 needs a CUDA GPU (device is cpu)",
+        None,
+        "flash_attention_2 needs a CUDA GPU (device is cpu)",
+    ]
+
+
+def test_skip_reason_depends_on_the_shape() -> None:
+    plan = build_plan(config(sequence_length=[4000, 4090], num_tokens_to_generate=[8, 16]), CPU)
+    assert [(c.sequence_length, c.num_tokens_to_generate, c.runnable) for c in plan.cells] == [
+        (4000, 8, True),
+        (4000, 16, True),
+        (4090, 8, False),
+        (4090, 16, False),
+    ]
+
+
+def test_plan_with_nothing_runnable_warns() -> None:
+    plan = build_plan(config(attn_implementation="flash_attention_2"), CPU)
+    assert plan.runnable == []
+    assert len(plan.skipped) == 1
+    assert plan.warnings == ["no cell in this plan can run on this machine; see the skip reasons"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stable ids
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_config_gives_same_ids() -> None:
+    first = [c.cell_id for c in build_plan(cross_config(), CPU).cells]
+    second = [c.cell_id for c in build_plan(cross_config(), CPU).cells]
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"warmup_iterations": 0},
+        {"measurement_iterations": 3},
+        {"run_name": "another-name"},
+        {"seed": 1234},
+        {"gpu_monitoring": False},
+        {"cell_timeout_s": 12.5},
+        {"output": "elsewhere"},
+        {"trust_remote_code": True},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_ids_ignore_how_a_cell_is_measured(change: dict[str, Any]) -> None:
+    base = [c.cell_id for c in build_plan(cross_config(), CPU).cells]
+    changed = cross_config().model_copy(update=change)
+    assert getattr(changed, next(iter(change))) == next(iter(change.values()))
+    assert [c.cell_id for c in build_plan(changed, CPU).cells] == base
+
+
+BASE_ONE = {"batch_size": 2, "sequence_length": 64, "num_tokens_to_generate": 16, "compile": "default"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "synthetic:llama-small"},
+        {"model_config": {"num_hidden_layers": 1}},
+        {"model": "meta-llama/Llama-3.2-1B", "revision": "main"},
+        {"dtype": "float16"},
+        {"attn_implementation": "eager"},
+        {"compile": "max-autotune"},
+        {"compile": None},
+        {"compile_fullgraph": True},
+        {"compile_dynamic": False},
+        {"kernelize": True},
+        {"continuous_batching": True},
+        {"batch_size": 3},
+        {"sequence_length": 65},
+        {"num_tokens_to_generate": 17},
+    ],
+    ids=lambda change: "+".join(change),
+)
+def test_ids_change_with_what_defines_a_cell(change: dict[str, Any]) -> None:
+    base = only_cell(config(**BASE_ONE)).cell_id
+    assert only_cell(config(**{**BASE_ONE, **change})).cell_id != base
+
+
+def test_ids_change_with_the_revision() -> None:
+    hub = {**BASE_ONE, "model": "meta-llama/Llama-3.2-1B"}
+    assert (
+        only_cell(config(**hub, revision="main")).cell_id != only_cell(config(**hub, revision="v2")).cell_id
+    )
+
+
+def test_ids_change_with_the_device() -> None:
+    cfg = config(**BASE_ONE, dtype="float32")
+    assert only_cell(cfg, CPU).cell_id != only_cell(cfg, CUDA_FULL).cell_id
+
+
+def test_ids_ignore_installed_packages() -> None:
+    cfg = config(**BASE_ONE)
+    assert only_cell(cfg, CUDA_BARE).cell_id == only_cell(cfg, CUDA_FULL).cell_id
+
+
+def test_ids_use_the_resolved_dtype() -> None:
+    auto = config(**BASE_ONE)
+    assert (
+        only_cell(auto, CUDA_FULL).cell_id
+        == only_cell(config(**BASE_ONE, dtype="bfloat16"), CUDA_FULL).cell_id
+    )
+    assert only_cell(auto, CPU).cell_id == only_cell(config(**BASE_ONE, dtype="float32"), CPU).cell_id
+
+
+def test_ids_ignore_model_config_key_order() -> None:
+    a = config(model_config={"hidden_size": 32, "num_hidden_layers": 1})
+    b = config(model_config={"num_hidden_layers": 1, "hidden_size": 32})
+    assert only_cell(a).cell_id == only_cell(b).cell_id
+
+
+def test_ids_do_not_depend_on_the_other_cells() -> None:
+    alone = only_cell(config(batch_size=4, attn_implementation="eager")).cell_id
+    among = build_plan(config(batch_size=[1, 4], attn_implementation=["sdpa", "eager"]), CPU).cells
+    assert among[3].name == "eager/eager-mode b4 s128 n128"
+    assert among[3].cell_id == alone
+
+
+def test_pinned_ids() -> None:
+    """Literal ids: if one changes, results of earlier runs no longer match; bump CELL_ID_VERSION knowingly."""
+    defaults_on_cpu = only_cell(config(), CPU)
+    assert defaults_on_cpu.name == "sdpa/eager-mode b1 s128 n128"
+    assert defaults_on_cpu.cell_id == "d8a30a57f4880378"
+
+    flash_cb = only_cell(
+        config(
+            attn_implementation="flash_attention_2",
+            compile="default",
+            continuous_batching=True,
+            batch_size=4,
+            sequence_length=256,
+            num_tokens_to_generate=32,
+        ),
+        CUDA_FULL,
+    )
+    assert flash_cb.name == "flash_attention_2/compile:default/cb b4 s256 n32"
+    assert flash_cb.cell_id == "45e42882e37ccb3c"
+
+    hub = only_cell(
+        config(model="meta-llama/Llama-3.2-1B", revision="main", attn_implementation="eager"), CPU
+    )
+    assert hub.cell_id == "5258be58df9dc5ac"
+
+
+# ---------------------------------------------------------------------------------------------
+# dtype
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dtype_auto_resolution() -> None:
+    assert resolve_dtype("auto", "cuda") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") == "float32"
+    assert resolve_dtype("float16", "cpu") == "float16"
+    assert only_cell(config(), CUDA_FULL).dtype == "bfloat16"
+    assert only_cell(config(), CPU).dtype == "float32"
+    assert only_cell(config(dtype="float16"), CUDA_FULL).dtype == "float16"
+
+
+# ---------------------------------------------------------------------------------------------
+# A large plan, planned without torch
+# ---------------------------------------------------------------------------------------------
+
+
+def test_large_plan_json_without_torch(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        "model: synthetic:llama-tiny\n"
+        "device: cpu\n"
+        "coverage: 4\n"
+        "batch_size: [1, 2, 4, 8, 16]\n"
+        "sequence_length: [16, 32, 64, 128, 256]\n"
+        "num_tokens_to_generate: [8, 16, 32, 64, 128]\n"
+    )
+    code = (
+        "import sys; from bench.cli import main; "
+        f"rc = main(['plan', '--config', {str(path)!r}, '--json']); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules; sys.exit(rc)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TFBENCH_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    payload = json.loads(proc.stdout)
+    cells = payload["cells"]
+    assert len(cells) >= 10_000
+    assert len(cells) == 80 * 5 * 5 * 5
+    assert len({c["cell_id"] for c in cells}) == len(cells)
+    assert payload["capabilities"]["device"] == "cpu"
