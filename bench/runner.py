@@ -219,6 +219,15 @@ class Runner:
             return 128 + int(self.state.stop_signal)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
 
+    def _telemetry(self, cell: Cell) -> dict[str, Any]:
+        if not self.settings.gpu_monitoring:
+            reason = "gpu_monitoring is off"
+        elif cell.device != "cuda":
+            reason = f"the cell runs on {cell.device}"
+        else:
+            reason = "GPU telemetry sampling is not part of this tfbench version"
+        return {"available": False, "reason": reason}
+
     def _record(self, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -235,6 +244,7 @@ class Runner:
                 "gpu_monitoring": self.settings.gpu_monitoring,
                 "cell_timeout_s": self.settings.cell_timeout_s,
             },
+            "gpu_telemetry": self._telemetry(cell),
             **extra,
         }
 

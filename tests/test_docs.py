@@ -1,0 +1,35 @@
+"""The README documents what the code does: every config field, preset and status."""
+
+from __future__ import annotations
+
+import re
+
+from bench.config import field_names
+from bench.presets import PRESETS
+
+from .conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_every_config_field_is_in_the_fields_table():
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.M))
+    assert documented >= set(field_names()), set(field_names()) - documented
+
+
+def test_every_preset_is_documented():
+    for name in PRESETS:
+        assert f"`{name}`" in README, name
+
+
+def test_statuses_and_exit_codes_are_documented():
+    for status in ("ok", "skipped", "failed", "oom", "timeout", "interrupted"):
+        assert f"| `{status}` |" in README, status
+    for code in ("`0`", "`1`", "`2`", "`130`", "`143`"):
+        assert code in README
+
+
+def test_default_config_file_matches_the_embedded_default():
+    assert (ROOT / "configs" / "cpu-demo.yaml").read_text() == (
+        ROOT / "bench" / "default_config.yaml"
+    ).read_text()
