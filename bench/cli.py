@@ -86,8 +86,9 @@ def _configs(args: argparse.Namespace) -> list[LoadedConfig]:
     return load_configs(path, os.environ, _flags(args), default_path=DEFAULT_CONFIG)
 
 
-def capabilities(config_device: str, accel: Accelerators) -> Capabilities:
-    if config_device == "cuda" and not accel.cuda:
+def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) -> Capabilities:
+    """What the plan may assume. A run on cuda needs a GPU here; a plan for cuda may be made anywhere."""
+    if config_device == "cuda" and not accel.cuda and for_run:
         raise UserError(
             f"device is cuda but no NVIDIA GPU is usable: {accel.reason}. "
             "In Docker, pass the GPUs with `docker run --gpus all ...`; or set device: cpu."
@@ -119,13 +120,23 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     configs = _configs(args)
     accel = detect_accelerators()
     plans: list[tuple[LoadedConfig, Plan]] = [
-        (lc, build_plan(lc.config, capabilities(lc.config.device, accel))) for lc in configs
+        (lc, build_plan(lc.config, capabilities(lc.config.device, accel, for_run=False))) for lc in configs
     ]
+    for lc, plan in plans:
+        if lc.config.device == "cuda" and not accel.cuda:
+            plan.warnings.append(
+                f"this machine has no usable GPU ({accel.reason}): the plan assumes one, "
+                "with the flash-attn and kernels packages installed here"
+            )
     if args.json:
         payload = [
             {"source": lc.source, "config": lc.config.as_given(), **plan.to_dict()} for lc, plan in plans
         ]
-        sys.stdout.write(json.dumps(payload if len(payload) > 1 else payload[0], indent=1) + "\n")
+        big = sum(len(plan.cells) for _, plan in plans) > RICH_PLAN_LIMIT
+        # Indentation triples the time to write a 10,000-cell plan; large plans are for machines.
+        sys.stdout.write(
+            json.dumps(payload if len(payload) > 1 else payload[0], indent=None if big else 1) + "\n"
+        )
         return EXIT_OK
     for lc, plan in plans:
         title = f"{lc.config.model} on {plan.capabilities.device}"
