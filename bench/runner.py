@@ -264,14 +264,17 @@ class Runner:
             "result_path": str(result_path),
         }
         receiver, sender = ctx.Pipe(duplex=False)
+        # Never written: the worker watches it and ends itself when this process is gone.
+        guard_r, guard_w = ctx.Pipe(duplex=False)
         ooms_before = oom_kill_count()
         started_at = now_iso()
         from .child import main as child_main
 
-        proc = ctx.Process(target=child_main, args=(task, sender), name=f"tfbench-{cell.cell_id}")
+        proc = ctx.Process(target=child_main, args=(task, sender, guard_r), name=f"tfbench-{cell.cell_id}")
         t_start = time.perf_counter()
         proc.start()
         sender.close()
+        guard_r.close()
         deadline = t_start + self.settings.cell_timeout_s
         ended_by: str | None = None  # "timeout" or "interrupted" when the parent stopped it
         while True:
@@ -290,6 +293,7 @@ class Runner:
         proc.join()
         t_exit = time.perf_counter()
         receiver.close()
+        guard_w.close()
         timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
         base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.path)), **timing}
         result = None

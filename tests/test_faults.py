@@ -156,3 +156,41 @@ def test_signal_stops_the_run_in_order(tmp_path, sig, code):
     assert cells[2]["cell_id"] not in records
     assert _process_group_members(records[hang["cell_id"]]["worker_pid"]) == []
     assert len((run_dir / "summary.jsonl").read_text().splitlines()) == 2
+
+
+def test_worker_dies_with_a_killed_runner(tmp_path):
+    """SIGKILL of the runner (no chance to clean up) must not leave a worker running on its own."""
+    config = write_config(tmp_path, cell_timeout_s=600)
+    (cell,) = plan_cells(config)
+    output = tmp_path / "results"
+    env = clean_env(
+        TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output), TFBENCH_FAULT=f"{cell['cell_id']}:hang"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "entrypoint.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    worker = None
+    while time.monotonic() < deadline and worker is None:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    cmd = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                # The hanging worker's helper: `sleep 3600` in the worker's process group.
+                if cmd == b"sleep\x003600\x00":
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    worker = int(stat[2])  # its process group id is the worker's pid
+        time.sleep(0.2)
+    assert worker is not None, "the hanging worker never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _process_group_members(worker):
+        time.sleep(0.2)
+    # The worker and its helper are gone: the worker's group was killed, not left running.
+    assert _process_group_members(worker) == []
