@@ -124,16 +124,26 @@ def _check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
+def warm_then_measure(one_run: Any, task: dict[str, Any], device: str, phase: Any) -> tuple[list[Any], float]:
+    """warmup_iterations untimed calls, then measurement_iterations timed ones; peak memory covers the latter."""
+    warm_start = time.perf_counter()
+    for i in range(task["warmup_iterations"]):
+        phase("warmup", i + 1, task["warmup_iterations"])
+        one_run()
+    warmup_time = time.perf_counter() - warm_start
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    results = []
+    for i in range(task["measurement_iterations"]):
+        phase("measure", i + 1, task["measurement_iterations"])
+        results.append(one_run())
+    return results, warmup_time
+
+
 def measure_generate(
-    net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any
+    net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: dict[str, Any], phase: Any
 ) -> dict[str, Any]:
-    device, b, s, n = (
-        cell["device"],
-        cell["batch_size"],
-        cell["sequence_length"],
-        cell["num_tokens_to_generate"],
-    )
-    rows = models.prompt_ids(tokenizer, b, s)
+    device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -166,17 +176,9 @@ def measure_generate(
             raise CellError(f"the token clock saw {len(times)} tokens, expected {n}")
         return e2e, times
 
-    warm_start = time.perf_counter()
-    for i in range(task["warmup_iterations"]):
-        phase("warmup", i + 1, task["warmup_iterations"])
-        one_run()
-    warmup_time = time.perf_counter() - warm_start
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    timed, warmup_time = warm_then_measure(one_run, task, device, phase)
     runs = []
-    for i in range(task["measurement_iterations"]):
-        phase("measure", i + 1, task["measurement_iterations"])
-        e2e, times = one_run()
+    for e2e, times in timed:
         run = run_metrics(e2e, times, b, s)
         run.pop("itl")  # derivable from token_times; kept out of the raw record to halve its size
         run["token_times"] = times
@@ -195,17 +197,11 @@ def measure_generate(
 
 
 def measure_continuous_batching(
-    net: Any, tokenizer: Any, cell: dict[str, Any], task: dict[str, Any], phase: Any
+    net: Any, rows: list[list[int]], cell: dict[str, Any], task: dict[str, Any], phase: Any
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
-    device, b, s, n = (
-        cell["device"],
-        cell["batch_size"],
-        cell["sequence_length"],
-        cell["num_tokens_to_generate"],
-    )
-    rows = models.prompt_ids(tokenizer, b, s)
+    device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=-1)  # -1: EOS disabled in CB
     if cell["compile"]:
         gen.compile_config = _compile_config(cell)
@@ -264,17 +260,7 @@ def measure_continuous_batching(
         return {"e2e_latency": e2e, "e2e_throughput": b * n / e2e, "requests": requests}
 
     try:
-        warm_start = time.perf_counter()
-        for i in range(task["warmup_iterations"]):
-            phase("warmup", i + 1, task["warmup_iterations"])
-            one_batch()
-        warmup_time = time.perf_counter() - warm_start
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        runs = []
-        for i in range(task["measurement_iterations"]):
-            phase("measure", i + 1, task["measurement_iterations"])
-            runs.append(one_batch())
+        runs, warmup_time = warm_then_measure(one_batch, task, device, phase)
     finally:
         manager.stop(block=True, timeout=30)
     graphs = _compiled_graphs()
@@ -381,12 +367,13 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
     inject_fault(cell, os.environ.get("TFBENCH_FAULT"))
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
+    rows = models.prompt_ids(tokenizer, cell["batch_size"], cell["sequence_length"])
     with torch.inference_mode():
         if cell["continuous_batching"]:
-            out.update(measure_continuous_batching(net, tokenizer, cell, task, phase))
+            out.update(measure_continuous_batching(net, rows, cell, task, phase))
         else:
             out["effective_attn_implementation"] = _check_attn(net, cell, "after loading")
-            out.update(measure_generate(net, tokenizer, cell, task, phase))
+            out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
     out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
     out["worker_environment"] = worker_environment(device)
     return out

@@ -42,19 +42,28 @@ def write_config(directory: Path, name: str = "config.yaml", **fields: Any) -> P
     return path
 
 
+def start_entrypoint(
+    config: Path, output: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """The container entry as a running process (stdout and stderr piped), with a clean environment."""
+    environ = clean_env(TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output))
+    environ.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "entrypoint.py"), *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=config.parent,
+    )
+
+
 def run_entrypoint(
     config: Path, output: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    environ = clean_env(TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output))
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, str(ROOT / "entrypoint.py"), *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=config.parent,
-    )
+    proc = start_entrypoint(config, output, *args, env=env)
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def only_run_dir(output: Path) -> Path:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,7 @@ from bench import SCHEMA_VERSION, __version__
 from bench.stats import METRICS, STAT_NAMES
 from bench.store import summary_columns
 
-from .conftest import ROOT, cells_by_id, clean_env, only_run_dir, write_config
+from .conftest import cells_by_id, only_run_dir, start_entrypoint, write_config
 
 # flex_attention compiles its kernel on first use (about 30 s per cell on 2 cores): it has its
 # own test in test_backends.py.
@@ -36,15 +34,7 @@ def e2e(tmp_path_factory):
         run_name="e2e",
     )
     output = base / "results"
-    env = clean_env(TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output), TFBENCH_COMMIT="abc123def")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "entrypoint.py")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=base,
-    )
+    proc = start_entrypoint(config, output, env={"TFBENCH_COMMIT": "abc123def"})
     stdout, stderr = proc.communicate(timeout=300)
     return {"proc": proc, "stdout": stdout, "stderr": stderr, "run_dir": only_run_dir(output)}
 

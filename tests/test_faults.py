@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, cells_by_id, clean_env, only_run_dir, plan_cells, run_entrypoint, write_config
+from .conftest import cells_by_id, only_run_dir, plan_cells, run_entrypoint, start_entrypoint, write_config
 
 # One cell per fault, with healthy cells between them; "hang" sits in the middle so that the
 # cells after a timeout are seen to run.
@@ -121,16 +119,7 @@ def test_signal_stops_the_run_in_order(tmp_path, sig, code):
     cells = plan_cells(config)
     hang = cells[1]
     output = tmp_path / "results"
-    env = clean_env(
-        TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output), TFBENCH_FAULT=f"{hang['cell_id']}:hang"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "entrypoint.py")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_entrypoint(config, output, env={"TFBENCH_FAULT": f"{hang['cell_id']}:hang"})
     # Wait until the hanging cell's worker is running, then stop the run.
     deadline = time.monotonic() + 120
     log = None
@@ -163,15 +152,7 @@ def test_worker_dies_with_a_killed_runner(tmp_path):
     config = write_config(tmp_path, cell_timeout_s=600)
     (cell,) = plan_cells(config)
     output = tmp_path / "results"
-    env = clean_env(
-        TFBENCH_CONFIG=str(config), TFBENCH_OUTPUT=str(output), TFBENCH_FAULT=f"{cell['cell_id']}:hang"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "entrypoint.py")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_entrypoint(config, output, env={"TFBENCH_FAULT": f"{cell['cell_id']}:hang"})
     deadline = time.monotonic() + 120
     worker = None
     while time.monotonic() < deadline and worker is None:
@@ -188,7 +169,7 @@ def test_worker_dies_with_a_killed_runner(tmp_path):
         time.sleep(0.2)
     assert worker is not None, "the hanging worker never started"
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.communicate(timeout=10)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and _process_group_members(worker):
         time.sleep(0.2)
