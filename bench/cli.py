@@ -117,6 +117,8 @@ def _run_id(args: argparse.Namespace, index: int, total: int) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
+    from .report import plan_lines, plan_table
+
     configs = _configs(args)
     accel = detect_accelerators()
     plans: list[tuple[LoadedConfig, Plan]] = [
@@ -141,10 +143,10 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     for lc, plan in plans:
         title = f"{lc.config.model} on {plan.capabilities.device}"
         if len(plan.cells) <= RICH_PLAN_LIMIT:
-            out.print(_plan_table(plan, title))
+            out.print(plan_table(plan, title))
         else:
             out.print(title, highlight=False)
-            sys.stdout.write("\n".join(_plan_lines(plan)) + "\n")
+            sys.stdout.write("\n".join(plan_lines(plan)) + "\n")
         out.print(
             f"{len(plan.cells)} cells: {len(plan.runnable)} to run, {len(plan.skipped)} skipped (config: {lc.source})",
             highlight=False,
@@ -152,18 +154,6 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
         for w in plan.warnings:
             out.print(f"[yellow]warning:[/yellow] {w}")
     return EXIT_OK
-
-
-def _plan_table(plan: Plan, title: str) -> Any:
-    from .report import plan_table
-
-    return plan_table(plan, title)
-
-
-def _plan_lines(plan: Plan) -> Any:
-    from .report import plan_lines
-
-    return plan_lines(plan)
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:

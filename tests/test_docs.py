@@ -33,3 +33,11 @@ def test_default_config_file_matches_the_embedded_default():
     assert (ROOT / "configs" / "cpu-demo.yaml").read_text() == (
         ROOT / "bench" / "default_config.yaml"
     ).read_text()
+
+
+def test_every_shipped_config_is_valid(capsys):
+    from bench.cli import main
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        assert main(["plan", "--config", str(path), "--json"]) == 0, path
+        assert '"cells"' in capsys.readouterr().out
