@@ -180,24 +180,26 @@ class Runner:
             self.rundir.write_cell(rec)
             records.append(rec)
         self.reporter.start(self.plan)
-        for cell, rec in zip(self.plan.skipped, records):
-            self.reporter.cell_done(cell, rec)
-        if self.plan.runnable:
-            # Start the fork server now, so its one-time imports are not charged to the first cell.
-            self.reporter.note("starting the worker server (imports torch and transformers once)")
-            t = time.perf_counter()
-            start_worker_server()
-            meta["worker_server_start_s"] = time.perf_counter() - t
-        for cell in self.plan.runnable:
-            if self.state.stop_signal is not None:
-                break
-            self.reporter.cell_started(cell)
-            rec = self._run_cell(cell)
-            self.rundir.write_cell(rec)
-            self.rundir.drop_scratch(cell.cell_id)
-            records.append(rec)
-            self.reporter.cell_done(cell, rec)
-        self.reporter.stop()
+        try:  # the live display must be closed whatever happens, or the terminal is left garbled
+            for cell, rec in zip(self.plan.skipped, records):
+                self.reporter.cell_done(cell, rec)
+            if self.plan.runnable:
+                # Start the fork server now, so its one-time imports are not charged to the first cell.
+                self.reporter.note("starting the worker server (imports torch and transformers once)")
+                t = time.perf_counter()
+                start_worker_server()
+                meta["worker_server_start_s"] = time.perf_counter() - t
+            for cell in self.plan.runnable:
+                if self.state.stop_signal is not None:
+                    break
+                self.reporter.cell_started(cell)
+                rec = self._run_cell(cell)
+                self.rundir.write_cell(rec)
+                self.rundir.drop_scratch(cell.cell_id)
+                records.append(rec)
+                self.reporter.cell_done(cell, rec)
+        finally:
+            self.reporter.stop()
         self.rundir.write_summary(records)
         counts: dict[str, int] = {}
         for rec in records:
