@@ -308,6 +308,14 @@ def main() -> None:
     print(f"## Harness benchmarks ({time.strftime('%Y-%m-%d')}, {machine()})\n")
     print("| check | measured | goal | |")
     print("|---|---|---|---|")
+    # When the bare loop alone varies between processes by more than the goal, the whole-process
+    # ratio cannot tell 2% apart; say so rather than pass or fail on noise.
+    noise = (max(a["bare"]) - min(a["bare"])) / a["bare_median_s"]
+    whole_verdict = (
+        ok(a["ratio"] <= 1.02)
+        if noise <= 0.02
+        else f"not resolvable here: the bare loop alone varies by {noise:.0%} between processes (see the paired rows)"
+    )
     spread = (
         f"rounds: harness {min(a['harness']) * 1e3:.0f}-{max(a['harness']) * 1e3:.0f} ms, "
         f"bare {min(a['bare']) * 1e3:.0f}-{max(a['bare']) * 1e3:.0f} ms"
@@ -316,7 +324,7 @@ def main() -> None:
         f"| (a) timing overhead, whole appliance: harness-reported e2e p50 / bare generate loop p50, "
         f"median of {args.rounds} alternating process rounds (llama-small, sdpa, b1 s128 n64; {spread}) | "
         f"{a['harness_median_s'] * 1e3:.2f} ms / {a['bare_median_s'] * 1e3:.2f} ms = **{a['ratio']:.4f}x** "
-        f"| <= 1.02x | {ok(a['ratio'] <= 1.02)} |"
+        f"| <= 1.02x | {whole_verdict} |"
     )
     ab = a["ab"]
     print(
