@@ -19,9 +19,8 @@ from .presets import preset_for
 CELL_ID_VERSION = 1
 CB_COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
 
-Combo = tuple[
-    str, str | None, bool, bool
-]  # attn_implementation, compile mode, kernelize, continuous batching
+# attn_implementation, compile mode, kernelize, continuous batching
+Combo = tuple[str, str | None, bool, bool]
 
 
 def coverage_combos(level: int) -> list[Combo]:

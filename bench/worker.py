@@ -140,19 +140,24 @@ def warm_then_measure(one_run: Any, task: dict[str, Any], device: str, phase: An
     return results, warmup_time
 
 
+def exact_greedy_config(net: Any, tokenizer: Any, n: int) -> GenerationConfig:
+    """Greedy decoding of exactly n new tokens, EOS ignored (the harness and its benchmarks share it)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # generate fills unset fields from the model's own generation config; clear its EOS so that
+    # exactly n tokens come out without adding a logits processor.
+    net.generation_config.eos_token_id = None
+    return GenerationConfig(
+        do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad, use_cache=True
+    )
+
+
 def measure_generate(
     net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: dict[str, Any], phase: Any
 ) -> dict[str, Any]:
     device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    gen = GenerationConfig(
-        do_sample=False, max_new_tokens=n, eos_token_id=None, pad_token_id=pad, use_cache=True
-    )
-    # generate fills unset fields from the model's own generation config; clear its EOS so that
-    # exactly n tokens come out (EOS ignored) without adding a logits processor.
-    net.generation_config.eos_token_id = None
+    gen = exact_greedy_config(net, tokenizer, n)
     if cell["compile"]:
         gen.cache_implementation = "static"
         gen.compile_config = _compile_config(cell)

@@ -43,15 +43,13 @@ OVERHEAD_CELL = {
 BARE_LOOP = r"""
 import json, statistics, sys, time
 import torch
-from transformers import GenerationConfig
 from bench import models
+from bench.worker import exact_greedy_config
 cfg = json.loads(sys.argv[1])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))
 mask = torch.ones_like(ids)
-net.generation_config.eos_token_id = None
-gen = GenerationConfig(do_sample=False, max_new_tokens=cfg["num_tokens_to_generate"], eos_token_id=None,
-                       pad_token_id=tok.pad_token_id, use_cache=True)
+gen = exact_greedy_config(net, tok, cfg["num_tokens_to_generate"])
 times = []
 with torch.inference_mode():
     for i in range(cfg["warmup_iterations"] + cfg["measurement_iterations"]):
@@ -73,18 +71,16 @@ print(json.dumps({"median": statistics.median(times), "n": len(times)}))
 AB_IN_PROCESS = r"""
 import json, random, statistics, sys, time
 import torch
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import LogitsProcessorList
 from bench import models
 from bench.timing import HostClock
-from bench.worker import TokenClockProcessor
+from bench.worker import TokenClockProcessor, exact_greedy_config
 cfg, pairs = json.loads(sys.argv[1]), int(sys.argv[2])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))
 mask = torch.ones_like(ids)
-net.generation_config.eos_token_id = None
 n = cfg["num_tokens_to_generate"]
-gen = GenerationConfig(do_sample=False, max_new_tokens=n, eos_token_id=None,
-                       pad_token_id=tok.pad_token_id, use_cache=True)
+gen = exact_greedy_config(net, tok, n)
 clock = HostClock()
 procs = LogitsProcessorList([TokenClockProcessor(clock)])
 def bare():
