@@ -3,13 +3,16 @@
 
 The config comes from TFBENCH_CONFIG, else the mounted /cfg (config.yaml, .yml, .json or
 .jsonl there), else the embedded CPU demo; results go to TFBENCH_OUTPUT, else the mounted
-/results, else ./results. Extra arguments are passed to `tfbench run`.
+/results, else ./results. Arguments are passed to `tfbench run`, unless the first one names
+another subcommand (`merge RUN_DIR`, `plan`, `presets`), which then runs instead.
 """
 
 import os
 import sys
 
 from bench.cli import main
+
+SUBCOMMANDS = ("run", "plan", "merge", "presets")
 
 
 def container_defaults(environ: dict) -> None:
@@ -19,6 +22,12 @@ def container_defaults(environ: dict) -> None:
         environ["TFBENCH_OUTPUT"] = "/results"
 
 
+def arguments(argv: list) -> list:
+    if argv and (argv[0] in SUBCOMMANDS or argv[0] in ("--version", "-h", "--help")):
+        return argv
+    return ["run", *argv]
+
+
 if __name__ == "__main__":
     container_defaults(os.environ)
-    sys.exit(main(["run", *sys.argv[1:]]))
+    sys.exit(main(arguments(sys.argv[1:])))

@@ -12,15 +12,17 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from . import __version__
-from .config import ALLOWED, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
+from .config import ALLOWED, DEMO_CONFIG, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
 from .errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, UserError
 from .hardware import Accelerators, detect_accelerators, environment, is_installed, measured_commit
+from .logs import LOG_FORMATS, HumanLog, JsonLog, log_format
 from .matrix import Capabilities, Plan, build_plan
 from .presets import PRESETS
 
@@ -59,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--run-id", help="name of the run directory (default: TFBENCH_RUN_ID, else <UTC time>-<run_name>)"
     )
+    run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run shard I (from 0) of N (default: TFBENCH_SHARD, or JOB_COMPLETION_INDEX/TFBENCH_SHARD_COUNT)",
+    )
+    run.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="human (default) or json lines (TFBENCH_LOG_FORMAT)"
+    )
     _add_field_flags(run)
+
+    merge = sub.add_parser(
+        "merge", help="merge the shards of a sharded run into one run, checking every cell is there once"
+    )
+    merge.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id> of the sharded run")
+    merge.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="human (default) or json lines (TFBENCH_LOG_FORMAT)"
+    )
 
     plan = sub.add_parser("plan", help="print the matrix: every cell, its id, and whether it runs or why not")
     plan.add_argument(
@@ -83,6 +101,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _configs(args: argparse.Namespace) -> list[LoadedConfig]:
     path = args.config or os.environ.get("TFBENCH_CONFIG") or None
+    if path == DEMO_CONFIG and not Path(path).exists():
+        path = None
     return load_configs(path, os.environ, _flags(args), default_path=DEFAULT_CONFIG)
 
 
@@ -156,68 +176,248 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from .report import ProgressReporter, summary_table, unmeasured_table
-    from .runner import Runner, Settings, new_run_id
-    from .store import RunDir
+def _settings(cfg: Any) -> Any:
+    from .runner import Settings
+
+    return Settings(
+        warmup_iterations=cfg.warmup_iterations,
+        measurement_iterations=cfg.measurement_iterations,
+        seed=cfg.seed,
+        trust_remote_code=cfg.trust_remote_code,
+        gpu_monitoring=cfg.gpu_monitoring,
+        cell_timeout_s=cfg.cell_timeout_s,
+        max_attempts=cfg.max_attempts,
+    )
+
+
+def _exit_code(records: list[dict[str, Any]]) -> int:
+    from .runner import FAILED_STATUSES
+
+    return EXIT_CELL_FAILED if any(r["status"] in FAILED_STATUSES for r in records) else EXIT_OK
+
+
+@dataclass
+class Job:
+    """One config's run as prepared before anything runs: its plan, where it goes, how it resumes."""
+
+    loaded: LoadedConfig
+    full: Plan  # the whole matrix (what a shard's merge checks against)
+    plan: Plan  # the cells this process runs (a shard's share, or all)
+    output: Path
+    run_id: str | None
+    settings: Any
+    key: dict[str, Any]
+    shard: Any = None
+    selected: Any = None
+
+
+def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
+    from .resume import hardware_signature, identity, select_run
+    from .runner import new_run_id
+    from .shard import parse_shard, shard_plan
 
     configs = _configs(args)
+    shard = parse_shard(os.environ, args.shard)
     accel = detect_accelerators()
-    prepared = []
+    env = environment(accel)
+    jobs: list[Job] = []
     # Every config is checked before the first cell runs: a bad line 3 must not cost lines 1-2.
     for i, lc in enumerate(configs):
         cfg = lc.config
-        plan = build_plan(cfg, capabilities(cfg.device, accel))
+        full = build_plan(cfg, capabilities(cfg.device, accel))
+        iterations = cfg.warmup_iterations + cfg.measurement_iterations
+        plan = shard_plan(full, shard, iterations) if shard else full
         output = Path(cfg.output or DEFAULT_OUTPUT)
         _check_output(output)
         run_id = _run_id(args, i, len(configs))
-        if run_id is not None and (output / run_id).exists():
-            raise UserError(f"run {run_id} already exists in {output}; choose another run id")
-        prepared.append((lc, plan, output, run_id))
-    env = environment(accel)
-    commit = measured_commit()
-    worst = EXIT_OK
-    for lc, plan, output, run_id in prepared:
-        cfg = lc.config
-        run_id = run_id or new_run_id(cfg.run_name, output)
-        rundir = RunDir(output, run_id)
-        meta = {
-            "run_id": run_id,
-            "run_name": cfg.run_name,
-            "config_source": lc.source,
-            "config_as_given": lc.given,
-            "config_origins": lc.origins,
-            "config": cfg.as_given(),
-            "plan": plan.to_dict(),
-            "environment": env,
-            "measured_commit": commit,
+        if shard and run_id is None:
+            raise UserError(
+                f"shard {shard}: a sharded run needs TFBENCH_RUN_ID (or --run-id), the same on every shard, "
+                "so that the shards write one run"
+            )
+        measured = {
+            "warmup_iterations": cfg.warmup_iterations,
+            "measurement_iterations": cfg.measurement_iterations,
+            "seed": cfg.seed,
         }
-        settings = Settings(
-            warmup_iterations=cfg.warmup_iterations,
-            measurement_iterations=cfg.measurement_iterations,
-            seed=cfg.seed,
-            trust_remote_code=cfg.trust_remote_code,
-            gpu_monitoring=cfg.gpu_monitoring,
-            cell_timeout_s=cfg.cell_timeout_s,
+        key = identity(
+            full, measured, hardware_signature(env, full.capabilities.device), shard and shard.name
         )
-        err.print(
-            f"[bold]tfbench {__version__}[/bold] run [bold]{run_id}[/bold]: {cfg.model} on {plan.capabilities.device}, "
-            f"{len(plan.runnable)} cells to run, {len(plan.skipped)} skipped -> {rundir.path}",
-            highlight=False,
+        jobs.append(Job(lc, full, plan, output, run_id, _settings(cfg), key, shard))
+    # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
+    try:
+        for job in jobs:
+            name, output = job.loaded.config.run_name, job.output
+            job.selected = select_run(
+                output,
+                job.run_id,
+                shard and shard.name,
+                name,
+                job.key,
+                job.plan,
+                lambda name=name, output=output: new_run_id(name, output),
+            )
+        commit = measured_commit()
+        worst = EXIT_OK
+        for job in jobs:
+            code = _run_one(job, env, commit, out, err, log)
+            job.selected.lock.release()
+            if code not in (EXIT_OK, EXIT_CELL_FAILED):
+                return code  # interrupted: stop here, later configs are not started
+            worst = max(worst, code)
+        return worst
+    finally:
+        for job in jobs:
+            if job.selected is not None:
+                job.selected.lock.release()
+
+
+def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
+    from .logs import JsonReporter
+    from .merge import try_merge
+    from .report import ProgressReporter, summary_table, unmeasured_table
+    from .runner import Runner, now_iso
+
+    lc, full, plan, output, settings, key, sel, shard = (
+        job.loaded,
+        job.full,
+        job.plan,
+        job.output,
+        job.settings,
+        job.key,
+        job.selected,
+        job.shard,
+    )
+    cfg = lc.config
+    rundir = sel.rundir
+    run_id = rundir.run_id
+    label = f"{run_id}" + (f" shard {shard}" if shard else "")
+    device = plan.capabilities.device
+    if sel.finished:
+        records = list(sel.records.values()) or rundir.read_cells()
+        log.emit(
+            "run_already_finished",
+            run_id=run_id,
+            shard=shard and shard.name,
+            path=str(rundir.path),
+            message=f"run {label} already finished ({rundir.path}); nothing to do. "
+            "Choose another run id (or none) for a new run.",
         )
-        runner = Runner(rundir, plan, settings, meta, ProgressReporter(err, label=run_id))
+        code = _exit_code(records)
+    else:
+        invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
+        if sel.meta is not None:
+            meta = dict(sel.meta)
+            meta["invocations"] = [*(meta.get("invocations") or []), invocation]
+        else:
+            meta = {
+                "run_id": run_id,
+                "run_name": cfg.run_name,
+                "started_at": invocation["started_at"],
+                "invocations": [invocation],
+            }
+        meta.update(
+            config_source=lc.source,
+            config_as_given=lc.given,
+            config_origins=lc.origins,
+            config=cfg.as_given(),
+            plan=full.to_dict(),
+            identity=key,
+            environment=env,
+            measured_commit=commit,
+            shard=None
+            if shard is None
+            else {
+                "index": shard.index,
+                "count": shard.count,
+                "name": shard.name,
+                "cell_ids": [c.cell_id for c in plan.cells],
+            },
+        )
+        settled = sum(1 for r in sel.records.values() if r["status"] in ("ok", "skipped"))
+        verb = "continues" if sel.meta is not None else "starts"
+        log.emit(
+            "run_started" if sel.meta is None else "run_continued",
+            run_id=run_id,
+            shard=shard and shard.name,
+            path=str(rundir.path),
+            cells=len(plan.cells),
+            runnable=len(plan.runnable),
+            skipped=len(plan.skipped),
+            already_done=settled,
+            message=f"tfbench {__version__}: run {label} {verb}: {cfg.model} on {device}, "
+            f"{len(plan.runnable)} cells to run, {len(plan.skipped)} skipped"
+            + (f", {settled} already done" if sel.meta is not None else "")
+            + f" -> {rundir.path}",
+        )
+        reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
+        runner = Runner(rundir, plan, settings, meta, reporter, previous=sel.records)
         code = runner.execute()
-        records = rundir.read_cells()
-        out.print(summary_table(records, title=f"{run_id}: {cfg.model} on {plan.capabilities.device}"))
+        records = [r for r in rundir.read_cells() if r["cell_id"] in {c.cell_id for c in plan.cells}]
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    if log.human:
+        out.print(summary_table(records, title=f"{label}: {cfg.model} on {device}"))
         unmeasured = unmeasured_table(records)
         if unmeasured is not None:
             out.print(unmeasured)
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(runner.state.counts.items()) if v)
-        out.print(f"results: {rundir.path}  ({counts})", highlight=False)
-        if code not in (EXIT_OK, EXIT_CELL_FAILED):
-            return code  # interrupted: stop here, later configs are not started
-        worst = max(worst, code)
-    return worst
+    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
+    log.emit(
+        "run_finished" if code in (EXIT_OK, EXIT_CELL_FAILED) else "run_interrupted",
+        run_id=run_id,
+        shard=shard and shard.name,
+        path=str(rundir.path),
+        counts=counts,
+        exit_code=code,
+        message=f"results: {rundir.path}  ({text})",
+    )
+    if shard and code in (EXIT_OK, EXIT_CELL_FAILED):
+        run_path = output / run_id
+        merged, pending = try_merge(run_path)
+        if merged is not None:
+            log.emit(
+                "run_merged",
+                run_id=run_id,
+                path=str(run_path),
+                counts=merged["counts"],
+                message=f"all {shard.count} shards finished; merged into {run_path}",
+            )
+        else:
+            log.emit(
+                "merge_pending",
+                run_id=run_id,
+                pending=pending,
+                message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
+            )
+    return code
+
+
+def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
+    from .merge import merge
+    from .report import summary_table
+
+    run_path = Path(args.run_dir)
+    if not run_path.is_dir():
+        raise UserError(f"{run_path} is not a directory; give <output>/<run id> of a sharded run")
+    merged = merge(run_path)
+    if log.human:
+        from .store import RunDir
+
+        out.print(
+            summary_table(
+                RunDir(run_path.parent, run_path.name).read_cells(), title=f"{merged['run_id']} (merged)"
+            )
+        )
+    text = ", ".join(f"{v} {k}" for k, v in sorted(merged["counts"].items()) if v)
+    log.emit(
+        "run_merged",
+        run_id=merged["run_id"],
+        path=str(run_path),
+        counts=merged["counts"],
+        message=f"merged {merged['shard_count']} shards into {run_path} ({text})",
+    )
+    return EXIT_OK
 
 
 def cmd_presets(out: Console) -> int:
@@ -239,17 +439,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Logs of containers and CI are not terminals; rich would wrap them at 80 columns.
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+    log: Any = HumanLog(err)
     try:
+        log = JsonLog() if log_format(os.environ, getattr(args, "log_format", None)) == "json" else log
         if args.command == "plan":
             return cmd_plan(args, out)
         if args.command == "run":
-            return cmd_run(args, out, err)
+            return cmd_run(args, out, err, log)
+        if args.command == "merge":
+            return cmd_merge(args, out, log)
         return cmd_presets(out)
     except UserError as exc:
-        sys.stderr.write(f"tfbench: error: {exc}\n")
+        log.emit("error", level="error", exit_code=exc.exit_code, message=str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("tfbench: interrupted\n")
+        log.emit("interrupted", level="error", exit_code=EXIT_SIGINT, message="interrupted")
         return EXIT_SIGINT
 
 

@@ -29,7 +29,21 @@ CONFIG_FILE_NAMES = ("config.yaml", "config.yml", "config.json", "config.jsonl")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
 ENV_PREFIX = "TFBENCH_"
 # TFBENCH_* variables that are not config fields; any other unknown TFBENCH_* is a typo.
-NON_FIELD_ENV = {"TFBENCH_CONFIG", "TFBENCH_RUN_ID", "TFBENCH_COMMIT", "TFBENCH_FAULT"}
+NON_FIELD_ENV = {
+    "TFBENCH_CONFIG",
+    "TFBENCH_RUN_ID",
+    "TFBENCH_COMMIT",
+    "TFBENCH_FAULT",
+    "TFBENCH_SHARD",
+    "TFBENCH_SHARD_COUNT",
+    "TFBENCH_LOG_FORMAT",
+}
+# TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
+DEMO_CONFIG = "demo"
+MOUNT_HINT = (
+    "mount a directory holding config.yaml (docker run -v ./cfg:/cfg ...), "
+    f"point TFBENCH_CONFIG at a file, or set TFBENCH_CONFIG={DEMO_CONFIG} for the built-in CPU demo"
+)
 # Kinds of TFBENCH_FAULT, the harness's own fault injection (see worker.inject_fault).
 FAULT_KINDS = ("raise", "oom", "segv", "kill", "exit", "hang")
 # Axes that may be given a single value or a list; lists expand to the cross product.
@@ -66,6 +80,7 @@ ALLOWED: dict[str, str] = {
     "continuous_batching": "true, false, or a list of these",
     "gpu_monitoring": "true or false",
     "cell_timeout_s": "a number of seconds > 0",
+    "max_attempts": "an integer >= 1: attempts per cell that may end failed, oom, timeout or lost",
     "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
     "output": "a directory path for results",
     "seed": "an integer",
@@ -98,6 +113,7 @@ class BenchConfig(BaseModel):
     continuous_batching: list[StrictBool] = [False]
     gpu_monitoring: StrictBool = True
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
+    max_attempts: Annotated[StrictInt, Field(ge=1)] = 2
     run_name: Annotated[str, Field(strict=True)] = "tfbench"
     output: Annotated[str, Field(min_length=1, strict=True)] | None = None
     seed: StrictInt = 0
@@ -255,7 +271,11 @@ def find_config_file(path: str | os.PathLike[str]) -> Path:
         found = [p / n for n in CONFIG_FILE_NAMES if (p / n).is_file()]
         if not found:
             raise ConfigError(
-                [f"no config file in directory {p}: expected one of " + ", ".join(CONFIG_FILE_NAMES)]
+                [
+                    f"no config found in directory {p}: expected one of "
+                    + ", ".join(CONFIG_FILE_NAMES)
+                    + f"; {MOUNT_HINT}"
+                ]
             )
         if len(found) > 1:
             raise ConfigError(
@@ -263,7 +283,7 @@ def find_config_file(path: str | os.PathLike[str]) -> Path:
             )
         return found[0]
     if not p.exists():
-        raise ConfigError([f"config file {p} does not exist"])
+        raise ConfigError([f"no config found: {p} does not exist; {MOUNT_HINT}"])
     if p.suffix.lower() not in CONFIG_SUFFIXES:
         raise ConfigError(
             [f"config file {p} has suffix {p.suffix!r}; allowed: " + ", ".join(CONFIG_SUFFIXES)]

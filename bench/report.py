@@ -26,6 +26,8 @@ STATUS_STYLE = {
     "oom": "red",
     "timeout": "red",
     "interrupted": "yellow",
+    "lost": "red",
+    "running": "yellow",
 }
 
 
@@ -193,8 +195,9 @@ class ProgressReporter:
         self.progress.start()
         self.task_id = self.progress.add_task(self.label or "cells", total=len(plan.cells), current="")
 
-    def cell_started(self, cell: Cell) -> None:
-        self.progress.update(self.task_id, current=f"{escape(cell.name)} · starting")
+    def cell_started(self, cell: Cell, attempt: int = 1) -> None:
+        again = f" (attempt {attempt})" if attempt > 1 else ""
+        self.progress.update(self.task_id, current=f"{escape(cell.name)} · starting{again}")
 
     def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
         text = {"load": "loading model", "done": "writing result"}.get(phase, phase)
@@ -202,9 +205,13 @@ class ProgressReporter:
             text = f"{phase} {i}/{total}"
         self.progress.update(self.task_id, current=f"{escape(cell.name)} · {text}")
 
-    def cell_done(self, cell: Cell, record: dict[str, Any]) -> None:
-        self.done += 1
-        self.progress.update(self.task_id, advance=1, current="")
+    def cell_done(self, cell: Cell, record: dict[str, Any], final: bool = True, quiet: bool = False) -> None:
+        """A cell's attempt ended; `final` when no further attempt follows (the bar advances)."""
+        if final:
+            self.done += 1
+        self.progress.update(self.task_id, advance=1 if final else 0, current="")
+        if quiet:
+            return
         status = record["status"]
         style = STATUS_STYLE.get(status, "")
         if status == "ok":
@@ -215,6 +222,10 @@ class ProgressReporter:
             )
         else:
             detail = escape((record.get("reason") or "")[:160])
+        attempt = record.get("attempt") or 1
+        retry = not final and status != "interrupted"
+        if status != "skipped" and (attempt > 1 or retry):
+            detail = f"[dim](attempt {attempt}{', will retry' if retry else ''})[/dim] {detail}"
         self.progress.console.print(
             f"[{style}]{status:>11}[/{style}]  {escape(cell.name)}  [dim]{cell.cell_id[:8]}[/dim]  {detail}",
             highlight=False,

@@ -24,9 +24,10 @@ from typing import Any
 from . import SCHEMA_VERSION, __version__
 from .errors import EXIT_CELL_FAILED, EXIT_OK
 from .matrix import Cell, Plan
+from .resume import lost_record, needs_run, previous_attempts, remove_stale_temporaries
 from .store import RunDir, read_json
 
-FAILED_STATUSES = ("failed", "oom", "timeout")
+FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 LOG_TAIL_LINES = 30
 
 
@@ -115,6 +116,7 @@ class Settings:
     trust_remote_code: bool
     gpu_monitoring: bool
     cell_timeout_s: float
+    max_attempts: int = 1
 
 
 @dataclass
@@ -133,12 +135,15 @@ class Runner:
         settings: Settings,
         run_meta: dict[str, Any],
         reporter: Any,
+        previous: dict[str, dict[str, Any]] | None = None,
     ):
         self.rundir = rundir
         self.plan = plan
         self.settings = settings
         self.run_meta = run_meta
         self.reporter = reporter
+        # The latest record of each cell from earlier invocations of this run (resume).
+        self.records: dict[str, dict[str, Any]] = dict(previous or {})
         self.state = RunState()
 
     # -- signals ----------------------------------------------------------------------------
@@ -163,48 +168,70 @@ class Runner:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _final(self, record: dict[str, Any]) -> bool:
+        return record["status"] != "interrupted" and not needs_run(record, self.settings.max_attempts)
+
     def _execute(self) -> int:
         self.rundir.create()
+        remove_stale_temporaries(self.rundir)
         meta = {
             **self.run_meta,
             "schema_version": SCHEMA_VERSION,
             "tfbench_version": __version__,
-            "started_at": now_iso(),
             "finished_at": None,
             "status": "running",
         }
+        meta.setdefault("started_at", now_iso())
         self.rundir.write_run(meta)
-        records: list[dict[str, Any]] = []
-        for cell in self.plan.skipped:
-            rec = self._record(cell, "skipped", reason=cell.skip_reason)
-            self.rundir.write_cell(rec)
-            records.append(rec)
+        records = self.records
+        done_before: list[tuple[Cell, dict[str, Any]]] = []
+        for cell in self.plan.cells:
+            rec = records.get(cell.cell_id)
+            if not cell.runnable and rec is None:
+                rec = records[cell.cell_id] = self._record(cell, "skipped", reason=cell.skip_reason)
+                self.rundir.write_cell(rec)
+            elif rec is not None and rec["status"] == "running" and self._final(lost_record(rec)):
+                # Killed mid-cell in an earlier invocation, and out of attempts: record it as lost.
+                rec = records[cell.cell_id] = lost_record(rec)
+                self.rundir.write_cell(rec)
+            if rec is not None and self._final(rec):
+                done_before.append((cell, rec))
+        todo = [
+            c for c in self.plan.runnable if needs_run(records.get(c.cell_id), self.settings.max_attempts)
+        ]
         self.reporter.start(self.plan)
         try:  # the live display must be closed whatever happens, or the terminal is left garbled
-            for cell, rec in zip(self.plan.skipped, records):
-                self.reporter.cell_done(cell, rec)
-            if self.plan.runnable:
+            for cell, rec in done_before:
+                # Cells finished by an earlier invocation count, but only skips get their line again.
+                self.reporter.cell_done(cell, rec, final=True, quiet=rec["status"] != "skipped")
+            if todo:
                 # Start the fork server now, so its one-time imports are not charged to the first cell.
                 self.reporter.note("starting the worker server (imports torch and transformers once)")
                 t = time.perf_counter()
                 start_worker_server()
                 meta["worker_server_start_s"] = time.perf_counter() - t
-            for cell in self.plan.runnable:
-                if self.state.stop_signal is not None:
-                    break
-                self.reporter.cell_started(cell)
-                rec = self._run_cell(cell)
-                self.rundir.write_cell(rec)
-                self.rundir.drop_scratch(cell.cell_id)
-                records.append(rec)
-                self.reporter.cell_done(cell, rec)
+            while todo and self.state.stop_signal is None:
+                for cell in todo:
+                    if self.state.stop_signal is not None:
+                        break
+                    records[cell.cell_id] = rec = self._attempt(cell, records.get(cell.cell_id))
+                    self.reporter.cell_done(cell, rec, final=self._final(rec))
+                # Failed cells get their next attempt after every other cell had its first.
+                todo = [
+                    c
+                    for c in todo
+                    if (rec := records.get(c.cell_id)) is not None
+                    and rec["status"] in FAILED_STATUSES
+                    and not self._final(rec)
+                ]
         finally:
             self.reporter.stop()
-        self.rundir.write_summary(records)
+        mine = [records[c.cell_id] for c in self.plan.cells if c.cell_id in records]
+        self.rundir.write_summary(mine)
         counts: dict[str, int] = {}
-        for rec in records:
+        for rec in mine:
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-        counts["not_run"] = len(self.plan.cells) - len(records)
+        counts["not_run"] = len(self.plan.cells) - len(mine)
         self.state.counts = counts
         interrupted = self.state.stop_signal is not None
         meta.update(
@@ -220,6 +247,18 @@ class Runner:
         if interrupted:
             return 128 + int(self.state.stop_signal)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
+
+    def _attempt(self, cell: Cell, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """One attempt at a cell: announced on disk first, so a kill at any instant leaves a trace."""
+        history = previous_attempts(previous)
+        attempt = len(history) + 1
+        running = self._record(cell, "running", attempt=attempt, attempts=history, started_at=now_iso())
+        self.rundir.write_cell(running)
+        self.reporter.cell_started(cell, attempt)
+        rec = self._run_cell(cell, attempt)
+        rec.update(attempt=attempt, attempts=history)
+        self.rundir.write_cell(rec)
+        return rec
 
     def _telemetry(self, cell: Cell) -> dict[str, Any]:
         if not self.settings.gpu_monitoring:
@@ -250,11 +289,16 @@ class Runner:
             **extra,
         }
 
-    def _run_cell(self, cell: Cell) -> dict[str, Any]:
+    def _run_cell(self, cell: Cell, attempt: int = 1) -> dict[str, Any]:
         ctx = worker_context()
-        scratch = self.rundir.scratch(cell.cell_id)
+        # A scratch directory per attempt: a worker of a killed earlier attempt may still be
+        # exiting, and must not write into this one.
+        scratch_name = f"{cell.cell_id}.{attempt}"
+        scratch = self.rundir.scratch(scratch_name)
         result_path = scratch / "result.json"
         log_path = self.rundir.log_path(cell.cell_id)
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"=== tfbench: cell {cell.cell_id} attempt {attempt} at {now_iso()} ===\n")
         task = {
             "cell": cell.to_dict(),
             "warmup_iterations": self.settings.warmup_iterations,
@@ -296,6 +340,25 @@ class Runner:
         t_exit = time.perf_counter()
         receiver.close()
         guard_w.close()
+        try:
+            return self._classify(
+                cell, proc, ended_by, result_path, log_path, t_start, t_exit, started_at, ooms_before
+            )
+        finally:
+            self.rundir.drop_scratch(scratch_name)
+
+    def _classify(
+        self,
+        cell: Cell,
+        proc: Any,
+        ended_by: str | None,
+        result_path: Path,
+        log_path: Path,
+        t_start: float,
+        t_exit: float,
+        started_at: str,
+        ooms_before: int | None,
+    ) -> dict[str, Any]:
         timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
         base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.path)), **timing}
         result = None

@@ -4,7 +4,9 @@
     <output>/<run_id>/cells/<cell_id>.json  one per cell, written when its result is known
     <output>/<run_id>/summary.jsonl         one flat row per cell, for pandas and datasets
     <output>/<run_id>/logs/<cell_id>.log    the worker's stdout and stderr
-    <output>/<run_id>/work/<cell_id>/       the worker's scratch space (compile caches), removed after
+    <output>/<run_id>/work/<cell_id>.<attempt>/  the worker's scratch space (compile caches), removed after
+    <output>/<run_id>/shards/<i>-of-<N>/    shard i of a sharded run, laid out as above; the
+                                            merged run is written to <output>/<run_id>/
 
 Nothing here imports torch.
 """
@@ -89,10 +91,12 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 class RunDir:
-    def __init__(self, output: str | os.PathLike[str], run_id: str):
+    def __init__(self, output: str | os.PathLike[str], run_id: str, shard: str | None = None):
         self.output = Path(output)
         self.run_id = run_id
-        self.path = self.output / run_id
+        self.shard = shard
+        # A shard of a run lives inside the run's directory; the merge writes the run beside it.
+        self.path = self.output / run_id / "shards" / shard if shard else self.output / run_id
         self.cells = self.path / "cells"
         self.logs = self.path / "logs"
         self.work = self.path / "work"
@@ -136,7 +140,7 @@ class RunDir:
 def summary_columns() -> list[str]:
     cols = ["run_id", "cell_id", "name", "status", "reason", *AXES]
     cols += [f"{m}_{s}" for m in METRICS for s in STAT_NAMES]
-    cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid"]
+    cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
     return cols
 
 
@@ -163,4 +167,6 @@ def summary_row(run_id: str, record: dict[str, Any]) -> dict[str, Any]:
     row["load_time_s"] = record.get("load_time_s")
     row["warmup_time_s"] = record.get("warmup_time_s")
     row["worker_pid"] = record.get("worker_pid")
+    row["attempt"] = record.get("attempt") or (0 if record["status"] == "skipped" else 1)
+    row["shard"] = record.get("shard")
     return row

@@ -25,6 +25,7 @@ TINY = {
     "measurement_iterations": 3,
     "attn_implementation": "sdpa",
     "cell_timeout_s": 120,
+    "max_attempts": 1,  # tests of retries set it themselves
 }
 
 

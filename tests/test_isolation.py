@@ -59,13 +59,17 @@ def test_sleep_model_times_are_never_below_the_truth(tmp_path):
         assert min(gaps) >= decode
 
 
-def test_existing_run_id_is_refused(tmp_path):
+def test_run_id_of_a_foreign_directory_is_refused(tmp_path):
     config = write_config(tmp_path)
     (tmp_path / "out" / "fixed").mkdir(parents=True)
+    (tmp_path / "out" / "fixed" / "notes.txt").write_text("mine")
     proc = run_entrypoint(config, tmp_path / "out", "--run-id", "fixed")
     assert proc.returncode == 2
-    assert "run fixed already exists" in proc.stderr
+    assert "is not a tfbench run" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / "fixed").iterdir() if not p.name.startswith(".")) == [
+        "notes.txt"
+    ]
 
 
 def test_unwritable_output_is_exit_2(tmp_path):

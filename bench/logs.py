@@ -1,0 +1,123 @@
+"""Run logs in two formats: for a person (rich progress bar and tables) or for a log collector
+(TFBENCH_LOG_FORMAT=json: one JSON object per line on stderr, no colours, no bar).
+
+Both get the same events: run started/continued, each cell's start and end, merges, the end of
+the run and errors. Tokens never reach a log: nothing here reads the environment's secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from .errors import UserError
+from .matrix import Cell, Plan
+
+LOG_FORMATS = ("human", "json")
+# Stats a cell_done event carries, so a log collector can chart runs without reading files.
+EVENT_STATS = (("e2e_latency", "p50"), ("ttft", "p50"), ("tpot", "p50"), ("e2e_throughput", "p50"))
+
+
+def log_format(environ: Mapping[str, str], flag: str | None = None) -> str:
+    value = flag or environ.get("TFBENCH_LOG_FORMAT") or "human"
+    if value not in LOG_FORMATS:
+        source = "--log-format" if flag else "TFBENCH_LOG_FORMAT"
+        raise UserError(f"{source} = {value!r}: allowed: {', '.join(LOG_FORMATS)}")
+    return value
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class JsonLog:
+    """JSON lines on a stream; each line is one complete object, flushed at once."""
+
+    human = False
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        line = {"ts": _now(), "level": level, "event": event, **fields}
+        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.flush()
+
+
+class HumanLog:
+    human = True
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        message = fields.get("message", event)
+        if level == "error":
+            self.console.print(f"tfbench: error: {message}", highlight=False, markup=False)
+        elif level == "warning":
+            self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        else:
+            self.console.print(message, highlight=False, markup=False)
+
+
+def cell_fields(cell: Cell) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "cell": cell.name}
+
+
+class JsonReporter:
+    """The ProgressReporter's interface, as JSON-lines events."""
+
+    def __init__(self, log: JsonLog, run_id: str):
+        self.log = log
+        self.run_id = run_id
+        self.total = 0
+        self.done = 0
+        self._phase: tuple[str, str] | None = None
+
+    def start(self, plan: Plan) -> None:
+        self.total = len(plan.cells)
+
+    def cell_started(self, cell: Cell, attempt: int = 1) -> None:
+        self._phase = None
+        self.log.emit("cell_started", run_id=self.run_id, attempt=attempt, **cell_fields(cell))
+
+    def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
+        if self._phase == (cell.cell_id, phase):  # one line per phase, not one per iteration
+            return
+        self._phase = (cell.cell_id, phase)
+        self.log.emit("cell_phase", run_id=self.run_id, phase=phase, **cell_fields(cell))
+
+    def cell_done(self, cell: Cell, record: dict[str, Any], final: bool = True, quiet: bool = False) -> None:
+        if final:
+            self.done += 1
+        if quiet:
+            return
+        status = record["status"]
+        fields: dict[str, Any] = {
+            "run_id": self.run_id,
+            **cell_fields(cell),
+            "status": status,
+            "attempt": record.get("attempt"),
+            "final": final,
+            "done": self.done,
+            "total": self.total,
+        }
+        if status == "ok":
+            stats = record.get("stats") or {}
+            for metric, stat in EVENT_STATS:
+                fields[f"{metric}_{stat}"] = (stats.get(metric) or {}).get(stat)
+        else:
+            fields["reason"] = record.get("reason")
+        level = "info" if status in ("ok", "skipped") else "warning"
+        self.log.emit("cell_done", level=level, **fields)
+
+    def note(self, text: str) -> None:
+        self.log.emit("note", run_id=self.run_id, message=text)
+
+    def stop(self) -> None:
+        pass

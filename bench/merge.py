@@ -1,0 +1,184 @@
+"""Merge the shards of a run into one run, refusing if a cell is missing or recorded twice.
+
+    <output>/<run_id>/shards/<i>-of-<N>/   written by shard i (a run directory each)
+    <output>/<run_id>/                     the merged run: run.json, cells/, summary.jsonl
+
+Merging is idempotent: it may run again (by hand, or by every shard that finishes last) and
+writes the same result. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import SCHEMA_VERSION, __version__
+from .errors import UserError
+from .resume import RunLock, read_run
+from .store import RunDir, read_json
+
+MERGE_LOCK = ".merge.lock"
+
+
+class MergeError(UserError):
+    """The shards do not add up to the run: missing, unfinished, duplicated or inconsistent."""
+
+
+@dataclass
+class Shards:
+    run_path: Path
+    metas: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard name -> run.json
+
+
+def read_shards(run_path: Path) -> Shards:
+    shards = Shards(run_path)
+    root = run_path / "shards"
+    if not root.is_dir():
+        raise MergeError(f"{run_path} has no shards/ directory: it is not a sharded run")
+    for path in sorted(root.iterdir()):
+        meta = read_run(path) if path.is_dir() else None
+        if meta is None or not meta.get("shard"):
+            raise MergeError(f"{path} is not a shard of a tfbench run (no readable run.json with a shard)")
+        shards.metas[path.name] = meta
+    if not shards.metas:
+        raise MergeError(f"{root} is empty: no shard has started yet")
+    return shards
+
+
+def check(shards: Shards) -> list[str]:
+    """Why these shards cannot be merged yet; an empty list when they can."""
+    problems: list[str] = []
+    metas = shards.metas
+    counts = {m["shard"]["count"] for m in metas.values()}
+    if len(counts) > 1:
+        return [f"the shards disagree on the shard count: {sorted(counts)}"]
+    (count,) = counts
+    present = {m["shard"]["index"] for m in metas.values()}
+    missing = [f"{i}-of-{count}" for i in range(count) if i not in present]
+    if missing:
+        problems.append(f"shards not started: {', '.join(missing)}")
+    for key, label in (("cells", "plan"), ("settings", "measurement settings"), ("hardware", "hardware")):
+        seen = {repr(m["identity"].get(key)) for m in metas.values()}
+        if len(seen) > 1:
+            problems.append(f"the shards ran different {label}: " + "; ".join(sorted(seen)))
+    ids = {m["run_id"] for m in metas.values()}
+    if len(ids) > 1:
+        problems.append(f"the shards carry different run ids: {sorted(ids)}")
+    unfinished = [
+        f"{name} ({m.get('status')})" for name, m in sorted(metas.items()) if m.get("status") != "finished"
+    ]
+    if unfinished:
+        problems.append(
+            "shards not finished: " + ", ".join(unfinished) + " (restart them with the same run id to resume)"
+        )
+    return problems
+
+
+def collect(shards: Shards) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The full plan and every cell record, checked: each planned cell exactly once."""
+    first = next(iter(shards.metas.values()))
+    plan_cells = first["plan"]["cells"]
+    planned = {c["cell_id"] for c in plan_cells}
+    owners: dict[str, list[str]] = {}
+    records: dict[str, dict[str, Any]] = {}
+    for name in sorted(shards.metas):
+        rundir_cells = shards.run_path / "shards" / name / "cells"
+        for path in sorted(rundir_cells.glob("*.json")):
+            rec = read_json(path)
+            cid = rec.get("cell_id")
+            owners.setdefault(cid, []).append(name)
+            records[cid] = {**rec, "shard": name}
+    problems = []
+    dup = {cid: names for cid, names in owners.items() if len(names) > 1}
+    if dup:
+        problems.append(
+            "cells recorded by more than one shard: "
+            + ", ".join(f"{cid} ({', '.join(n)})" for cid, n in sorted(dup.items()))
+        )
+    unknown = sorted(set(owners) - planned)
+    if unknown:
+        problems.append(f"cells not in the plan: {', '.join(unknown)}")
+    missing = sorted(planned - set(owners))
+    if missing:
+        problems.append(f"{len(missing)} planned cells have no record: {', '.join(missing[:20])}")
+    unsettled = sorted(cid for cid, r in records.items() if r.get("status") == "running")
+    if unsettled:
+        problems.append(f"cells still marked running: {', '.join(unsettled)}")
+    if problems:
+        raise MergeError(f"cannot merge {shards.run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
+    return first, [records[c["cell_id"]] for c in plan_cells]
+
+
+def merge(run_path: Path) -> dict[str, Any]:
+    """Merge the shards under run_path into run_path; returns the merged run.json."""
+    shards = read_shards(run_path)
+    problems = check(shards)
+    if problems:
+        raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
+    first, records = collect(shards)
+    rundir = RunDir(run_path.parent, run_path.name)
+    rundir.cells.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        if rec.get("log"):
+            rec["log"] = f"shards/{rec['shard']}/{rec['log']}"
+        rec["run_id"] = first["run_id"]
+        rundir.write_cell(rec)
+    rundir.write_summary(records)
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    metas = [
+        shards.metas[name] for name in sorted(shards.metas, key=lambda n: shards.metas[n]["shard"]["index"])
+    ]
+    merged = {
+        "run_id": first["run_id"],
+        "run_name": first.get("run_name"),
+        "schema_version": SCHEMA_VERSION,
+        "tfbench_version": __version__,
+        "status": "finished",
+        "started_at": min(m.get("started_at") or "" for m in metas),
+        "finished_at": max(m.get("finished_at") or "" for m in metas),
+        "counts": counts,
+        "shard_count": first["shard"]["count"],
+        "shards": [
+            {
+                "name": f"{m['shard']['index']}-of-{m['shard']['count']}",
+                "cells": len(m["shard"]["cell_ids"]),
+                "started_at": m.get("started_at"),
+                "finished_at": m.get("finished_at"),
+                "hostname": (m.get("environment") or {}).get("hostname"),
+                "counts": m.get("counts"),
+                "invocations": len(m.get("invocations") or []) or 1,
+            }
+            for m in metas
+        ],
+        "identity": {**first["identity"], "shard": None},
+        **{
+            k: first.get(k) for k in ("config_source", "config_as_given", "config", "plan", "measured_commit")
+        },
+        # Shards ran on identical hardware (checked); the rest of the environment is the first shard's.
+        "environment": first.get("environment"),
+    }
+    rundir.write_run(merged)
+    return merged
+
+
+def try_merge(run_path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """Merge if every shard has finished (the last one to finish does it); else say what is pending.
+
+    The lock keeps two shards finishing together from writing the merged files at once.
+    """
+    lock = RunLock(run_path / MERGE_LOCK)
+    if not lock.acquire():
+        return None, ["another shard is merging"]
+    try:
+        shards = read_shards(run_path)
+        problems = check(shards)
+        if problems:
+            return None, problems
+        return merge(run_path), []
+    except MergeError as exc:
+        return None, [str(exc)]
+    finally:
+        lock.release()  # the lock file stays: unlinking it would let two holders lock two inodes
