@@ -7,8 +7,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The image: its tag, and what its OCI labels say.
+IMAGE ?= tfbench
+IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' bench/__init__.py)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 
-.PHONY: install run test lint bench plan clean
+.PHONY: install run test lint bench plan clean image test-image
 
 install: $(STAMP)
 
@@ -31,10 +36,24 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
-# Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy.
+# The CUDA image, with a Docker engine that has BuildKit (not run by CI). More build args:
+# make image DOCKER_BUILD_ARGS='--build-arg TORCH_CUDA_ARCH_LIST=9.0'; see README, Docker.
+image:
+	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) --build-arg VERSION=$(IMAGE_VERSION) \
+		--build-arg REVISION=$(REVISION) --build-arg SOURCE='$(SOURCE)' $(DOCKER_BUILD_ARGS) .
+
+# The CPU variant of the image, built and tested in real containers (as root: it starts a
+# private Docker daemon, and stops it again).
+test-image: install
+	TORCH_VERSION=$(TORCH_VERSION) VERSION=$(IMAGE_VERSION) REVISION=$(REVISION) SOURCE='$(SOURCE)' \
+		PY=$(PY) bash scripts/test_image.sh
+
+# Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency.
 bench: install
 	$(PY) benchmarks/harness.py
+	$(PY) benchmarks/stop.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,192 @@
+"""The image in real containers: a benchmark run with mounted /cfg and /results, the preflight
+errors, the user, the labels. Run by `make test-image` (scripts/test_image.sh), which builds the
+CPU variant, starts a private Docker daemon and sets TFBENCH_IMAGE and DOCKER_HOST; `make test`
+does not collect this directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench import __version__
+
+IMAGE = os.environ.get("TFBENCH_IMAGE", "")
+pytestmark = pytest.mark.skipif(not IMAGE, reason="needs a built image: run `make test-image`")
+
+UID = 1000
+TIMEOUT_S = 600
+CONFIG: dict[str, Any] = {
+    "model": "synthetic:llama-tiny",
+    "device": "cpu",
+    "batch_size": 1,
+    "sequence_length": 16,
+    "num_tokens_to_generate": 6,
+    "warmup_iterations": 1,
+    "measurement_iterations": 3,
+    "attn_implementation": ["eager", "sdpa"],
+    "cell_timeout_s": 120,
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    import docker  # the dev extra has it; imported here so that `make test` never needs it
+
+    c = docker.from_env(timeout=TIMEOUT_S)
+    c.ping()
+    yield c
+    c.close()
+
+
+def run(
+    client,
+    cfg: Path | None = None,
+    results: Path | None = None,
+    entrypoint: list[str] | None = None,
+) -> tuple[int, str]:
+    """Runs the image without a network, waits, and returns the exit code and the output."""
+    volumes = {}
+    if cfg is not None:
+        volumes[str(cfg)] = {"bind": "/cfg", "mode": "ro"}
+    if results is not None:
+        volumes[str(results)] = {"bind": "/results", "mode": "rw"}
+    container = client.containers.run(
+        IMAGE, entrypoint=entrypoint, volumes=volumes, network_mode="none", detach=True
+    )
+    try:
+        code = container.wait(timeout=TIMEOUT_S)["StatusCode"]
+        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+    finally:
+        container.remove(force=True, v=True)
+    return code, " ".join(output.split())  # one line: the console wraps long messages
+
+
+def config_dir(path: Path, **fields: Any) -> Path:
+    path.mkdir()
+    (path / "config.yaml").write_text(yaml.safe_dump({**CONFIG, **fields}))
+    return path
+
+
+def results_dir(path: Path) -> Path:
+    """A results directory the container's user can write to, as a host user would make one."""
+    path.mkdir()
+    if os.geteuid() == 0:
+        os.chown(path, UID, UID)
+    else:
+        path.chmod(0o777)
+    return path
+
+
+@pytest.fixture(scope="module")
+def benchmark(client, tmp_path_factory):
+    base = tmp_path_factory.mktemp("image")
+    results = results_dir(base / "results")
+    code, output = run(client, cfg=config_dir(base / "cfg"), results=results)
+    return {"code": code, "output": output, "results": results}
+
+
+def test_run_exits_0(benchmark):
+    assert benchmark["code"] == 0, benchmark["output"]
+    assert "Traceback" not in benchmark["output"]
+
+
+def test_results_on_the_host(benchmark):
+    runs = [p for p in benchmark["results"].iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    run_dir = runs[0]
+    run_json = json.loads((run_dir / "run.json").read_text())
+    assert run_json["status"] == "finished"
+    assert run_json["tfbench_version"] == __version__
+    assert "+cpu" in run_json["environment"]["packages"]["torch"]
+    plan = run_json["plan"]["cells"]
+    assert sorted(c["attn_implementation"] for c in plan) == ["eager", "sdpa"]
+    ids = {c["cell_id"] for c in plan}
+    assert {p.stem for p in (run_dir / "cells").glob("*.json")} == ids
+    for cell_id in ids:
+        record = json.loads((run_dir / "cells" / f"{cell_id}.json").read_text())
+        assert record["status"] == "ok", record.get("error") or record.get("reason")
+        for metric in ("e2e_latency", "ttft", "tpot"):
+            assert record["stats"][metric]["mean"] > 0, metric
+        assert record["stats"]["e2e_latency"]["n"] == CONFIG["measurement_iterations"]
+    rows = [json.loads(line) for line in (run_dir / "summary.jsonl").read_text().splitlines()]
+    assert {r["cell_id"] for r in rows} == ids
+    assert all(r["status"] == "ok" for r in rows)
+
+
+def test_files_written_by_uid_1000(benchmark):
+    written = [p for p in benchmark["results"].rglob("*")]
+    assert written
+    assert {p.stat().st_uid for p in written} == {UID}
+
+
+def test_runs_as_uid_1000(client):
+    assert client.images.get(IMAGE).attrs["Config"]["User"] == f"{UID}:{UID}"
+    code, output = run(client, entrypoint=["id", "-u"])
+    assert (code, output.strip()) == (0, str(UID))
+
+
+def test_tfbench_version(client):
+    code, output = run(client, entrypoint=["tfbench", "--version"])
+    assert (code, output.strip()) == (0, f"tfbench {__version__}")
+
+
+def test_labels_and_config(client):
+    attrs = client.images.get(IMAGE).attrs["Config"]
+    labels = attrs["Labels"]
+    assert labels["org.opencontainers.image.title"] == "tfbench"
+    assert labels["org.opencontainers.image.description"]
+    assert labels["org.opencontainers.image.version"] == os.environ.get("TFBENCH_IMAGE_VERSION", __version__)
+    assert labels["org.opencontainers.image.revision"] == os.environ.get(
+        "TFBENCH_IMAGE_REVISION", labels["org.opencontainers.image.revision"]
+    )
+    assert labels["org.opencontainers.image.revision"] not in ("", "unknown")
+    assert "org.opencontainers.image.source" in labels
+    assert attrs["Entrypoint"] == ["python", "/app/entrypoint.py"]
+    env = dict(item.split("=", 1) for item in attrs["Env"])
+    assert env["TFBENCH_CONFIG"] == "/cfg"
+    assert env["TFBENCH_OUTPUT"] == "/results"
+    assert env["HF_HOME"] == "/cache/huggingface"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert "HF_HUB_OFFLINE" not in env
+    assert set(attrs["Volumes"]) == {"/results", "/cache"}
+
+
+@pytest.mark.parametrize("mount", ["empty", "none"])
+def test_no_config_exits_2_naming_cfg(client, tmp_path, mount):
+    empty = tmp_path / "cfg"
+    empty.mkdir()
+    cfg = empty if mount == "empty" else None
+    code, output = run(client, cfg=cfg, results=results_dir(tmp_path / "results"))
+    assert code == 2, output
+    assert "/cfg" in output and "config" in output
+    assert "docker run -v ./cfg:/cfg" in output  # says how to mount one
+    assert "Traceback" not in output
+
+
+def test_cuda_without_gpu_exits_2_naming_gpus(client, tmp_path):
+    cfg = config_dir(tmp_path / "cfg", device="cuda")
+    results = results_dir(tmp_path / "results")
+    code, output = run(client, cfg=cfg, results=results)
+    assert code == 2, output
+    assert "--gpus" in output
+    assert "Traceback" not in output
+    assert not [p for p in results.iterdir() if p.is_dir()]  # nothing was run
+
+
+def test_unwritable_results_exits_2(client, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir(mode=0o755)  # owned by this user, not by uid 1000
+    if os.geteuid() == UID:
+        pytest.skip("the results directory belongs to uid 1000 here")
+    code, output = run(client, cfg=config_dir(tmp_path / "cfg"), results=results)
+    assert code == 2, output
+    assert "/results" in output and "not writable" in output
+    assert "Traceback" not in output
+    assert not list(results.iterdir())
