@@ -8,9 +8,14 @@ another subcommand (`merge RUN_DIR`, `plan`, `presets`), which then runs instead
 """
 
 import os
+import signal
 import sys
 
-from bench.cli import main
+# A stop that arrives while the imports run (a second or two) ends the process as the runner
+# would: exit 143, nothing written yet. The runner installs its own handler once it runs.
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+from bench.cli import main  # noqa: E402
 
 SUBCOMMANDS = ("run", "plan", "merge", "presets")
 

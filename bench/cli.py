@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", "-c", help="config file or directory (default: TFBENCH_CONFIG, else the embedded default)"
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="also show how N shards would split the cells (TFBENCH_SHARD=i/N)",
+    )
     _add_field_flags(plan)
 
     sub.add_parser("presets", help="list the synthetic model presets")
@@ -137,8 +143,11 @@ def _run_id(args: argparse.Namespace, index: int, total: int) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
-    from .report import plan_lines, plan_table
+    from .report import plan_lines, plan_table, shard_table
+    from .shard import assign, shard_summary
 
+    if args.shards is not None and args.shards < 1:
+        raise UserError(f"--shards = {args.shards}: allowed: an integer >= 1")
     configs = _configs(args)
     accel = detect_accelerators()
     plans: list[tuple[LoadedConfig, Plan]] = [
@@ -150,10 +159,20 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
                 f"this machine has no usable GPU ({accel.reason}): the plan assumes one, "
                 "with the flash-attn and kernels packages installed here"
             )
+
+    def iterations(lc: LoadedConfig) -> int:
+        return lc.config.warmup_iterations + lc.config.measurement_iterations
+
     if args.json:
         payload = [
             {"source": lc.source, "config": lc.config.as_given(), **plan.to_dict()} for lc, plan in plans
         ]
+        if args.shards:
+            for item, (lc, plan) in zip(payload, plans):
+                owner = assign(plan.cells, args.shards, iterations(lc))
+                for cell in item["cells"]:
+                    cell["shard"] = owner[cell["cell_id"]]
+                item["shards"] = shard_summary(plan.cells, args.shards, iterations(lc))
         big = sum(len(plan.cells) for _, plan in plans) > RICH_PLAN_LIMIT
         # Indentation triples the time to write a 10,000-cell plan; large plans are for machines.
         sys.stdout.write(
@@ -171,6 +190,8 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
             f"{len(plan.cells)} cells: {len(plan.runnable)} to run, {len(plan.skipped)} skipped (config: {lc.source})",
             highlight=False,
         )
+        if args.shards:
+            out.print(shard_table(shard_summary(plan.cells, args.shards, iterations(lc))))
         for w in plan.warnings:
             out.print(f"[yellow]warning:[/yellow] {w}")
     return EXIT_OK
@@ -272,26 +293,76 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
                 job.selected.lock.release()
 
 
+def _run_meta(job: Job, env: dict[str, Any], commit: Any) -> dict[str, Any]:
+    """run.json of a new run, or of the continued one with this invocation added."""
+    from .runner import now_iso
+
+    sel, shard, cfg = job.selected, job.shard, job.loaded.config
+    invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
+    if sel.meta is not None:
+        meta = dict(sel.meta)
+        meta["invocations"] = [*(meta.get("invocations") or []), invocation]
+    else:
+        meta = {
+            "run_id": sel.rundir.run_id,
+            "run_name": cfg.run_name,
+            "started_at": invocation["started_at"],
+            "invocations": [invocation],
+        }
+    meta.update(
+        config_source=job.loaded.source,
+        config_as_given=job.loaded.given,
+        config_origins=job.loaded.origins,
+        config=cfg.as_given(),
+        plan=job.full.to_dict(),  # the whole matrix, also for a shard: the merge checks against it
+        identity=job.key,
+        environment=env,
+        measured_commit=commit,
+        shard=None
+        if shard is None
+        else {
+            "index": shard.index,
+            "count": shard.count,
+            "name": shard.name,
+            "cell_ids": [c.cell_id for c in job.plan.cells],
+        },
+    )
+    return meta
+
+
+def _merge_if_last(job: Job, log: Any) -> None:
+    """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
+    from .merge import try_merge
+
+    run_id, shard = job.selected.rundir.run_id, job.shard
+    run_path = job.output / run_id
+    merged, pending = try_merge(run_path)
+    if merged is not None:
+        log.emit(
+            "run_merged",
+            run_id=run_id,
+            path=str(run_path),
+            counts=merged["counts"],
+            message=f"all {shard.count} shards finished; merged into {run_path}",
+        )
+    else:
+        log.emit(
+            "merge_pending",
+            run_id=run_id,
+            pending=pending,
+            message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
+        )
+
+
 def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
     from .logs import JsonReporter
-    from .merge import try_merge
     from .report import ProgressReporter, summary_table, unmeasured_table
-    from .runner import Runner, now_iso
+    from .runner import Runner
 
-    lc, full, plan, output, settings, key, sel, shard = (
-        job.loaded,
-        job.full,
-        job.plan,
-        job.output,
-        job.settings,
-        job.key,
-        job.selected,
-        job.shard,
-    )
-    cfg = lc.config
+    sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
     rundir = sel.rundir
     run_id = rundir.run_id
-    label = f"{run_id}" + (f" shard {shard}" if shard else "")
+    label = run_id + (f" shard {shard}" if shard else "")
     device = plan.capabilities.device
     if sel.finished:
         records = list(sel.records.values()) or rundir.read_cells()
@@ -305,39 +376,10 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
         )
         code = _exit_code(records)
     else:
-        invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
-        if sel.meta is not None:
-            meta = dict(sel.meta)
-            meta["invocations"] = [*(meta.get("invocations") or []), invocation]
-        else:
-            meta = {
-                "run_id": run_id,
-                "run_name": cfg.run_name,
-                "started_at": invocation["started_at"],
-                "invocations": [invocation],
-            }
-        meta.update(
-            config_source=lc.source,
-            config_as_given=lc.given,
-            config_origins=lc.origins,
-            config=cfg.as_given(),
-            plan=full.to_dict(),
-            identity=key,
-            environment=env,
-            measured_commit=commit,
-            shard=None
-            if shard is None
-            else {
-                "index": shard.index,
-                "count": shard.count,
-                "name": shard.name,
-                "cell_ids": [c.cell_id for c in plan.cells],
-            },
-        )
         settled = sum(1 for r in sel.records.values() if r["status"] in ("ok", "skipped"))
-        verb = "continues" if sel.meta is not None else "starts"
+        continued = sel.meta is not None
         log.emit(
-            "run_started" if sel.meta is None else "run_continued",
+            "run_continued" if continued else "run_started",
             run_id=run_id,
             shard=shard and shard.name,
             path=str(rundir.path),
@@ -345,15 +387,17 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
             runnable=len(plan.runnable),
             skipped=len(plan.skipped),
             already_done=settled,
-            message=f"tfbench {__version__}: run {label} {verb}: {cfg.model} on {device}, "
-            f"{len(plan.runnable)} cells to run, {len(plan.skipped)} skipped"
-            + (f", {settled} already done" if sel.meta is not None else "")
+            message=f"tfbench {__version__}: run {label} {'continues' if continued else 'starts'}: "
+            f"{cfg.model} on {device}, {len(plan.runnable)} cells to run, {len(plan.skipped)} skipped"
+            + (f", {settled} already done" if continued else "")
             + f" -> {rundir.path}",
         )
         reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
-        runner = Runner(rundir, plan, settings, meta, reporter, previous=sel.records)
+        runner = Runner(
+            rundir, plan, job.settings, _run_meta(job, env, commit), reporter, previous=sel.records
+        )
         code = runner.execute()
-        records = [r for r in rundir.read_cells() if r["cell_id"] in {c.cell_id for c in plan.cells}]
+        records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["status"]] = counts.get(rec["status"], 0) + 1
@@ -373,23 +417,7 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
         message=f"results: {rundir.path}  ({text})",
     )
     if shard and code in (EXIT_OK, EXIT_CELL_FAILED):
-        run_path = output / run_id
-        merged, pending = try_merge(run_path)
-        if merged is not None:
-            log.emit(
-                "run_merged",
-                run_id=run_id,
-                path=str(run_path),
-                counts=merged["counts"],
-                message=f"all {shard.count} shards finished; merged into {run_path}",
-            )
-        else:
-            log.emit(
-                "merge_pending",
-                run_id=run_id,
-                pending=pending,
-                message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
-            )
+        _merge_if_last(job, log)
     return code
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigNotFoundError
 from .presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
@@ -270,12 +270,10 @@ def find_config_file(path: str | os.PathLike[str]) -> Path:
     if p.is_dir():
         found = [p / n for n in CONFIG_FILE_NAMES if (p / n).is_file()]
         if not found:
-            raise ConfigError(
-                [
-                    f"no config found in directory {p}: expected one of "
-                    + ", ".join(CONFIG_FILE_NAMES)
-                    + f"; {MOUNT_HINT}"
-                ]
+            raise ConfigNotFoundError(
+                f"no config found in directory {p}: expected one of "
+                + ", ".join(CONFIG_FILE_NAMES)
+                + f"; {MOUNT_HINT}"
             )
         if len(found) > 1:
             raise ConfigError(
@@ -283,7 +281,7 @@ def find_config_file(path: str | os.PathLike[str]) -> Path:
             )
         return found[0]
     if not p.exists():
-        raise ConfigError([f"no config found: {p} does not exist; {MOUNT_HINT}"])
+        raise ConfigNotFoundError(f"no config found: {p} does not exist; {MOUNT_HINT}")
     if p.suffix.lower() not in CONFIG_SUFFIXES:
         raise ConfigError(
             [f"config file {p} has suffix {p.suffix!r}; allowed: " + ", ".join(CONFIG_SUFFIXES)]

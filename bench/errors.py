@@ -27,3 +27,7 @@ class ConfigError(UserError):
         head = f"invalid config ({source})" if source else "invalid config"
         body = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{head}:\n{body}")
+
+
+class ConfigNotFoundError(UserError):
+    """No config where one was asked for (a mount forgotten, a path mistyped)."""

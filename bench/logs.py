@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import UserError
 from .matrix import Cell, Plan
@@ -57,12 +58,15 @@ class HumanLog:
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         message = fields.get("message", event)
+        # soft_wrap: never break a line (a path or a command in it must stay copy-pasteable).
         if level == "error":
-            self.console.print(f"tfbench: error: {message}", highlight=False, markup=False)
+            self.console.print(f"tfbench: error: {message}", highlight=False, markup=False, soft_wrap=True)
         elif level == "warning":
-            self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+            self.console.print(
+                f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True
+            )
         else:
-            self.console.print(message, highlight=False, markup=False)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
 
 def cell_fields(cell: Cell) -> dict[str, Any]:

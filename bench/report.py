@@ -163,6 +163,21 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
     return table
 
 
+def shard_table(rows: list[dict[str, Any]]) -> Table:
+    """How shards split a plan: cells per shard and each one's share of the estimated work."""
+    table = Table(
+        title="shards (TFBENCH_SHARD=i/N)",
+        caption="work: tokens through the model, estimated from the shapes, plus a fixed cost per cell",
+    )
+    for name in ("shard", "to run", "skipped", "work share"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            f"{r['shard']}/{len(rows)}", str(r["runnable"]), str(r["skipped"]), f"{r['work_share']:.1%}"
+        )
+    return table
+
+
 def plan_lines(plan: Plan) -> Iterable[str]:
     """A plain, fast rendering for large plans (a rich table of 10,000 rows takes seconds)."""
     yield f"{'#':>6}  {'cell id':16}  {'name':60}  plan"

@@ -13,7 +13,9 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,14 +63,27 @@ def worker_context() -> Any:
     return _CONTEXT
 
 
-def start_worker_server() -> None:
-    """Start the fork server and wait until its preload is done (one trivial child proves it)."""
+def start_worker_server(stop: Callable[[], bool] = lambda: False) -> bool:
+    """Start the fork server and wait until its preload is done (one trivial child proves it).
+
+    The preload takes seconds (longer on a slow disk), and the start blocks in a read that a
+    signal handler cannot cut short; so it runs in a thread, and this returns False as soon as
+    `stop()` says so. The server, a child of this process, ends when this process exits.
+    """
     from .child import ping
 
-    ctx = worker_context()
-    proc = ctx.Process(target=ping, name="tfbench-server-check")
-    proc.start()
-    proc.join()
+    def check() -> None:
+        proc = worker_context().Process(target=ping, name="tfbench-server-check")
+        proc.start()
+        proc.join()
+
+    thread = threading.Thread(target=check, name="tfbench-server-start", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if stop():
+            return False
+        thread.join(0.05)
+    return True
 
 
 def oom_kill_count() -> int | None:
@@ -172,6 +187,8 @@ class Runner:
         return record["status"] != "interrupted" and not needs_run(record, self.settings.max_attempts)
 
     def _execute(self) -> int:
+        # Scratch of attempts cut short by a kill: nothing in it is a result, and we hold the run's lock.
+        shutil.rmtree(self.rundir.work, ignore_errors=True)
         self.rundir.create()
         remove_stale_temporaries(self.rundir)
         meta = {
@@ -208,7 +225,7 @@ class Runner:
                 # Start the fork server now, so its one-time imports are not charged to the first cell.
                 self.reporter.note("starting the worker server (imports torch and transformers once)")
                 t = time.perf_counter()
-                start_worker_server()
+                start_worker_server(lambda: self.state.stop_signal is not None)
                 meta["worker_server_start_s"] = time.perf_counter() - t
             while todo and self.state.stop_signal is None:
                 for cell in todo:

@@ -105,3 +105,17 @@ def shard_plan(plan: Plan, shard: Shard, iterations: int) -> Plan:
     if not any(c.runnable for c in cells):
         warnings.append(f"shard {shard} has no cell to run ({len(plan.runnable)} runnable cells in the plan)")
     return Plan(cells=cells, capabilities=plan.capabilities, warnings=warnings)
+
+
+def shard_summary(cells: Sequence[Cell], count: int, iterations: int) -> list[dict[str, int | float]]:
+    """Per shard: cells to run, cells skipped, and its share of the estimated work."""
+    owner = assign(cells, count, iterations)
+    rows = [{"shard": i, "runnable": 0, "skipped": 0, "work": 0} for i in range(count)]
+    for cell in cells:
+        row = rows[owner[cell.cell_id]]
+        row["runnable" if cell.runnable else "skipped"] += 1
+        row["work"] += cell_cost(cell, iterations)
+    total = sum(r["work"] for r in rows) or 1
+    for r in rows:
+        r["work_share"] = r["work"] / total
+    return rows

@@ -22,7 +22,7 @@ from bench.config import (
     read_env,
     validate,
 )
-from bench.errors import ConfigError
+from bench.errors import ConfigError, ConfigNotFoundError
 
 MODEL = "synthetic:llama-tiny"
 BASE = f"model: {MODEL}\ndevice: cpu\n"
@@ -57,7 +57,7 @@ def assert_exit_2(rc: int, out: str, err: str, *fragments: str) -> None:
     assert rc == 2
     assert out == ""
     assert "Traceback" not in err
-    assert err.startswith("tfbench: error: invalid config")
+    assert err.startswith(("tfbench: error: invalid config", "tfbench: error: no config found"))
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in:\n{err}"
 
@@ -131,16 +131,16 @@ def test_directory_with_two_config_files_is_an_error(tmp_path: Path) -> None:
 
 def test_directory_without_config_file_is_an_error(tmp_path: Path) -> None:
     write(tmp_path, "other.yaml", BASE)
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises(ConfigNotFoundError) as exc:
         load_configs(tmp_path, environ={})
     message = str(exc.value)
-    assert f"no config file in directory {tmp_path}" in message
+    assert f"no config found in directory {tmp_path}" in message
     assert "config.yaml, config.yml, config.json, config.jsonl" in message
 
 
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
-    with pytest.raises(ConfigError, match="does not exist") as exc:
+    with pytest.raises(ConfigNotFoundError, match="does not exist") as exc:
         load_configs(missing, environ={})
     assert str(missing) in str(exc.value)
 

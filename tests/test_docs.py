@@ -23,7 +23,7 @@ def test_every_preset_is_documented():
 
 
 def test_statuses_and_exit_codes_are_documented():
-    for status in ("ok", "skipped", "failed", "oom", "timeout", "interrupted"):
+    for status in ("ok", "skipped", "failed", "oom", "timeout", "interrupted", "lost", "running"):
         assert f"| `{status}` |" in README, status
     for code in ("`0`", "`1`", "`2`", "`130`", "`143`"):
         assert code in README
@@ -41,3 +41,10 @@ def test_every_shipped_config_is_valid(capsys):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         assert main(["plan", "--config", str(path), "--json"]) == 0, path
         assert '"cells"' in capsys.readouterr().out
+
+
+def test_every_environment_variable_is_in_the_table():
+    from bench.config import NON_FIELD_ENV
+
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.M))
+    assert documented >= NON_FIELD_ENV | {"HF_TOKEN", "HF_HOME"}, NON_FIELD_ENV - documented

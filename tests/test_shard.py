@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -110,3 +111,21 @@ def test_a_shard_without_runnable_cells_says_so():
     empty = shard_plan(full, Shard(1, 2), 25)
     assert not empty.runnable
     assert any("shard 1/2 has no cell to run" in w for w in empty.warnings)
+
+
+def test_plan_shows_the_split(tmp_path, capsys):
+    from bench.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: synthetic:llama-3-8b-shape\ndevice: cuda\ncoverage: 3\nbatch_size: [1, 8]\n")
+    assert main(["plan", "--config", str(path), "--json", "--shards", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {c["shard"] for c in data["cells"]} == {0, 1, 2}
+    assert [s["runnable"] for s in data["shards"]] == [
+        sum(1 for c in data["cells"] if c["shard"] == i and c["skip_reason"] is None) for i in range(3)
+    ]
+    assert sum(s["work_share"] for s in data["shards"]) == pytest.approx(1.0)
+    assert main(["plan", "--config", str(path), "--shards", "3"]) == 0
+    assert "TFBENCH_SHARD=i/N" in capsys.readouterr().out
+    assert main(["plan", "--config", str(path), "--shards", "0"]) == 2
+    assert "--shards = 0" in capsys.readouterr().err
