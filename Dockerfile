@@ -30,7 +30,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
-# The CUDA images have no python; the CPU variant's base brings python3 and python3-venv.
+# The CUDA images have no python; the CPU variant's base brings python3, python3-venv and tini.
 # Distribution packages follow the pinned base image's archive, hence no version pins.
 # hadolint ignore=DL3008
 RUN if [ "$VARIANT" = cuda ]; then \
@@ -114,12 +114,14 @@ ARG VARIANT
 ARG BASE_IMAGE
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # python3-dev and gcc: Triton (torch.compile on a GPU) compiles its launcher at run time.
+# tini is PID 1: it forwards SIGTERM to tfbench and reaps the orphans of killed cells (a
+# process that is PID 1 itself would leave them as zombies). The CPU variant's base has it.
 # Ubuntu's images have a user with uid 1000 (ubuntu): it makes way for tfbench.
 # hadolint ignore=DL3008
 RUN if [ "$VARIANT" = cuda ]; then \
         apt-get update \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-            python3 python3-dev gcc libc6-dev \
+            python3 python3-dev gcc libc6-dev tini \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && if user=$(getent passwd 1000 | cut -d: -f1) && [ -n "$user" ]; then userdel --remove "$user"; fi \
@@ -149,4 +151,4 @@ LABEL org.opencontainers.image.title="tfbench" \
 USER 1000:1000
 WORKDIR /home/tfbench
 VOLUME ["/results", "/cache"]
-ENTRYPOINT ["python", "/app/entrypoint.py"]
+ENTRYPOINT ["/usr/bin/tini", "--", "python", "/app/entrypoint.py"]

@@ -23,7 +23,7 @@ CACHE=${TFBENCH_DOCKER_CACHE:-$REPO/.cache/docker}
 IMAGE=${TFBENCH_IMAGE:-tfbench:cpu-test}
 BASE_IMAGE=tfbench-base:bookworm
 SUITE=bookworm
-INCLUDE=python3,python3-venv,python3-pip,ca-certificates
+INCLUDE=python3,python3-venv,python3-pip,ca-certificates,tini
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 VERSION=${VERSION:-$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' bench/__init__.py)}
