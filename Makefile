@@ -50,10 +50,12 @@ test-image: install
 	TORCH_VERSION=$(TORCH_VERSION) VERSION=$(IMAGE_VERSION) REVISION=$(REVISION) SOURCE='$(SOURCE)' \
 		PY=$(PY) bash scripts/test_image.sh
 
-# Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency.
+# Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency,
+# telemetry sampling's disturbance.
 bench: install
 	$(PY) benchmarks/harness.py
 	$(PY) benchmarks/stop.py
+	$(PY) benchmarks/sampler.py --gil release
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -193,7 +193,7 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
         if args.shards:
             out.print(shard_table(shard_summary(plan.cells, args.shards, iterations(lc))))
         for w in plan.warnings:
-            out.print(f"[yellow]warning:[/yellow] {w}")
+            out.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
     return EXIT_OK
 
 
@@ -208,6 +208,7 @@ def _settings(cfg: Any) -> Any:
         gpu_monitoring=cfg.gpu_monitoring,
         cell_timeout_s=cfg.cell_timeout_s,
         max_attempts=cfg.max_attempts,
+        gpu_sample_interval_s=cfg.gpu_sample_interval_s,
     )
 
 

@@ -79,6 +79,7 @@ ALLOWED: dict[str, str] = {
     "kernelize": "true, false, or a list of these",
     "continuous_batching": "true, false, or a list of these",
     "gpu_monitoring": "true or false",
+    "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
     "cell_timeout_s": "a number of seconds > 0",
     "max_attempts": "an integer >= 1: attempts per cell that may end failed, oom, timeout or lost",
     "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
@@ -112,6 +113,7 @@ class BenchConfig(BaseModel):
     kernelize: list[StrictBool] = [False]
     continuous_batching: list[StrictBool] = [False]
     gpu_monitoring: StrictBool = True
+    gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
     max_attempts: Annotated[StrictInt, Field(ge=1)] = 2
     run_name: Annotated[str, Field(strict=True)] = "tfbench"

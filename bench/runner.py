@@ -132,6 +132,7 @@ class Settings:
     gpu_monitoring: bool
     cell_timeout_s: float
     max_attempts: int = 1
+    gpu_sample_interval_s: float = 0.05
 
 
 @dataclass
@@ -283,7 +284,7 @@ class Runner:
         elif cell.device != "cuda":
             reason = f"the cell runs on {cell.device}"
         else:
-            reason = "GPU telemetry sampling is not part of this tfbench version"
+            reason = "the cell was not measured"  # a measured cell's worker reports its own
         return {"available": False, "reason": reason}
 
     def _record(self, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
@@ -322,6 +323,8 @@ class Runner:
             "measurement_iterations": self.settings.measurement_iterations,
             "seed": self.settings.seed,
             "trust_remote_code": self.settings.trust_remote_code,
+            "gpu_monitoring": self.settings.gpu_monitoring,
+            "gpu_sample_interval_s": self.settings.gpu_sample_interval_s,
             "log_path": str(log_path),
             "scratch_dir": str(scratch),
             "result_path": str(result_path),

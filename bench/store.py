@@ -141,6 +141,7 @@ def summary_columns() -> list[str]:
     cols = ["run_id", "cell_id", "name", "status", "reason", *AXES]
     cols += [f"{m}_{s}" for m in METRICS for s in STAT_NAMES]
     cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
+    cols += [*GPU_COLUMNS]
     return cols
 
 
@@ -169,4 +170,41 @@ def summary_row(run_id: str, record: dict[str, Any]) -> dict[str, Any]:
     row["worker_pid"] = record.get("worker_pid")
     row["attempt"] = record.get("attempt") or (0 if record["status"] == "skipped" else 1)
     row["shard"] = record.get("shard")
+    row.update(gpu_row(record))
     return row
+
+
+# GPU telemetry and roofline columns of summary.jsonl (null where not measured, e.g. on the CPU).
+GPU_COLUMNS = (
+    "energy_per_token_j_p50",
+    "energy_per_run_j_p50",
+    "gpu_util_pct_mean",
+    "power_w_mean",
+    "sm_clock_mhz_mean",
+    "nvml_used_peak_bytes",
+    "kv_cache_bytes",
+    "decode_mbu",
+    "prefill_mfu",
+)
+
+
+def gpu_row(record: dict[str, Any]) -> dict[str, Any]:
+    telemetry = record.get("gpu_telemetry") or {}
+    first = (telemetry.get("devices") or [{}])[0].get("metrics") or {}
+    roof = record.get("roofline") or {}
+    memory = record.get("memory") or {}
+
+    def mean(metric: str) -> Any:
+        return (first.get(metric) or {}).get("mean")
+
+    return {
+        "energy_per_token_j_p50": (telemetry.get("energy_per_token_j") or {}).get("p50"),
+        "energy_per_run_j_p50": (telemetry.get("energy_per_run_j") or {}).get("p50"),
+        "gpu_util_pct_mean": mean("gpu_util_pct"),
+        "power_w_mean": mean("power_w"),
+        "sm_clock_mhz_mean": mean("sm_clock_mhz"),
+        "nvml_used_peak_bytes": memory.get("nvml_used_peak_bytes"),
+        "kv_cache_bytes": memory.get("kv_cache_bytes", roof.get("kv_cache_bytes")),
+        "decode_mbu": roof.get("decode_mbu"),
+        "prefill_mfu": roof.get("prefill_mfu"),
+    }

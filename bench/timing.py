@@ -25,6 +25,8 @@ class HostClock:
         self._sync = synchronize
         self._marks: list[float] = []
         self.t0 = self.t1 = 0.0
+        # The call's duration by the device's own clock (EventClock); None on the host clock.
+        self.device_e2e: float | None = None
 
     def start(self) -> None:
         self._marks.clear()
@@ -54,6 +56,7 @@ class EventClock(HostClock):
         super().__init__(synchronize)
         self._make_event = make_event
         self._start = make_event()
+        self._end = make_event()
         self._events = [make_event() for _ in range(capacity)]
         self._used = 0
 
@@ -61,6 +64,13 @@ class EventClock(HostClock):
         self._used = 0
         super().start()
         self._start.record()
+
+    def stop(self) -> float:
+        # An end event too, so that the device's clock can be checked against the host's.
+        self._end.record()
+        e2e = super().stop()
+        self.device_e2e = self._start.elapsed_time(self._end) / 1000.0
+        return e2e
 
     def mark(self) -> None:
         if self._used == len(self._events):

@@ -14,6 +14,7 @@ import math
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from . import models
+from . import models, monitor, roofline
 from .stats import run_metrics, summarize, summarize_runs
 from .store import atomic_write_json
 from .timing import HostClock, make_clock
@@ -124,8 +125,21 @@ def _check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
-def warm_then_measure(one_run: Any, task: dict[str, Any], device: str, phase: Any) -> tuple[list[Any], float]:
-    """warmup_iterations untimed calls, then measurement_iterations timed ones; peak memory covers the latter."""
+def make_sampler(task: dict[str, Any], device: str) -> monitor.Sampler:
+    """The GPU telemetry sampler of a cell: a no-op (recording why) unless the cell runs on a GPU."""
+    if not task.get("gpu_monitoring", True) or device != "cuda":
+        return monitor.Sampler("cpu")
+    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    # A separate process: at 50 ms it disturbs the timed runs no more than a thread, and at
+    # short intervals far less, since it never takes this process's GIL (benchmarks/sampler.py).
+    return monitor.Sampler([uuid], interval_s=task.get("gpu_sample_interval_s", 0.05), mode="process")
+
+
+def warm_then_measure(
+    one_run: Any, task: dict[str, Any], device: str, phase: Any
+) -> tuple[list[Any], float, dict[str, Any]]:
+    """warmup_iterations untimed calls, then measurement_iterations timed ones with the GPU sampled
+    beside them; peak memory covers the timed ones. Returns the runs, the warm-up time, the telemetry."""
     warm_start = time.perf_counter()
     for i in range(task["warmup_iterations"]):
         phase("warmup", i + 1, task["warmup_iterations"])
@@ -133,11 +147,31 @@ def warm_then_measure(one_run: Any, task: dict[str, Any], device: str, phase: An
     warmup_time = time.perf_counter() - warm_start
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    sampler = make_sampler(task, device).start()
     results = []
-    for i in range(task["measurement_iterations"]):
-        phase("measure", i + 1, task["measurement_iterations"])
-        results.append(one_run())
-    return results, warmup_time
+    try:
+        for i in range(task["measurement_iterations"]):
+            phase("measure", i + 1, task["measurement_iterations"])
+            # The marks read the energy counters outside the timed call, after its synchronize.
+            with sampler.around_run(i):
+                results.append(one_run())
+    finally:
+        telemetry = sampler.stop()
+    if not telemetry.get("available") and not task.get("gpu_monitoring", True):
+        telemetry = {"available": False, "reason": "gpu_monitoring is off"}
+    return results, warmup_time, telemetry
+
+
+def add_energy(telemetry: dict[str, Any], runs: list[dict[str, Any]], tokens_per_run: int) -> None:
+    """Joules per timed run and per generated token, into the runs and the telemetry's statistics."""
+    if not telemetry.get("available"):
+        return
+    energy = monitor.energy_per_run(telemetry, len(runs))
+    per_token = monitor.joules_per_token(energy, tokens_per_run)
+    for run, e, t in zip(runs, energy, per_token):
+        run["energy_j"], run["energy_per_token_j"] = e, t
+    telemetry["energy_per_run_j"] = summarize([e for e in energy if e is not None])
+    telemetry["energy_per_token_j"] = summarize([t for t in per_token if t is not None])
 
 
 def exact_greedy_config(net: Any, tokenizer: Any, n: int) -> GenerationConfig:
@@ -164,7 +198,7 @@ def measure_generate(
     clock = make_clock(device, n)
     processors = LogitsProcessorList([TokenClockProcessor(clock)])
 
-    def one_run() -> tuple[float, list[float]]:
+    def one_run() -> tuple[float, list[float], float | None]:
         clock.start()
         out = net.generate(
             input_ids=input_ids,
@@ -179,22 +213,26 @@ def measure_generate(
         times = clock.token_times()
         if len(times) != n:
             raise CellError(f"the token clock saw {len(times)} tokens, expected {n}")
-        return e2e, times
+        return e2e, times, clock.device_e2e
 
-    timed, warmup_time = warm_then_measure(one_run, task, device, phase)
+    timed, warmup_time, telemetry = warm_then_measure(one_run, task, device, phase)
     runs = []
-    for e2e, times in timed:
+    for e2e, times, device_e2e in timed:
         run = run_metrics(e2e, times, b, s)
         run.pop("itl")  # derivable from token_times; kept out of the raw record to halve its size
         run["token_times"] = times
+        if device_e2e is not None:
+            run["e2e_latency_device"] = device_e2e  # the same call by CUDA events: a check on the host clock
         runs.append(run)
     graphs = _compiled_graphs()
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
     stats = summarize_runs([{**r, "itl": _gaps(r["token_times"])} for r in runs])
+    add_energy(telemetry, runs, b * n)
     return {
         "runs": runs,
         "stats": stats,
+        "gpu_telemetry": telemetry,
         "warmup_time_s": warmup_time,
         "inputs": {"shape": list(input_ids.shape), "new_tokens": n},
         "compiled_graphs": graphs,
@@ -265,7 +303,7 @@ def measure_continuous_batching(
         return {"e2e_latency": e2e, "e2e_throughput": b * n / e2e, "requests": requests}
 
     try:
-        runs, warmup_time = warm_then_measure(one_batch, task, device, phase)
+        runs, warmup_time, telemetry = warm_then_measure(one_batch, task, device, phase)
     finally:
         manager.stop(block=True, timeout=30)
     graphs = _compiled_graphs()
@@ -283,9 +321,11 @@ def measure_continuous_batching(
         "prefill_throughput": summarize([]),
     }
     resolved = manager.continuous_batching_config
+    add_energy(telemetry, runs, b * n)
     return {
         "runs": runs,
         "stats": stats,
+        "gpu_telemetry": telemetry,
         "warmup_time_s": warmup_time,
         "setup_time_s": setup_time,
         "effective_attn_implementation": effective_attn,
@@ -381,7 +421,51 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
             out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
     out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
     out["worker_environment"] = worker_environment(device)
+    nvml_peak = [
+        ((dev.get("metrics") or {}).get("memory_used_bytes") or {}).get("max")
+        for dev in (out["gpu_telemetry"].get("devices") or [])
+    ]
+    if nvml_peak and all(v is not None for v in nvml_peak):
+        out["memory"]["nvml_used_peak_bytes"] = max(nvml_peak)  # the whole device, any process
+    out["warmup_check"] = warmup_check(out["runs"])
+    out["roofline"] = cell_roofline(net, cell, out["stats"])
+    if out["roofline"].get("kv_cache_bytes") is not None:
+        out["memory"]["kv_cache_bytes"] = out["roofline"]["kv_cache_bytes"]
     return out
+
+
+def warmup_check(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether warm-up absorbed compilation and graph capture: the first timed run must not stand out."""
+    e2e = [r["e2e_latency"] for r in runs if r.get("e2e_latency") is not None]
+    if len(e2e) < 3:
+        return {"first_over_median": None, "suspect": None, "reason": "fewer than 3 timed runs"}
+    ratio = e2e[0] / statistics.median(e2e)
+    # 25%: well above run-to-run noise on a quiet GPU, well below what a compile or a capture costs.
+    return {"first_over_median": ratio, "suspect": ratio > 1.25}
+
+
+def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """Decode MBU and prefill MFU from the model's own arithmetic and the GPU's peaks (p50 ttft and tpot)."""
+    try:
+        facts = roofline.model_facts(net)
+    except Exception as exc:  # noqa: BLE001 - a model the arithmetic does not know is not a failed cell
+        return {"available": False, "reason": f"model arithmetic unavailable: {type(exc).__name__}: {exc}"}
+    gpu, reason = None, None
+    if cell["device"] == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        gpu, reason = roofline.match_gpu_with_reason(props.name, props.total_memory)
+    return roofline.roofline(
+        facts,
+        gpu,
+        cell["dtype"],
+        cell["batch_size"],
+        cell["sequence_length"],
+        cell["num_tokens_to_generate"],
+        (stats.get("ttft") or {}).get("p50"),
+        (stats.get("tpot") or {}).get("p50"),
+        gpu_reason=reason,
+        device=cell["device"],
+    )
 
 
 def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:

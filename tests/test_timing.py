@@ -52,6 +52,10 @@ def test_event_clock_with_stand_in_events():
     assert all(b > a for a, b in zip(times, times[1:], strict=False))
     assert times[0] >= 0.005 and times[-1] <= e2e
     assert len(syncs) == 2  # once before the start, once after the end: never per token
+    # The device's own measure of the call agrees with the host's around the synchronizations.
+    assert clock.device_e2e is not None and 0 < clock.device_e2e <= e2e
+    assert clock.device_e2e == pytest.approx(e2e, rel=0.05, abs=1e-3)
+    assert HostClock().device_e2e is None
 
 
 def test_event_clock_marks_cost_one_record_each():
@@ -61,7 +65,7 @@ def test_event_clock_marks_cost_one_record_each():
     for _ in range(5):
         clock.mark()
     clock.stop()
-    assert StandInEvent.records - before == 1 + 5
+    assert StandInEvent.records - before == 1 + 5 + 1  # start, one per token, end
 
 
 def test_event_clock_resets_between_runs():
