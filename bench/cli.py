@@ -20,7 +20,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import ALLOWED, DEMO_CONFIG, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
-from .errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE, UserError
+from .errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, EXIT_SIGINT, EXIT_USAGE, UserError
 from .hardware import Accelerators, detect_accelerators, environment, is_installed, measured_commit
 from .logs import LOG_FORMATS, HumanLog, JsonLog, log_format
 from .matrix import Capabilities, Plan, build_plan
@@ -29,7 +29,7 @@ from .presets import PRESETS
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 DEFAULT_OUTPUT = "results"
 RICH_PLAN_LIMIT = 500
-BOOL_FIELDS = {"trust_remote_code", "compile_fullgraph", "gpu_monitoring"}
+BOOL_FIELDS = {"trust_remote_code", "compile_fullgraph", "gpu_monitoring", "push_private"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +76,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id> of the sharded run")
     merge.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="human (default) or json lines (TFBENCH_LOG_FORMAT)"
+    )
+
+    compare = sub.add_parser(
+        "compare",
+        help="compare two runs cell by cell: ratios, intervals, regression verdicts (exit 1 on a regression)",
+    )
+    compare.add_argument("base", metavar="BASE", help="the reference run directory")
+    compare.add_argument("new", metavar="NEW", help="the run directory to judge")
+    compare.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    compare.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="[METRIC=]FRACTION",
+        help="smallest change that counts (default 0.05); METRIC=FRACTION for one metric, repeatable",
+    )
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    compare.add_argument(
+        "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
+    )
+
+    push = sub.add_parser("push", help="upload a run to a Hub dataset, as one commit")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id>")
+    push.add_argument(
+        "--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repo (created if missing)"
+    )
+    push.add_argument("--public", action="store_true", help="create the repo public (default: private)")
+    push.add_argument(
         "--log-format", choices=LOG_FORMATS, help="human (default) or json lines (TFBENCH_LOG_FORMAT)"
     )
 
@@ -251,6 +280,10 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
         plan = shard_plan(full, shard, iterations) if shard else full
         output = Path(cfg.output or DEFAULT_OUTPUT)
         _check_output(output)
+        if cfg.push_to_hub:
+            from .hub import check_push_config
+
+            check_push_config(cfg.push_to_hub)  # a token and a reachable Hub, before any model loads
         run_id = _run_id(args, i, len(configs))
         if shard and run_id is None:
             raise UserError(
@@ -331,7 +364,7 @@ def _run_meta(job: Job, env: dict[str, Any], commit: Any) -> dict[str, Any]:
     return meta
 
 
-def _merge_if_last(job: Job, log: Any) -> None:
+def _merge_if_last(job: Job, log: Any) -> bool:
     """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
     from .merge import try_merge
 
@@ -346,6 +379,7 @@ def _merge_if_last(job: Job, log: Any) -> None:
             counts=merged["counts"],
             message=f"all {shard.count} shards finished; merged into {run_path}",
         )
+        return True
     else:
         log.emit(
             "merge_pending",
@@ -353,6 +387,7 @@ def _merge_if_last(job: Job, log: Any) -> None:
             pending=pending,
             message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
         )
+        return False
 
 
 def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
@@ -417,9 +452,93 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
         exit_code=code,
         message=f"results: {rundir.path}  ({text})",
     )
-    if shard and code in (EXIT_OK, EXIT_CELL_FAILED):
-        _merge_if_last(job, log)
-    return code
+    if code not in (EXIT_OK, EXIT_CELL_FAILED):
+        return code  # interrupted: the run continues later, and is pushed when it is finished
+    pushed = True
+    if shard:
+        merged = _merge_if_last(job, log)
+        if merged and cfg.push_to_hub:
+            pushed = _push(job.output / run_id, cfg.push_to_hub, cfg.push_private, log)
+    elif cfg.push_to_hub:
+        pushed = _push(rundir.path, cfg.push_to_hub, cfg.push_private, log)
+    return code if pushed else EXIT_PUSH_FAILED
+
+
+def _push(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
+    """Upload a finished run (once: run.json remembers it); False when the upload failed for good.
+
+    A failed upload never touches the local results; the message says how to push later.
+    """
+    from .hub import PushError, push_run
+    from .resume import read_run
+    from .runner import now_iso
+    from .store import atomic_write_json
+
+    meta = read_run(run_path) or {}
+    done = meta.get("pushed") or {}
+    if done.get("repo") == repo_id:
+        log.emit(
+            "push_skipped", repo=repo_id, message=f"already pushed to {repo_id}: {done.get('commit_url')}"
+        )
+        return True
+    log.emit("push_started", repo=repo_id, message=f"pushing {run_path} to the Hub dataset {repo_id}")
+    try:
+        result = push_run(run_path, repo_id, private=private, log=log)
+    except PushError as exc:
+        log.emit("push_failed", level="error", repo=repo_id, exit_code=EXIT_PUSH_FAILED, message=str(exc))
+        return False
+    meta["pushed"] = {"repo": repo_id, "commit_url": result.commit_url, "at": now_iso()}
+    atomic_write_json(run_path / "run.json", meta)
+    log.emit(
+        "push_done",
+        repo=repo_id,
+        commit_url=result.commit_url,
+        attempts=result.attempts,
+        message=f"pushed to {result.repo_url} in one commit ({result.commit_url})",
+    )
+    return True
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    from .compare import METRICS
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            fraction = float(value)
+        except ValueError:
+            raise UserError(f"--threshold {item!r}: FRACTION must be a number, e.g. 0.05") from None
+        for metric in [name] if sep else METRICS:
+            if metric not in METRICS:
+                raise UserError(
+                    f"--threshold {item!r}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}"
+                )
+            out[metric] = fraction
+    return out
+
+
+def cmd_compare(args: argparse.Namespace, out: Console) -> int:
+    from .compare import compare_runs, exit_code, load_run, to_json, to_markdown, to_table
+
+    cmp = compare_runs(load_run(args.base), load_run(args.new), _thresholds(args.threshold), args.alpha)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(to_json(cmp), indent=1) + "\n")
+    elif args.format == "markdown":
+        sys.stdout.write(to_markdown(cmp) + "\n")
+    else:
+        out.print(to_table(cmp))
+    return exit_code(cmp, strict=args.strict)
+
+
+def cmd_push(args: argparse.Namespace, log: Any) -> int:
+    from .hub import check_push_config
+
+    run_path = Path(args.run_dir)
+    if not (run_path / "run.json").is_file():
+        raise UserError(f"{run_path} is not a run directory (no run.json); give <output>/<run id>")
+    repo = check_push_config(args.repo)
+    return EXIT_OK if _push(run_path, repo, not args.public, log) else EXIT_PUSH_FAILED
 
 
 def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
@@ -477,6 +596,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args, out, err, log)
         if args.command == "merge":
             return cmd_merge(args, out, log)
+        if args.command == "push":
+            return cmd_push(args, log)
+        if args.command == "compare":
+            return cmd_compare(args, out)
         return cmd_presets(out)
     except UserError as exc:
         log.emit("error", level="error", exit_code=exc.exit_code, message=str(exc))

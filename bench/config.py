@@ -37,6 +37,7 @@ NON_FIELD_ENV = {
     "TFBENCH_SHARD",
     "TFBENCH_SHARD_COUNT",
     "TFBENCH_LOG_FORMAT",
+    "TFBENCH_BRANCH",
 }
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"
@@ -85,6 +86,8 @@ ALLOWED: dict[str, str] = {
     "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
     "output": "a directory path for results",
     "seed": "an integer",
+    "push_to_hub": "a Hub dataset repo id ORG/NAME to upload the run to, or null (no upload)",
+    "push_private": "true or false: whether a repo created by the upload is private",
 }
 
 
@@ -119,6 +122,8 @@ class BenchConfig(BaseModel):
     run_name: Annotated[str, Field(strict=True)] = "tfbench"
     output: Annotated[str, Field(min_length=1, strict=True)] | None = None
     seed: StrictInt = 0
+    push_to_hub: Annotated[str, Field(strict=True)] | None = None
+    push_private: StrictBool = True
 
     @field_validator(*LIST_FIELDS, mode="before")
     @classmethod
@@ -135,6 +140,13 @@ class BenchConfig(BaseModel):
             if any(v is s or (type(v) is type(s) and v == s) for s in seen):
                 raise ValueError(f"{v!r} is listed twice")
             seen.append(v)
+        return value
+
+    @field_validator("push_to_hub")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and (not _HUB_ID_RE.match(value) or "/" not in value or ".." in value):
+            raise ValueError("not a Hub repo id of the form ORG/NAME")
         return value
 
     @field_validator("model")

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_CELL_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PUSH_FAILED = 3  # the run's results are complete locally; the upload failed
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 

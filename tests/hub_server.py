@@ -1,0 +1,338 @@
+"""A local stand-in for the Hugging Face Hub: just what huggingface_hub 2.4.0 calls to create a
+dataset repo and commit small files to it (read from the installed library's source):
+
+    POST /api/repos/create                                 HfApi.create_repo (409 when it exists)
+    GET  /api/{type}s/{ns}/{name}[/revision/{rev}]         HfApi.repo_info (create_repo after a
+                                                           401/403 with exist_ok; create_commit when
+                                                           every file is unchanged)
+    POST /api/validate-yaml                                create_commit, when README.md is committed
+    POST /api/{type}s/{ns}/{name}/preupload/{rev}          create_commit: upload mode of each file
+    POST /api/{type}s/{ns}/{name}/commit/{rev}             create_commit: NDJSON, base64 contents
+    GET  /{type}s/{ns}/{name}/resolve/{rev}/{path}         a file's content (tfbench reads README.md)
+
+Every request is recorded (method, path, headers, body). `fail(status, times, ...)` answers the
+next matching requests with an error before serving normally; `fail(status)` with times=None
+answers that way for ever. Committed files are stored decoded, per repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
+
+_REPO = r"(?P<type>models|datasets|spaces)/(?P<repo>[^/]+/[^/]+)"
+ROUTES = (
+    ("POST", re.compile(r"^/api/repos/create$"), "create_repo"),
+    ("POST", re.compile(r"^/api/validate-yaml$"), "validate_yaml"),
+    ("POST", re.compile(rf"^/api/{_REPO}/preupload/(?P<rev>[^/]+)$"), "preupload"),
+    ("POST", re.compile(rf"^/api/{_REPO}/commit/(?P<rev>[^/]+)$"), "commit"),
+    ("GET", re.compile(rf"^/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "repo_info"),
+    ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+)
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    endpoint: str  # the route's name, or "unknown"
+    status: int = 0  # what the server answered
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Repo:
+    repo_id: str
+    type: str
+    private: bool | None
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def sha(self) -> str:
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+@dataclass
+class _Failure:
+    status: int
+    times: int | None  # None: for ever
+    endpoints: tuple[str, ...] | None  # None: every request
+    body: bytes
+    headers: dict[str, str]
+
+
+class FakeHub:
+    """Start with `with FakeHub() as hub:`; `hub.endpoint` is the base URL to give HfApi."""
+
+    def __init__(self, token: str | None = None):
+        self.token = token  # when set, any other Authorization is answered 401
+        self.requests: list[Request] = []
+        self.repos: dict[str, Repo] = {}
+        self._failures: list[_Failure] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
+        )
+
+    # ---- control -------------------------------------------------------------------------
+
+    def __enter__(self) -> FakeHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def fail(
+        self,
+        status: int,
+        times: int | None = None,
+        endpoints: tuple[str, ...] | str | None = None,
+        body: bytes | str | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer `status` to the next `times` matching requests (None: to every one, for ever)."""
+        if isinstance(endpoints, str):
+            endpoints = (endpoints,)
+        if body is None:
+            body = {"error": f"fake hub: HTTP {status}"}
+        if isinstance(body, dict):
+            data, ctype = json.dumps(body).encode(), "application/json"
+        else:
+            data, ctype = (body.encode() if isinstance(body, str) else body), "text/html"
+        with self._lock:
+            self._failures.append(
+                _Failure(status, times, endpoints, data, {"Content-Type": ctype, **(headers or {})})
+            )
+
+    def calls(self, endpoint: str | None = None) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
+
+    def endpoints_called(self) -> list[str]:
+        return [r.endpoint for r in self.calls()]
+
+    def commits(self, repo_id: str) -> list[dict[str, Any]]:
+        repo = self.repos.get(repo_id)
+        return repo.commits if repo else []
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def _take_failure(self, endpoint: str) -> _Failure | None:
+        with self._lock:
+            for failure in self._failures:
+                if failure.endpoints is not None and endpoint not in failure.endpoints:
+                    continue
+                if failure.times is None:
+                    return failure
+                if failure.times > 0:
+                    failure.times -= 1
+                    return failure
+        return None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without this, Nagle's algorithm and the
+                # client's delayed ACK add 40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_HEAD(self) -> None:
+                self._serve("HEAD")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
+
+            def do_PUT(self) -> None:
+                self._serve("PUT")
+
+            def _serve(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                url = urlsplit(self.path)
+                path = unquote(url.path)
+                endpoint, params = "unknown", {}
+                for m, pattern, name in ROUTES:
+                    match = pattern.match(path)
+                    if m == method and match:
+                        endpoint, params = name, {k: v for k, v in match.groupdict().items() if v}
+                        break
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                request = Request(method, path, parse_qs(url.query), headers, body, endpoint)
+                with hub._lock:
+                    hub.requests.append(request)
+                status, headers, data = hub._answer(request, params)
+                request.status = status
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if method != "HEAD":
+                    self.wfile.write(data)
+
+        return Handler
+
+    def _answer(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        failure = self._take_failure(request.endpoint)
+        if failure is not None:
+            return failure.status, failure.headers, failure.body
+        if self.token is not None and request.headers.get("authorization") != f"Bearer {self.token}":
+            return _json(401, {"error": "Invalid credentials in Authorization header"})
+        handler = getattr(self, f"_{request.endpoint}", None)
+        if handler is None:
+            return _json(404, {"error": f"fake hub: no route for {request.method} {request.path}"})
+        return handler(request, params)
+
+    def _repo(self, params: dict[str, str]) -> Repo | None:
+        repo = self.repos.get(params["repo"])
+        return repo if repo is not None and f"{repo.type}s" == params["type"] else None
+
+    def _url(self, repo: Repo) -> str:
+        prefix = "" if repo.type == "model" else f"{repo.type}s/"
+        return f"{self.endpoint}/{prefix}{repo.repo_id}"
+
+    def _create_repo(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        payload = request.json()
+        repo_id = (
+            f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        )
+        with self._lock:
+            existing = self.repos.get(repo_id)
+            if existing is not None:
+                return _json(409, {"error": "You already created this repo", "url": self._url(existing)})
+            visibility = payload.get("visibility")
+            private = payload.get("private", None if visibility is None else visibility == "private")
+            repo = self.repos[repo_id] = Repo(repo_id, payload.get("type") or "model", private)
+        return _json(200, {"url": self._url(repo), "name": repo_id, "id": repo_id})
+
+    def _repo_info(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        repo = self._repo(params)
+        if repo is None:
+            return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        siblings = [{"rfilename": p} for p in sorted(repo.files)]
+        return _json(
+            200, {"id": repo.repo_id, "sha": repo.sha, "private": repo.private, "siblings": siblings}
+        )
+
+    def _validate_yaml(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        content = request.json().get("content", "")
+        lines = content.splitlines()
+        if lines and lines[0] == "---" and "---" in lines[1:]:
+            end = lines[1:].index("---") + 1
+            try:
+                meta = yaml.safe_load("\n".join(lines[1:end]))
+            except yaml.YAMLError as exc:
+                return _json(400, {"errors": [{"message": f"invalid YAML: {exc}"}], "warnings": []})
+            if meta is not None and not isinstance(meta, dict):
+                return _json(400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []})
+        return _json(200, {"errors": [], "warnings": []})
+
+    def _preupload(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        repo = self._repo(params)
+        if repo is None:
+            return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        files = []
+        for f in request.json()["files"]:
+            existing = repo.files.get(f["path"])
+            files.append(
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_sha1(existing) if existing is not None else None,
+                }
+            )
+        return _json(200, {"files": files, "commitOid": repo.sha})
+
+    def _commit(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        repo = self._repo(params)
+        if repo is None:
+            return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        items = [json.loads(line) for line in request.body.splitlines() if line.strip()]
+        header = next((i["value"] for i in items if i["key"] == "header"), None)
+        if header is None or not header.get("summary"):
+            return _json(400, {"error": "a commit needs a header with a summary"})
+        added: dict[str, bytes] = {}
+        deleted: list[str] = []
+        for item in items:
+            key, value = item["key"], item["value"]
+            if key == "file":
+                if value.get("encoding") != "base64":
+                    return _json(400, {"error": "fake hub: only base64 file contents"})
+                added[value["path"]] = base64.b64decode(value["content"])
+            elif key in ("deletedFile", "deletedFolder"):
+                deleted.append(value["path"])
+            elif key != "header":
+                return _json(400, {"error": f"fake hub: {key} is not supported (LFS)"})
+        with self._lock:
+            for path in deleted:
+                repo.files.pop(path, None)
+            repo.files.update(added)
+            oid = hashlib.sha1(f"{repo.repo_id}:{len(repo.commits)}:{header['summary']}".encode()).hexdigest()
+            repo.commits.append(
+                {
+                    "oid": oid,
+                    "summary": header["summary"],
+                    "description": header.get("description", ""),
+                    "files": dict(added),
+                    "deleted": deleted,
+                }
+            )
+        url = f"{self._url(repo)}/commit/{oid}"
+        return _json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
+
+    def _resolve(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        repo = self._repo(params)
+        if repo is None:
+            return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+        data = repo.files.get(params["path"])
+        if data is None:
+            return _json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"{git_blob_sha1(data)}"'}
+        headers["X-Repo-Commit"] = repo.sha
+        return 200, headers, data
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
