@@ -17,7 +17,7 @@ signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 from bench.cli import main  # noqa: E402
 
-SUBCOMMANDS = ("run", "plan", "merge", "push", "compare", "presets")
+SUBCOMMANDS = ("run", "plan", "merge", "push", "compare", "report", "history", "presets")
 
 
 def container_defaults(environ: dict) -> None:

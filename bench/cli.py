@@ -97,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
     )
+    compare.add_argument("--html", metavar="FILE", help="also write an HTML report with the ratio plots")
+    compare.add_argument("--png", metavar="DIR", help="also write the ratio plots as PNG files")
+
+    report = sub.add_parser("report", help="a run's summary table, and plots as HTML or PNG")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id>")
+    report.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    report.add_argument("--png", metavar="DIR", help="write the plots as PNG files")
+
+    history = sub.add_parser("history", help="a metric of one cell across commits, with level shifts flagged")
+    history.add_argument("source", nargs="?", metavar="DIR", help="a directory of run directories")
+    history.add_argument("--repo", metavar="ORG/NAME", help="a Hub dataset that runs were pushed to")
+    history.add_argument("--metric", required=True, help="e2e_latency, ttft, tpot, e2e_throughput, ...")
+    history.add_argument("--cell", required=True, help="a cell id (or a unique prefix of 4+), or a cell name")
+    history.add_argument("--hardware", help="keep runs whose hardware contains this (default: the newest's)")
+    history.add_argument("--threshold", type=float, default=0.05, help="smallest shift that counts (0.05)")
+    history.add_argument("--plot", metavar="FILE", help="also write the history as a PNG")
+    history.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 
     push = sub.add_parser("push", help="upload a run to a Hub dataset, as one commit")
     push.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id>")
@@ -528,7 +545,47 @@ def cmd_compare(args: argparse.Namespace, out: Console) -> int:
         sys.stdout.write(to_markdown(cmp) + "\n")
     else:
         out.print(to_table(cmp))
+    if args.html or args.png:
+        from .plots import write_compare_report
+
+        for path in write_compare_report(cmp, args.html, args.png):
+            sys.stderr.write(f"wrote {path}\n")
     return exit_code(cmp, strict=args.strict)
+
+
+def cmd_report(args: argparse.Namespace, out: Console) -> int:
+    from .compare import load_run
+    from .report import summary_table, unmeasured_table
+
+    run = load_run(args.run_dir)
+    records = list(run.cells.values())
+    out.print(summary_table(records, title=f"{run.meta.get('run_id')}"))
+    unmeasured = unmeasured_table(records)
+    if unmeasured is not None:
+        out.print(unmeasured)
+    if args.html or args.png:
+        from .plots import write_run_report
+
+        for path in write_run_report(run, args.html, args.png):
+            sys.stderr.write(f"wrote {path}\n")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from .history import history
+
+    text, code = history(
+        args.source,
+        args.repo,
+        args.metric,
+        args.cell,
+        hardware=args.hardware,
+        threshold=args.threshold,
+        plot_path=Path(args.plot) if args.plot else None,
+        fmt=args.format,
+    )
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")  # not rich: "[1.09, 1.11]" is text
+    return code
 
 
 def cmd_push(args: argparse.Namespace, log: Any) -> int:
@@ -600,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_push(args, log)
         if args.command == "compare":
             return cmd_compare(args, out)
+        if args.command == "report":
+            return cmd_report(args, out)
+        if args.command == "history":
+            return cmd_history(args)
         return cmd_presets(out)
     except UserError as exc:
         log.emit("error", level="error", exit_code=exc.exit_code, message=str(exc))

@@ -1,0 +1,370 @@
+"""`bench.plots` on run directories written on the spot (tests.test_compare's builders): the figures'
+content, valid PNG files, a self-contained and escaped HTML report, unmeasured cells never drawn."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+from PIL import Image
+
+from bench import plots
+from bench.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs, load_run
+from bench.errors import UserError
+from bench.matrix import cell_name
+from tests.test_compare import CELLS, ENV, cell_id, make_run, record, write_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPEED = {"eager": 1.3, "sdpa": 1.0, "flash_attention_2": 0.85, "flex_attention": 0.95}
+SCRIPT_NAME = "sdpa/eager-mode <script>alert(1)</script> b1 s128 n32"
+
+
+def matrix_cell(
+    index: int, attn: str, compile_mode: str | None, batch: int, seq: int, cb: bool = False
+) -> dict[str, Any]:
+    """A cell as bench.matrix writes it into a record, for a small model on one GPU."""
+    name = cell_name(attn, compile_mode, False, cb, batch, seq, 32)
+    return {
+        "index": index,
+        "cell_id": cell_id(name),
+        "name": name,
+        "model": "synthetic:llama-small",
+        "dtype": "bfloat16",
+        "device": "cuda",
+        "attn_implementation": attn,
+        "compile": compile_mode,
+        "kernelize": False,
+        "continuous_batching": cb,
+        "batch_size": batch,
+        "sequence_length": seq,
+        "num_tokens_to_generate": 32,
+        "skip_reason": None,
+    }
+
+
+def matrix_run(
+    path: Path,
+    seed: int = 0,
+    *,
+    attns: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2"),
+    compiles: tuple[str | None, ...] = (None, "default"),
+    batches: tuple[int, ...] = (1, 4, 16),
+    seqs: tuple[int, ...] = (128, 1024),
+    cb: bool = False,
+    not_ok: dict[int, tuple[str, str]] | None = None,
+    names: dict[int, str] | None = None,
+    runs: int = 5,
+    tpot_factor: dict[int, float] | None = None,
+) -> Path:
+    """A run over attention implementations x compile modes x batch sizes x sequence lengths, with
+    latencies that grow with the shape; `not_ok` maps a cell index to (status, reason)."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    combos = [(a, c, False) for a in attns for c in compiles] + ([("sdpa", None, True)] if cb else [])
+    for attn, mode, is_cb in combos:
+        for b in batches:
+            for s in seqs:
+                axes = matrix_cell(len(recs), attn, mode, b, s, is_cb)
+                i = axes["index"]
+                if names and i in names:
+                    axes["name"] = names[i]
+                speed = SPEED[attn] * (0.7 if mode else 1.0)
+                status, reason = (not_ok or {}).get(i, ("ok", None))
+                recs.append(
+                    record(
+                        axes,
+                        rng,
+                        n=runs,
+                        ttft=(0.004 + 2e-6 * b * s) * speed,
+                        tpot=(0.008 + 0.0004 * b) * speed,
+                        tpot_factor=(tpot_factor or {}).get(i, 1.0),
+                        status=status,
+                        reason=reason,
+                    )
+                )
+    return write_run(path, recs)
+
+
+def check_png(path: Path, min_bytes: int = 10_000) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > min_bytes, (path, len(data))
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        width, height = img.size
+    assert width >= 600 and height >= 300, (path, img.size)
+    return width, height
+
+
+def tick_labels(ax: Any) -> list[str]:
+    return [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_import_does_not_load_matplotlib():
+    code = "import sys, bench.plots; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_run_report_writes_valid_pngs_and_a_self_contained_html(tmp_path):
+    run_dir = matrix_run(
+        tmp_path / "run-1",
+        not_ok={
+            3: ("failed", "RuntimeError: CUDA error: an illegal memory access <&> was encountered"),
+            7: ("oom", "CUDA out of memory. Tried to allocate 2.00 GiB"),
+            12: ("skipped", "flash_attention_2 needs the flash-attn package"),
+        },
+        names={0: SCRIPT_NAME},
+        cb=True,
+    )
+    html_path = tmp_path / "out" / "report.html"
+    written = plots.report_run(run_dir, html=html_path, png_dir=tmp_path / "png")
+    assert [p.name for p in written] == ["latency.png", "ttft_tpot.png", "throughput.png", "report.html"]
+    for png in written[:3]:
+        check_png(png)
+
+    text = html_path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    assert len(images) == 3
+    for data in images:
+        assert base64.b64decode(data)[:8] == PNG_MAGIC
+    # Self-contained: nothing fetched from anywhere (no http(s) at all, no script, link or external src).
+    assert "http://" not in text and "https://" not in text
+    assert not re.search(r"<(script|link|iframe)\b", text, re.IGNORECASE)
+    assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', text))
+    # The hostile cell name is escaped wherever it appears.
+    assert "<script>alert(1)</script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    # Unmeasured cells are listed with their reasons (escaped too).
+    section = text.split("Cells without measurements (3)")[1]
+    assert "an illegal memory access &lt;&amp;&gt; was encountered" in section
+    assert "CUDA out of memory. Tried to allocate 2.00 GiB" in section
+    assert "flash_attention_2 needs the flash-attn package" in section
+    for status in ("failed", "oom", "skipped"):
+        assert f"<td class={status}>{status}</td>" in section
+    assert "NVIDIA H100 80GB HBM3" in text and "run-1" in text
+
+
+def test_figures_show_measured_cells_only(tmp_path):
+    not_ok = {1: ("failed", "boom"), 4: ("timeout", "no result after 600 s")}
+    run = load_run(matrix_run(tmp_path / "r", not_ok=not_ok, names={0: SCRIPT_NAME}))
+    ok = [r for r in sorted(run.cells.values(), key=lambda r: r["cell"]["index"]) if r["status"] == "ok"]
+    figures = plots.run_figures(run)
+    assert list(figures) == ["latency", "ttft_tpot", "throughput"]
+
+    # latency: one bar per ok cell, in cell order, named by cell name, p50 in ms; no zero bars.
+    ax = figures["latency"].axes[0]
+    assert tick_labels(ax) == [r["cell"]["name"] for r in ok]
+    bars = ax.patches
+    widths = [b.get_width() for b in bars]
+    expected = [np.percentile([x["e2e_latency"] for x in r["runs"]], 50) * 1e3 for r in ok]
+    assert widths == pytest.approx(expected)
+    assert min(widths) > 0
+    title = ax.get_title(loc="left")
+    assert "r ·" in title and "NVIDIA H100 80GB HBM3" in title and "(ms)" in ax.get_xlabel()
+
+    # ttft_tpot: two panels, the shapes on the y axis, a bar per measured (combo, shape); the
+    # unmeasured cells are a status text, not a bar.
+    left, right = figures["ttft_tpot"].axes[:2]
+    assert "TTFT" in left.get_xlabel() and "TPOT" in right.get_xlabel() and "(ms)" in right.get_xlabel()
+    assert tick_labels(left) == [f"b{b} s{s} n32" for b in (1, 4, 16) for s in (128, 1024)]
+    for ax in (left, right):
+        heights = [p.get_width() for p in ax.patches]
+        assert len(heights) == len(ok) and min(heights) > 0
+        assert {"failed", "timeout"} <= {t.get_text() for t in ax.texts}
+    legend = figures["ttft_tpot"].legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "eager",
+        "eager+compile:default",
+        "sdpa",
+        "sdpa+compile:default",
+        "flash_attention_2",
+        "flash_attention_2+compile:default",
+    ]
+
+    # throughput: a line per combo and sequence length against batch size, in tokens/s.
+    ax = figures["throughput"].axes[0]
+    assert "tokens/s" in ax.get_ylabel() and "batch size" in ax.get_xlabel()
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # an errorbar container per line
+    assert len(lines) == 6 * 2
+    sdpa = lines["sdpa s128"]
+    assert list(sdpa.get_xdata()) == [1, 4, 16]
+    assert np.all(np.diff(sdpa.get_ydata()) > 0)  # more tokens/s at larger batches
+    # eager b1 s1024 (index 1) failed: its line has the other two batch sizes only.
+    assert list(lines["eager s1024"].get_xdata()) == [4, 16]
+
+
+def test_eighty_cells_stay_readable(tmp_path):
+    run = load_run(
+        matrix_run(
+            tmp_path / "big",
+            attns=("eager", "sdpa", "flash_attention_2", "flex_attention"),
+            batches=(1, 2, 4, 8, 16),
+            seqs=(128, 1024),
+            runs=3,
+        )
+    )
+    assert len(run.cells) == 80
+    fig = plots.latency_figure(run)
+    ax = fig.axes[0]
+    assert len(tick_labels(ax)) == 80
+    width, height = fig.get_size_inches()
+    assert height >= 80 * 0.2  # a row per cell, not squeezed
+    assert ax.get_yticklabels()[0].get_fontsize() >= 8
+    path = plots.write_png({"latency": fig}, tmp_path / "png")[0]
+    check_png(path)
+
+
+def test_run_without_a_measured_cell_still_reports(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = [
+        record(CELLS[0], rng, status="failed", reason="ImportError: no module named flash_attn"),
+        record(CELLS[1], rng, status="oom", reason="CUDA out of memory"),
+    ]
+    run_dir = write_run(tmp_path / "bad", recs, status="finished")
+    run = load_run(run_dir)
+    assert plots.run_figures(run) == {}
+    written = plots.report_run(run_dir, html=tmp_path / "bad.html", png_dir=tmp_path / "png")
+    assert written == [tmp_path / "bad.html"]
+    assert not list((tmp_path / "png").glob("*.png"))
+    text = (tmp_path / "bad.html").read_text()
+    assert "No cell of this run was measured" in text and "No figures" in text
+    assert "ImportError: no module named flash_attn" in text and "CUDA out of memory" in text
+    assert "data:image/png" not in text
+
+
+def test_planned_cells_without_a_record_are_listed(tmp_path):
+    run_dir = make_run(tmp_path / "r", seed=0, n=3)
+    run = load_run(run_dir)
+    extra = {**CELLS[2], "index": 3, "cell_id": "f" * 16, "name": "sdpa/eager-mode b64 s128 n32"}
+    run.meta["plan"] = {"cells": [r["cell"] for r in run.cells.values()] + [extra]}
+    text = plots.run_summary_html(run)
+    assert "4 cells: 3 ok, 1 not run" in text
+    assert "sdpa/eager-mode b64 s128 n32" in text.split("Cells without measurements (1)")[1]
+
+
+def test_percentiles_are_the_records_stats(tmp_path):
+    run = load_run(matrix_run(tmp_path / "r", batches=(4,), seqs=(128,), cb=True, runs=7))
+    for rec in run.cells.values():
+        for metric in ("e2e_latency", "ttft", "tpot", "e2e_throughput"):
+            p = plots.percentiles(rec, metric)
+            assert p["p50"] == pytest.approx(rec["stats"][metric]["p50"]), (rec["cell"]["name"], metric)
+            assert p["p95"] == pytest.approx(rec["stats"][metric]["p95"])
+    # Without raw runs: the stats; without either: None (nothing is drawn).
+    rec = next(iter(run.cells.values()))
+    bare = {**rec, "runs": []}
+    assert plots.percentiles(bare, "tpot")["p50"] == rec["stats"]["tpot"]["p50"]
+    assert plots.percentiles({**bare, "stats": {}}, "tpot") is None
+
+
+@pytest.fixture
+def regression(tmp_path):
+    """Cell 1's tpot 10% slower in NEW (tests.test_compare's fixture), and one cell failed in NEW."""
+    base = make_run(tmp_path / "base", seed=1)
+    new = make_run(
+        tmp_path / "new",
+        seed=2,
+        changes={1: {"tpot_factor": 1.10}, 2: {"status": "oom", "reason": "CUDA out of memory <b64>"}},
+    )
+    return base, new
+
+
+def test_compare_figure_marks_the_regression(regression):
+    base, new = regression
+    cmp = compare_runs(load_run(base), load_run(new))
+    slow = CELLS[1]["name"]
+    points = plots.compare_points(cmp, "tpot")
+    assert [p["name"] for p in points] == [CELLS[0]["name"], slow]  # cell 2 is not compared
+    by_name = {p["name"]: p for p in points}
+    assert by_name[slow]["verdict"] == REGRESSION and by_name[slow]["color"] == "#d62728"
+    assert (
+        by_name[CELLS[0]["name"]]["verdict"] == UNCHANGED and by_name[CELLS[0]["name"]]["color"] == "#7f7f7f"
+    )
+    assert 1.08 < by_name[slow]["ratio"] < 1.12 and by_name[slow]["ci_low"] > 1
+
+    fig = plots.compare_figure(cmp, "tpot")
+    ax = fig.axes[0]
+    labels = tick_labels(ax)
+    assert labels == [CELLS[0]["name"], slow]
+    containers = {c.get_label(): c for c in ax.containers}
+    assert set(containers) == {REGRESSION, UNCHANGED}
+    marker = containers[REGRESSION].lines[0]
+    assert to_hex(marker.get_color()) == "#d62728"
+    assert list(marker.get_ydata()) == [labels.index(slow)]
+    assert marker.get_xdata()[0] == pytest.approx(by_name[slow]["ratio"])
+    assert to_hex(containers[UNCHANGED].lines[0].get_color()) == "#7f7f7f"
+    # The interval is drawn: the whisker spans ci_low..ci_high.
+    segments = containers[REGRESSION].lines[2][0].get_segments()
+    assert segments[0][0][0] == pytest.approx(by_name[slow]["ci_low"])
+    assert segments[0][1][0] == pytest.approx(by_name[slow]["ci_high"])
+    # A line at 1 and the 5% band.
+    assert any(list(line.get_xdata()) == [1.0, 1.0] for line in ax.get_lines())
+    band = next(p for p in ax.patches if "threshold" in p.get_label())
+    assert band.get_x() == pytest.approx(1 / 1.05) and band.get_x() + band.get_width() == pytest.approx(1.05)
+    assert "base -> new" in ax.get_title(loc="left")
+
+    # Throughputs fall with it; below 1 is the regression there.
+    tput = {p["name"]: p for p in plots.compare_points(cmp, "decode_throughput")}
+    assert tput[slow]["verdict"] == REGRESSION and tput[slow]["ratio"] < 1
+    with pytest.raises(UserError, match="unknown metric 'latency'"):
+        plots.compare_figure(cmp, "latency")
+
+
+def test_compare_report(regression, tmp_path, monkeypatch):
+    base, new = regression
+    written = plots.report_compare(base, new, html=tmp_path / "cmp.html", png_dir=tmp_path / "png")
+    names = [p.name for p in written]
+    assert names[-1] == "cmp.html"
+    assert "compare_tpot.png" in names and "compare_peak_memory_bytes.png" in names
+    for png in written[:-1]:
+        check_png(png, min_bytes=5_000)
+    text = (tmp_path / "cmp.html").read_text()
+    assert "1 regression, 0 improvements, 1 unchanged, 1 not compared" in text
+    assert text.count("data:image/png;base64,") == len(written) - 1
+    assert "http://" not in text and "https://" not in text
+    row = next(line for line in text.splitlines() if CELLS[1]["name"] in line and "<tr>" in line)
+    assert "<td class=regression>regression</td>" in row
+    section = text.split("Cells not compared (1)")[1]
+    assert CELLS[2]["name"] in section and "CUDA out of memory &lt;b64&gt;" in section
+    assert "<td class=oom>oom</td>" in section
+
+    # Only the HTML, with thresholds: a 20% threshold turns the regression into unchanged.
+    monkeypatch.setattr(plots, "compare_figures", lambda cmp: {})  # drawn above already
+    written = plots.report_compare(
+        base,
+        new,
+        html=tmp_path / "loose.html",
+        thresholds={"tpot": 0.2, "e2e_latency": 0.2, "decode_throughput": 0.2, "e2e_throughput": 0.2},
+    )
+    assert written == [tmp_path / "loose.html"]
+    assert "0 regressions" in (tmp_path / "loose.html").read_text()
+
+
+def test_insufficient_data_is_hollow_and_light(tmp_path):
+    cmp = compare_runs(
+        load_run(make_run(tmp_path / "b", seed=1, n=3)), load_run(make_run(tmp_path / "n", seed=2, n=3))
+    )
+    points = plots.compare_points(cmp, "tpot")
+    assert {p["verdict"] for p in points} == {INSUFFICIENT}
+    ax = plots.compare_figure(cmp, "tpot").axes[0]
+    (container,) = ax.containers
+    assert container.get_label() == INSUFFICIENT
+    assert container.lines[0].get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
+
+
+def test_hardware_label():
+    assert plots.hardware({"environment": ENV}) == "NVIDIA H100 80GB HBM3"
+    gpus = [dict(ENV["gpus"][0], index=i) for i in range(8)]
+    assert plots.hardware({"environment": {**ENV, "gpus": gpus}}) == "8x NVIDIA H100 80GB HBM3"
+    assert plots.hardware({"environment": {"cpu": "AMD EPYC 7R13", "gpus": []}}) == "AMD EPYC 7R13 (CPU)"
+    assert plots.hardware({"identity": {"hardware": "cpu: x"}}) == "cpu: x"

@@ -1,0 +1,51 @@
+"""`tfbench report`, `compare --html/--png` and `history` as a user runs them, on a real run and on
+constructed ones: the files are written and the exit codes are right."""
+
+from __future__ import annotations
+
+import json
+
+from bench.cli import main
+
+from .conftest import only_run_dir, run_entrypoint, write_config
+from .test_compare import make_run
+from .test_history import SLOW, STEP, sha, write_history
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_real_run_writes_html_and_pngs(tmp_path, capsys):
+    config = write_config(tmp_path, attn_implementation=["eager", "sdpa"], batch_size=[1, 2])
+    proc = run_entrypoint(config, tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path / "out")
+    html, png = tmp_path / "report.html", tmp_path / "png"
+    assert main(["report", str(run_dir), "--html", str(html), "--png", str(png)]) == 0
+    assert "sdpa" in capsys.readouterr().out
+    assert "data:image/png;base64," in html.read_text()
+    pngs = sorted(png.glob("*.png"))
+    assert [p.stem for p in pngs] == ["latency", "throughput", "ttft_tpot"]
+    assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 5000 for p in pngs)
+
+
+def test_compare_writes_its_ratio_plots(tmp_path, capsys):
+    base = make_run(tmp_path / "base", seed=1)
+    new = make_run(tmp_path / "new", seed=2, changes={1: {"tpot_factor": 1.10}})
+    html = tmp_path / "cmp.html"
+    assert main(["compare", str(base), str(new), "--html", str(html), "--png", str(tmp_path / "png")]) == 1
+    capsys.readouterr()
+    assert "regression" in html.read_text()
+    assert (tmp_path / "png" / "compare_tpot.png").read_bytes().startswith(PNG)
+
+
+def test_history_flags_the_commit_that_slowed_down(tmp_path, capsys):
+    write_history(tmp_path / "runs", STEP)
+    plot = tmp_path / "history.png"
+    args = ["history", str(tmp_path / "runs"), "--metric", "tpot", "--cell", SLOW["cell_id"]]
+    assert main([*args, "--format", "json", "--plot", str(plot)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (cp,) = data["change_points"]
+    assert cp["commit"] == sha(5) and cp["direction"] == "slower"
+    assert plot.read_bytes().startswith(PNG)
+    assert main([*args, "--metric", "speed"]) == 2
+    assert "speed" in capsys.readouterr().err
