@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="compare two runs cell by cell: ratios, intervals, regression verdicts (exit 1 on a regression)",
     )
-    compare.add_argument("base", metavar="BASE", help="the reference run directory")
-    compare.add_argument("new", metavar="NEW", help="the run directory to judge")
+    compare.add_argument(
+        "base", metavar="BASE", help="the reference run: a directory, or hub:ORG/NAME@COMMIT"
+    )
+    compare.add_argument("new", metavar="NEW", help="the run to judge: a directory, or hub:ORG/NAME@COMMIT")
     compare.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     compare.add_argument(
         "--threshold",

@@ -163,6 +163,21 @@ class Run:
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
+    """A run directory, or a run pushed to a Hub dataset: hub:ORG/NAME@COMMIT (or @RUN_ID)."""
+    text = os.fspath(path)
+    if text.startswith("hub:"):
+        repo, sep, ref = text[4:].partition("@")
+        if not sep or not ref:
+            raise UserError(
+                f"{text!r}: a Hub run is hub:ORG/NAME@COMMIT (a measured commit sha, 7+) or @RUN_ID"
+            )
+        from .history import load_hub_run
+
+        return load_hub_run(repo, ref)
+    return _load_dir(path)
+
+
+def _load_dir(path: str | os.PathLike[str]) -> Run:
     """Read `<output>/<run id>` (a merged sharded run has the same layout); UserError if it is not one."""
     p = Path(path)
     if not p.exists():

@@ -89,12 +89,22 @@ from .compare import (
     KEY_METRICS,
     MIN_SAMPLES,
     REGRESSION,
+    Run,
     compare_metric,
     rank_test,
     samples,
 )
 from .errors import UserError
-from .hub import CONFIG_FULL, CONFIG_SUMMARIZED, RUN_SCALARS, check_repo_id, context_row, offline_mode, scrub
+from .hub import (
+    _CELL_FIELDS,
+    CONFIG_FULL,
+    CONFIG_SUMMARIZED,
+    RUN_SCALARS,
+    check_repo_id,
+    context_row,
+    offline_mode,
+    scrub,
+)
 from .stats import UNITS
 from .store import _finite, read_json
 
@@ -513,7 +523,9 @@ def _hub_token(token: str | None) -> str | bool:
     return value or False  # False: anonymous, not a stored login
 
 
-def _hub_error(exc: BaseException, repo: str, endpoint: str, token: str | bool) -> UserError:
+def _hub_error(
+    exc: BaseException, repo: str, endpoint: str, token: str | bool, what: str = "the history"
+) -> UserError:
     from huggingface_hub.errors import (
         HfHubHTTPError,
         OfflineModeIsEnabled,
@@ -536,7 +548,7 @@ def _hub_error(exc: BaseException, repo: str, endpoint: str, token: str | bool) 
             why = f"HTTP {status} from {endpoint}: {detail.strip()}"
     else:
         why = f"{type(exc).__name__}: {exc}"
-    return UserError(scrub(f"cannot read the history from the Hub dataset {repo}: {why}", secret))
+    return UserError(scrub(f"cannot read {what} from the Hub dataset {repo}: {why}", secret))
 
 
 def _run_files(siblings: Iterable[str], raw: bool) -> list[str]:
@@ -552,6 +564,11 @@ def _run_files(siblings: Iterable[str], raw: bool) -> list[str]:
 
 def _row_samples(row: dict[str, Any], metric: str) -> list[float]:
     """compare.samples over the runs a "full" row stores as runs_<metric> lists and runs_other."""
+    return samples({"runs": _row_runs(row)}, metric)
+
+
+def _row_runs(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A cell record's "runs" list again, from a "full" row's runs_<metric> lists and runs_other."""
     columns = {key: row.get(f"runs_{key}") for key in RUN_SCALARS}
     other = row.get("runs_other")
     if isinstance(other, str):
@@ -570,7 +587,7 @@ def _row_samples(row: dict[str, Any], metric: str) -> list[float]:
             if isinstance(values, list) and i < len(values) and values[i] is not None:
                 run[key] = values[i]
         runs.append(run)
-    return samples({"runs": runs}, metric)
+    return runs
 
 
 def _parse_rows(path: str, needle: str) -> list[dict[str, Any]]:
@@ -593,23 +610,16 @@ def _all_cells(path: str) -> dict[str, str]:
     }
 
 
-def _load_hub(
-    repo_id: str,
-    metric: str,
-    cell: str,
-    endpoint: str | None = None,
-    token: str | None = None,
-    *,
-    raw: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[list[Point], list[str]]:
-    _check_metric(metric)
-    repo = check_repo_id(repo_id)
-    if offline_mode():
-        raise UserError(
-            f"cannot read the history from the Hub dataset {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) "
-            "forbids reaching the Hub; unset it, or give a local directory of run directories instead"
-        )
+def _download(
+    repo: str,
+    select: Callable[[list[str]], list[str]],
+    endpoint: str | None,
+    token: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    what: str = "the history",
+    revision: str | None = None,
+) -> tuple[list[str], list[str]]:
+    """The files `select` picks from the dataset's file list, downloaded at one revision (in parallel)."""
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
@@ -620,8 +630,8 @@ def _load_hub(
     secret = _hub_token(token)
     api = HfApi(endpoint=endpoint, token=secret, library_name="tfbench", library_version=__version__)
     try:
-        info = api.dataset_info(repo)
-        files = _run_files((s.rfilename for s in info.siblings or []), raw)
+        info = api.dataset_info(repo, revision=revision)
+        files = select([s.rfilename for s in info.siblings or []])
         if not files:
             raise UserError(
                 f"the Hub dataset {repo} holds no tfbench runs ({CONFIG_FULL}/*.jsonl or "
@@ -647,7 +657,102 @@ def _load_hub(
     except UserError:
         raise
     except Exception as exc:
-        raise _hub_error(exc, repo, api.endpoint, secret) from None
+        raise _hub_error(exc, repo, api.endpoint, secret, what) from None
+    return files, paths
+
+
+def load_hub_run(
+    repo_id: str,
+    ref: str,
+    endpoint: str | None = None,
+    token: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Run:
+    """A run pushed to a Hub dataset, as compare reads a run directory: `ref` is a measured commit
+    (a sha prefix of 7+) or a run id; several runs of one commit: the newest is taken."""
+    repo = check_repo_id(repo_id)
+    what = f"run {ref!r}"
+    if offline_mode():
+        raise UserError(
+            f"cannot read {what} from the Hub dataset {repo}: HF_HUB_OFFLINE=1 forbids reaching the Hub"
+        )
+    names, paths = _download(
+        repo,
+        lambda all_names: [n for n in all_names if re.fullmatch(r"runs/[^/]+\.json", n)],
+        endpoint,
+        token,
+        cache_dir,
+        what,
+    )
+    metas = [read_json(p) for p in paths]
+
+    def matches(meta: dict[str, Any]) -> bool:
+        sha = str((meta.get("measured_commit") or {}).get("sha") or "")
+        return meta.get("run_id") == ref or (len(ref) >= 7 and sha.startswith(ref))
+
+    found = sorted((m for m in metas if matches(m)), key=lambda m: str(m.get("started_at") or ""))
+    if not found:
+        shas = sorted({str((m.get("measured_commit") or {}).get("sha") or "?")[:12] for m in metas})
+        raise UserError(
+            f"no run of {repo} matches {ref!r} (a measured commit of 7+ characters, or a run id); "
+            f"its commits: {', '.join(shas)}; its runs: {', '.join(sorted(str(m.get('run_id')) for m in metas))}"
+        )
+    meta = found[-1]
+    run_id = str(meta["run_id"])
+    _, (full,) = _download(
+        repo, lambda all_names: [f"{CONFIG_FULL}/{run_id}.jsonl"], endpoint, token, cache_dir, what
+    )
+    cells: dict[str, dict[str, Any]] = {}
+    with open(full, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                record = _row_record(json.loads(line))
+                cells[record["cell_id"]] = record
+    return Run(path=Path(f"hub:{repo}@{run_id}"), meta=meta, cells=cells)
+
+
+def _row_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A cell record again from a "full" row: what compare reads (cell, status, runs, memory)."""
+
+    def decoded(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    cell = {key: row.get(col) for key, col, _ in _CELL_FIELDS}
+    cell["cell_id"] = row.get("cell_id")
+    return {
+        "cell_id": row.get("cell_id"),
+        "status": row.get("status"),
+        "reason": row.get("reason"),
+        "cell": cell,
+        "runs": _row_runs(row),
+        "memory": decoded(row.get("memory")) or {},
+        "stats": {},
+    }
+
+
+def _load_hub(
+    repo_id: str,
+    metric: str,
+    cell: str,
+    endpoint: str | None = None,
+    token: str | None = None,
+    *,
+    raw: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> tuple[list[Point], list[str]]:
+    _check_metric(metric)
+    repo = check_repo_id(repo_id)
+    if offline_mode():
+        raise UserError(
+            f"cannot read the history from the Hub dataset {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) "
+            "forbids reaching the Hub; unset it, or give a local directory of run directories instead"
+        )
+    files, paths = _download(repo, lambda names: _run_files(names, raw), endpoint, token, cache_dir)
 
     where = f"the Hub dataset {repo}"
     q = cell.strip()

@@ -325,3 +325,22 @@ def test_a_hub_repo_without_runs_and_an_unknown_cell(fake_hub: FakeHub, tmp_path
     fake_hub.repos[REPO].files = {"README.md": b"# nothing\n"}
     with pytest.raises(UserError, match="holds no tfbench runs"):
         hist.load_hub(REPO, "tpot", "abcdef", endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+
+
+def test_compare_reads_runs_back_from_the_hub(fake_hub: FakeHub, tmp_path: Path) -> None:
+    """`tfbench compare hub:ORG/NAME@COMMIT ...`: the same verdicts as on the run directories."""
+    from bench.compare import compare_runs, load_run, to_json
+
+    base, new = write_history(tmp_path / "runs", [1.0, 1.10])
+    for run in (base, new):
+        hub.push_run(run, REPO, endpoint=fake_hub.endpoint, backoff=0)
+    remote_base = hist.load_hub_run(REPO, sha(0)[:8], endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+    remote_new = hist.load_hub_run(REPO, new.name, endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
+    local = to_json(compare_runs(load_run(base), load_run(new)))
+    remote = to_json(compare_runs(remote_base, remote_new))
+    assert local["summary"]["counts"] == remote["summary"]["counts"]
+    assert local["summary"]["counts"]["regression"] == 1
+    ratios = [[m["ratio"] for m in c["metrics"].values()] for c in remote["cells"]]
+    assert ratios == [[m["ratio"] for m in c["metrics"].values()] for c in local["cells"]]
+    with pytest.raises(UserError, match="no run of .* matches 'feedbeef'"):
+        hist.load_hub_run(REPO, "feedbeef", endpoint=fake_hub.endpoint, cache_dir=tmp_path / "c")
