@@ -88,18 +88,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from .errors import UserError
-from .stats import UNITS
+from .stats import RUN_METRICS, UNITS
 from .store import _finite, read_json
 
 # Metrics tested from raw per-run samples, in the order tables use.
-KEY_METRICS = (
-    "e2e_latency",
-    "ttft",
-    "tpot",
-    "e2e_throughput",
-    "decode_throughput",
-    "prefill_throughput",
-)
+KEY_METRICS = RUN_METRICS
 MEMORY_METRIC = "peak_memory_bytes"  # memory.peak_bytes, one value per cell: ratio only
 METRICS = (*KEY_METRICS, MEMORY_METRIC)
 HIGHER_IS_BETTER = frozenset({"e2e_throughput", "decode_throughput", "prefill_throughput"})

@@ -955,6 +955,10 @@ def _footer(cps: Sequence[ChangePoint], threshold: float | None, window: int | N
     return lines
 
 
+# The columns of the history table, in text and in markdown.
+TABLE_COLUMNS = ("commit", "branch", "measured", "runs", "n", "p50", "vs prev", "change")
+
+
 def render_text(
     points: Sequence[Point],
     cps: Sequence[ChangePoint],
@@ -969,7 +973,7 @@ def render_text(
     groups = commits(points)
     metric = points[0].metric if points else "?"
     rows = _rows(groups, cps, metric)
-    columns = ["commit", "branch", "measured", "runs", "n", "p50", "vs prev", "change"]
+    columns = TABLE_COLUMNS
     right = {"runs", "n", "p50", "vs prev"}
     widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
 
@@ -1001,7 +1005,7 @@ def render_markdown(
     head = _header(points, groups, excluded, hardware)
     lines = [f"### tfbench history: {head[0]}", ""]
     lines += [f"{h}  " for h in head[1:]] + [f"note: {n}  " for n in notes] + [""]
-    columns = ["commit", "branch", "measured", "runs", "n", "p50", "vs prev", "change"]
+    columns = TABLE_COLUMNS
     lines.append("| " + " | ".join(columns) + " |")
     lines.append(
         "|" + "|".join("---:" if c in ("runs", "n", "p50", "vs prev") else "---" for c in columns) + "|"

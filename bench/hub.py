@@ -46,7 +46,7 @@ import yaml
 
 from . import __version__
 from .errors import UserError
-from .stats import METRICS, STAT_NAMES
+from .stats import METRICS, RUN_METRICS, STAT_NAMES
 from .store import GPU_COLUMNS, gpu_row, read_json, summary_columns, summary_row
 
 logger = logging.getLogger(__name__)
@@ -141,17 +141,7 @@ def summary_column_type(name: str) -> ColumnType:
 
 
 # Per-run scalar values of the raw runs, as one list per column (null where a run lacks the key).
-RUN_SCALARS = (
-    "e2e_latency",
-    "ttft",
-    "tpot",
-    "e2e_throughput",
-    "decode_throughput",
-    "prefill_throughput",
-    "e2e_latency_device",
-    "energy_j",
-    "energy_per_token_j",
-)
+RUN_SCALARS = (*RUN_METRICS, "e2e_latency_device", "energy_j", "energy_per_token_j")
 # Keys of a cell record covered by columns of their own in the "full" format.
 _CELL_FIELDS: tuple[tuple[str, str, ColumnType], ...] = (
     # (key in record["cell"], column, type)

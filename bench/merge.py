@@ -110,12 +110,16 @@ def collect(shards: Shards) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return first, [records[c["cell_id"]] for c in plan_cells]
 
 
-def merge(run_path: Path) -> dict[str, Any]:
-    """Merge the shards under run_path into run_path; returns the merged run.json."""
-    shards = read_shards(run_path)
-    problems = check(shards)
-    if problems:
-        raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
+def merge(run_path: Path, shards: Shards | None = None) -> dict[str, Any]:
+    """Merge the shards under run_path into run_path; returns the merged run.json.
+
+    `shards`: already read and checked by the caller (try_merge), so they are not read twice.
+    """
+    if shards is None:
+        shards = read_shards(run_path)
+        problems = check(shards)
+        if problems:
+            raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
     first, records = collect(shards)
     rundir = RunDir(run_path.parent, run_path.name)
     rundir.cells.mkdir(parents=True, exist_ok=True)
@@ -177,7 +181,7 @@ def try_merge(run_path: Path) -> tuple[dict[str, Any] | None, list[str]]:
         problems = check(shards)
         if problems:
             return None, problems
-        return merge(run_path), []
+        return merge(run_path, shards), []
     except MergeError as exc:
         return None, [str(exc)]
     finally:

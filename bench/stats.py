@@ -18,6 +18,8 @@ METRICS = (
     "decode_throughput",
     "prefill_throughput",
 )
+# The metrics with one value per timed run (itl is every gap between tokens: a distribution).
+RUN_METRICS = tuple(m for m in METRICS if m != "itl")
 UNITS = {
     "e2e_latency": "s",
     "ttft": "s",

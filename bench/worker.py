@@ -228,7 +228,6 @@ def measure_generate(
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
     stats = summarize_runs([{**r, "itl": _gaps(r["token_times"])} for r in runs])
-    add_energy(telemetry, runs, b * n)
     return {
         "runs": runs,
         "stats": stats,
@@ -321,7 +320,6 @@ def measure_continuous_batching(
         "prefill_throughput": summarize([]),
     }
     resolved = manager.continuous_batching_config
-    add_energy(telemetry, runs, b * n)
     return {
         "runs": runs,
         "stats": stats,
@@ -421,6 +419,8 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
             out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
     out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
     out["worker_environment"] = worker_environment(device)
+    # Joules per run and per generated token, for both measurement paths.
+    add_energy(out["gpu_telemetry"], out["runs"], cell["batch_size"] * cell["num_tokens_to_generate"])
     nvml_peak = [
         ((dev.get("metrics") or {}).get("memory_used_bytes") or {}).get("max")
         for dev in (out["gpu_telemetry"].get("devices") or [])

@@ -30,6 +30,7 @@ from bench.compare import (
     to_table,
 )
 from bench.errors import UserError
+from bench.matrix import cell_name
 from bench.stats import run_metrics, summarize, summarize_runs
 
 SEQ = 128
@@ -54,8 +55,16 @@ def cell_id(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
-def cell_axes(index: int, attn: str = "sdpa", batch: int = 1, cb: bool = False) -> dict[str, Any]:
-    name = f"{attn}/{'cb' if cb else 'eager-mode'} b{batch} s{SEQ} n{NEW_TOKENS}"
+def cell_axes(
+    index: int,
+    attn: str = "sdpa",
+    batch: int = 1,
+    cb: bool = False,
+    compile_mode: str | None = None,
+    seq: int = SEQ,
+) -> dict[str, Any]:
+    """A cell as bench.matrix writes it into a record, for a small model on one GPU."""
+    name = cell_name(attn, compile_mode, False, cb, batch, seq, NEW_TOKENS)
     return {
         "index": index,
         "cell_id": cell_id(name),
@@ -64,11 +73,11 @@ def cell_axes(index: int, attn: str = "sdpa", batch: int = 1, cb: bool = False) 
         "dtype": "bfloat16",
         "device": "cuda",
         "attn_implementation": attn,
-        "compile": None,
+        "compile": compile_mode,
         "kernelize": False,
         "continuous_batching": cb,
         "batch_size": batch,
-        "sequence_length": SEQ,
+        "sequence_length": seq,
         "num_tokens_to_generate": NEW_TOKENS,
         "skip_reason": None,
     }

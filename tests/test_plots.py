@@ -18,35 +18,11 @@ from PIL import Image
 from bench import plots
 from bench.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs, load_run
 from bench.errors import UserError
-from bench.matrix import cell_name
-from tests.test_compare import CELLS, ENV, cell_id, make_run, record, write_run
+from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPEED = {"eager": 1.3, "sdpa": 1.0, "flash_attention_2": 0.85, "flex_attention": 0.95}
 SCRIPT_NAME = "sdpa/eager-mode <script>alert(1)</script> b1 s128 n32"
-
-
-def matrix_cell(
-    index: int, attn: str, compile_mode: str | None, batch: int, seq: int, cb: bool = False
-) -> dict[str, Any]:
-    """A cell as bench.matrix writes it into a record, for a small model on one GPU."""
-    name = cell_name(attn, compile_mode, False, cb, batch, seq, 32)
-    return {
-        "index": index,
-        "cell_id": cell_id(name),
-        "name": name,
-        "model": "synthetic:llama-small",
-        "dtype": "bfloat16",
-        "device": "cuda",
-        "attn_implementation": attn,
-        "compile": compile_mode,
-        "kernelize": False,
-        "continuous_batching": cb,
-        "batch_size": batch,
-        "sequence_length": seq,
-        "num_tokens_to_generate": 32,
-        "skip_reason": None,
-    }
 
 
 def matrix_run(
@@ -71,7 +47,7 @@ def matrix_run(
     for attn, mode, is_cb in combos:
         for b in batches:
             for s in seqs:
-                axes = matrix_cell(len(recs), attn, mode, b, s, is_cb)
+                axes = cell_axes(len(recs), attn, b, is_cb, compile_mode=mode, seq=s)
                 i = axes["index"]
                 if names and i in names:
                     axes["name"] = names[i]

@@ -17,23 +17,16 @@ import yaml
 
 from bench import __version__
 
+from ..conftest import TINY
+
 IMAGE = os.environ.get("TFBENCH_IMAGE", "")
 if not IMAGE:  # fail rather than skip: a run of this file that tests nothing must not pass
     pytest.fail("TFBENCH_IMAGE is not set: run `make test-image`, which builds the image", pytrace=False)
 
 UID = 1000
 TIMEOUT_S = 600
-CONFIG: dict[str, Any] = {
-    "model": "synthetic:llama-tiny",
-    "device": "cpu",
-    "batch_size": 1,
-    "sequence_length": 16,
-    "num_tokens_to_generate": 6,
-    "warmup_iterations": 1,
-    "measurement_iterations": 3,
-    "attn_implementation": ["eager", "sdpa"],
-    "cell_timeout_s": 120,
-}
+# The suite's tiny synthetic Llama on the CPU, over two attention implementations.
+CONFIG: dict[str, Any] = {**TINY, "attn_implementation": ["eager", "sdpa"]}
 
 
 @pytest.fixture(scope="module")
