@@ -13,7 +13,7 @@ IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' bench/__init_
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 
-.PHONY: install run test lint bench plan clean image test-image
+.PHONY: install run test lint bench plan clean image test-image reliability
 
 install: $(STAMP)
 
@@ -51,11 +51,19 @@ test-image: install
 		PY=$(PY) bash scripts/test_image.sh
 
 # Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency,
-# telemetry sampling's disturbance.
+# telemetry sampling's disturbance; scale (10,000 cells) and the long kill-and-restart loop, whose
+# figures (benchmarks/results/) RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py
 	$(PY) benchmarks/stop.py
 	$(PY) benchmarks/sampler.py --gil release
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/kill_loop.py
+	$(MAKE) reliability
+
+# RELIABILITY.md from the fault registry and the figures in benchmarks/results/ (a test keeps it in step).
+reliability: install
+	$(PY) benchmarks/reliability.py --write
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import threading
 import time
@@ -29,6 +30,41 @@ def _die_with_runner(guard: Any) -> None:
     threading.Thread(target=watch, name="tfbench-runner-watch", daemon=True).start()
 
 
+def limit_memory(limit_gb: float | None) -> int | None:
+    """Cap this process's private memory at limit_gb GiB; returns the limit in bytes (None: no limit).
+
+    RLIMIT_DATA, not RLIMIT_AS: it counts what a cell allocates (heap, torch's CPU tensors, private
+    mappings) but not address space reserved without memory behind it, such as the CUDA driver's
+    huge PROT_NONE reservations or shared libraries, which would make RLIMIT_AS fail any CUDA cell.
+    Children of the worker (compile helpers, the GPU sampler) inherit the same limit each.
+    """
+    if limit_gb is None:
+        return None
+    limit = int(limit_gb * 2**30)
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)  # an unprivileged process cannot raise its hard limit
+    # Soft and hard alike: nothing the cell runs may lift it again.
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return limit
+
+
+def _fail_early(task: dict[str, Any], exc: BaseException, what: str) -> None:
+    """Write a failed result for an error before the worker proper started, and leave."""
+    from .store import atomic_write_json
+
+    traceback.print_exc()
+    atomic_write_json(
+        task["result_path"],
+        {
+            "status": "failed",
+            "worker_pid": os.getpid(),
+            "error": {"kind": "python", "type": type(exc).__name__, "message": f"{what}: {exc}"},
+        },
+    )
+    os._exit(0)
+
+
 def main(task: dict[str, Any], conn: Any, guard: Any) -> None:
     entered = time.perf_counter()
     os.setsid()  # own process group: a timeout kills the worker and every compile helper it started
@@ -38,24 +74,14 @@ def main(task: dict[str, Any], conn: Any, guard: Any) -> None:
     os.dup2(log_fd, 2)
     os.close(log_fd)
     try:
+        # Before anything of the cell runs, and after the runner watch's thread has its stack.
+        task["memory_limit_bytes"] = limit_memory(task.get("cell_memory_limit_gb"))
+    except (OSError, ValueError) as exc:
+        _fail_early(task, exc, f"cannot apply cell_memory_limit_gb={task.get('cell_memory_limit_gb')}")
+    try:
         from .worker import run_cell
     except BaseException as exc:  # noqa: BLE001 - a broken install must still yield a result
-        from .store import atomic_write_json
-
-        traceback.print_exc()
-        atomic_write_json(
-            task["result_path"],
-            {
-                "status": "failed",
-                "worker_pid": os.getpid(),
-                "error": {
-                    "kind": "python",
-                    "type": type(exc).__name__,
-                    "message": f"worker import failed: {exc}",
-                },
-            },
-        )
-        os._exit(0)
+        _fail_early(task, exc, "worker import failed")
     run_cell(task, conn, entered)
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,21 @@ from rich.console import Console
 
 from . import __version__
 from .config import ALLOWED, DEMO_CONFIG, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
-from .errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, EXIT_SIGINT, EXIT_USAGE, UserError
+from .errors import (
+    EXIT_CELL_FAILED,
+    EXIT_OK,
+    EXIT_PUSH_FAILED,
+    EXIT_SIGINT,
+    EXIT_USAGE,
+    ConfigNotFoundError,
+    StorageError,
+    UserError,
+)
 from .hardware import Accelerators, detect_accelerators, environment, is_installed, measured_commit
 from .logs import LOG_FORMATS, HumanLog, JsonLog, log_format
 from .matrix import Capabilities, Plan, build_plan
 from .presets import PRESETS
+from .secrets import redacting_output
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 DEFAULT_OUTPUT = "results"
@@ -157,7 +168,10 @@ def _configs(args: argparse.Namespace) -> list[LoadedConfig]:
     path = args.config or os.environ.get("TFBENCH_CONFIG") or None
     if path == DEMO_CONFIG and not Path(path).exists():
         path = None
-    return load_configs(path, os.environ, _flags(args), default_path=DEFAULT_CONFIG)
+    try:
+        return load_configs(path, os.environ, _flags(args), default_path=DEFAULT_CONFIG)
+    except ConfigNotFoundError as exc:
+        raise ConfigNotFoundError(f"{exc} [from {'--config' if args.config else 'TFBENCH_CONFIG'}]") from None
 
 
 def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) -> Capabilities:
@@ -178,6 +192,8 @@ def _check_output(output: Path) -> None:
             pass
     except OSError as exc:
         raise UserError(f"output directory {output} is not writable: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise UserError(f"output directory {str(output)!r} is not a usable path: {exc}") from None
 
 
 def _run_id(args: argparse.Namespace, index: int, total: int) -> str | None:
@@ -257,6 +273,7 @@ def _settings(cfg: Any) -> Any:
         cell_timeout_s=cfg.cell_timeout_s,
         max_attempts=cfg.max_attempts,
         gpu_sample_interval_s=cfg.gpu_sample_interval_s,
+        cell_memory_limit_gb=cfg.cell_memory_limit_gb,
     )
 
 
@@ -294,20 +311,26 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
     # Every config is checked before the first cell runs: a bad line 3 must not cost lines 1-2.
     for i, lc in enumerate(configs):
         cfg = lc.config
-        full = build_plan(cfg, capabilities(cfg.device, accel))
+        try:
+            caps = capabilities(cfg.device, accel)
+        except UserError as exc:
+            raise UserError(f"{exc}{_origin(lc, 'device')}") from None
+        full = build_plan(cfg, caps)
         iterations = cfg.warmup_iterations + cfg.measurement_iterations
         plan = shard_plan(full, shard, iterations) if shard else full
         output = Path(cfg.output or DEFAULT_OUTPUT)
-        _check_output(output)
+        run_id = _run_id(args, i, len(configs))  # before the output is made: a bad id creates nothing
         if cfg.push_to_hub:
             from .hub import check_push_config
 
-            check_push_config(cfg.push_to_hub)  # a token and a reachable Hub, before any model loads
-        run_id = _run_id(args, i, len(configs))
+            try:  # a token and a reachable Hub, before any model loads
+                check_push_config(cfg.push_to_hub)
+            except UserError as exc:
+                raise UserError(f"{exc}{_origin(lc, 'push_to_hub')}") from None
         if shard and run_id is None:
             raise UserError(
-                f"shard {shard}: a sharded run needs TFBENCH_RUN_ID (or --run-id), the same on every shard, "
-                "so that the shards write one run"
+                f"shard {shard} ({_shard_source(args)}): a sharded run needs TFBENCH_RUN_ID (or --run-id), "
+                "the same on every shard, so that the shards write one run"
             )
         measured = {
             "warmup_iterations": cfg.warmup_iterations,
@@ -318,6 +341,8 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
             full, measured, hardware_signature(env, full.capabilities.device), shard and shard.name
         )
         jobs.append(Job(lc, full, plan, output, run_id, _settings(cfg), key, shard))
+    for job in jobs:  # only once every check passed: a refused run creates nothing
+        _check_output(job.output)
     # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
     try:
         for job in jobs:
@@ -389,7 +414,7 @@ def _merge_if_last(job: Job, log: Any) -> bool:
 
     run_id, shard = job.selected.rundir.run_id, job.shard
     run_path = job.output / run_id
-    merged, pending = try_merge(run_path)
+    merged, pending = try_merge(run_path, lambda skipped: warn_skipped(log, skipped))
     if merged is not None:
         log.emit(
             "run_merged",
@@ -409,9 +434,33 @@ def _merge_if_last(job: Job, log: Any) -> bool:
         return False
 
 
+def warn_skipped(log: Any, skipped: Any, action: str = "skipped") -> None:
+    """One warning per file in a cells/ directory that is not a cell record (a Skipped)."""
+    log.emit(
+        "foreign_file",
+        level="warning",
+        path=str(skipped.path),
+        reason=skipped.reason,
+        message=f"{skipped.path}: {skipped.reason}; {action}",
+    )
+
+
+def _set_aside(job: Job, log: Any) -> None:
+    """Name every file in the run's cells/ that is not a record; move aside the ones that sit where
+    a planned cell's record belongs, before that cell runs again and its record is written there."""
+    sel = job.selected
+    planned = {sel.rundir.cell_path(c.cell_id) for c in job.plan.cells}
+    for skipped in sel.skipped:
+        if sel.finished or skipped.path not in planned:
+            warn_skipped(log, skipped)
+            continue
+        dest = sel.rundir.quarantine(skipped.path)
+        warn_skipped(log, skipped, f"moved to {dest}; the cell is done again")
+
+
 def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
     from .logs import JsonReporter
-    from .report import ProgressReporter, summary_table, unmeasured_table
+    from .report import ProgressReporter, print_summary
     from .runner import Runner
 
     sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
@@ -419,6 +468,7 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
     run_id = rundir.run_id
     label = run_id + (f" shard {shard}" if shard else "")
     device = plan.capabilities.device
+    _set_aside(job, log)
     if sel.finished:
         records = list(sel.records.values()) or rundir.read_cells()
         log.emit(
@@ -457,10 +507,7 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
     for rec in records:
         counts[rec["status"]] = counts.get(rec["status"], 0) + 1
     if log.human:
-        out.print(summary_table(records, title=f"{label}: {cfg.model} on {device}"))
-        unmeasured = unmeasured_table(records)
-        if unmeasured is not None:
-            out.print(unmeasured)
+        print_summary(out, records, title=f"{label}: {cfg.model} on {device}")
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
     log.emit(
         "run_finished" if code in (EXIT_OK, EXIT_CELL_FAILED) else "run_interrupted",
@@ -502,7 +549,13 @@ def _push(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
         return True
     log.emit("push_started", repo=repo_id, message=f"pushing {run_path} to the Hub dataset {repo_id}")
     try:
-        result = push_run(run_path, repo_id, private=private, log=log)
+        result = push_run(
+            run_path,
+            repo_id,
+            private=private,
+            log=log,
+            warn=lambda skipped: warn_skipped(log, skipped, "not uploaded"),
+        )
     except PushError as exc:
         log.emit("push_failed", level="error", repo=repo_id, exit_code=EXIT_PUSH_FAILED, message=str(exc))
         return False
@@ -537,10 +590,21 @@ def _thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
-def cmd_compare(args: argparse.Namespace, out: Console) -> int:
-    from .compare import compare_runs, exit_code, load_run, to_json, to_markdown, to_table
+def _load_run(source: str, log: Any) -> Any:
+    """A run for compare or report; files in its cells/ that are not records are named and skipped."""
+    from .compare import load_run
 
-    cmp = compare_runs(load_run(args.base), load_run(args.new), _thresholds(args.threshold), args.alpha)
+    run = load_run(source)
+    for skipped in run.skipped:
+        warn_skipped(log, skipped)
+    return run
+
+
+def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
+    from .compare import compare_runs, exit_code, to_json, to_markdown, to_table
+
+    base, new = _load_run(args.base, log), _load_run(args.new, log)
+    cmp = compare_runs(base, new, _thresholds(args.threshold), args.alpha)
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(cmp), indent=1) + "\n")
     elif args.format == "markdown":
@@ -555,16 +619,12 @@ def cmd_compare(args: argparse.Namespace, out: Console) -> int:
     return exit_code(cmp, strict=args.strict)
 
 
-def cmd_report(args: argparse.Namespace, out: Console) -> int:
-    from .compare import load_run
-    from .report import summary_table, unmeasured_table
+def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
+    from .report import print_summary
 
-    run = load_run(args.run_dir)
+    run = _load_run(args.run_dir, log)
     records = list(run.cells.values())
-    out.print(summary_table(records, title=f"{run.meta.get('run_id')}"))
-    unmeasured = unmeasured_table(records)
-    if unmeasured is not None:
-        out.print(unmeasured)
+    print_summary(out, records, title=f"{run.meta.get('run_id')}")
     if args.html or args.png:
         from .plots import write_run_report
 
@@ -573,7 +633,7 @@ def cmd_report(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def cmd_history(args: argparse.Namespace, log: Any) -> int:
     from .history import history
 
     text, code = history(
@@ -585,6 +645,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         plot_path=Path(args.plot) if args.plot else None,
         fmt=args.format,
+        warn=lambda skipped: warn_skipped(log, skipped, "left out"),
     )
     sys.stdout.write(text if text.endswith("\n") else text + "\n")  # not rich: "[1.09, 1.11]" is text
     return code
@@ -602,20 +663,15 @@ def cmd_push(args: argparse.Namespace, log: Any) -> int:
 
 def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
     from .merge import merge
-    from .report import summary_table
+    from .report import print_summary
 
     run_path = Path(args.run_dir)
     if not run_path.is_dir():
         raise UserError(f"{run_path} is not a directory; give <output>/<run id> of a sharded run")
-    merged = merge(run_path)
+    records: list[dict[str, Any]] = []
+    merged = merge(run_path, warn=lambda skipped: warn_skipped(log, skipped), merged_records=records)
     if log.human:
-        from .store import RunDir
-
-        out.print(
-            summary_table(
-                RunDir(run_path.parent, run_path.name).read_cells(), title=f"{merged['run_id']} (merged)"
-            )
-        )
+        print_summary(out, records, title=f"{merged['run_id']} (merged)")
     text = ", ".join(f"{v} {k}" for k, v in sorted(merged["counts"].items()) if v)
     log.emit(
         "run_merged",
@@ -640,7 +696,50 @@ def cmd_presets(out: Console) -> int:
     return EXIT_OK
 
 
+# Paths the tools read, by subcommand: (attribute, how the usage line names it).
+_PATH_ARGS = {
+    "compare": (("base", "BASE"), ("new", "NEW")),
+    "report": (("run_dir", "RUN_DIR"),),
+    "history": (("source", "DIR"),),
+    "merge": (("run_dir", "RUN_DIR"),),
+    "push": (("run_dir", "RUN_DIR"),),
+}
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """A path the system cannot even look up (a name too long, a NUL) is a mistake in the command
+    line: exit 2 naming it, before any code reads it. A missing path is left to the command,
+    which says what it expected there."""
+    for attr, name in _PATH_ARGS.get(args.command, ()):
+        value = getattr(args, attr, None)
+        if not value or (value.startswith("hub:") and args.command in ("compare", "report")):
+            continue  # a run on the Hub, checked when it is read
+        try:
+            os.stat(value)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except (OSError, ValueError) as exc:
+            shown = value if len(value) <= 200 else value[:200] + "..."
+            raise UserError(f"{name} {shown!r}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _origin(lc: LoadedConfig, key: str) -> str:
+    return f" [{key} from {lc.origins[key]}]" if key in lc.origins else ""
+
+
+def _shard_source(args: argparse.Namespace) -> str:
+    if args.shard:
+        return "--shard"
+    return "TFBENCH_SHARD" if os.environ.get("TFBENCH_SHARD") else "JOB_COMPLETION_INDEX/TFBENCH_SHARD_COUNT"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever is printed (messages, tables, library warnings) passes redaction: no token leaves.
+    with redacting_output():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Logs of containers and CI are not terminals; rich would wrap them at 80 columns.
@@ -649,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log: Any = HumanLog(err)
     try:
         log = JsonLog() if log_format(os.environ, getattr(args, "log_format", None)) == "json" else log
+        _check_paths(args)
         if args.command == "plan":
             return cmd_plan(args, out)
         if args.command == "run":
@@ -658,18 +758,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "push":
             return cmd_push(args, log)
         if args.command == "compare":
-            return cmd_compare(args, out)
+            return cmd_compare(args, out, log)
         if args.command == "report":
-            return cmd_report(args, out)
+            return cmd_report(args, out, log)
         if args.command == "history":
-            return cmd_history(args)
+            return cmd_history(args, log)
         return cmd_presets(out)
-    except UserError as exc:
+    except (UserError, StorageError) as exc:
         log.emit("error", level="error", exit_code=exc.exit_code, message=str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         log.emit("interrupted", level="error", exit_code=EXIT_SIGINT, message="interrupted")
         return EXIT_SIGINT
+    except _SHAPE_ERRORS as exc:
+        if args.command not in _PATH_ARGS:
+            raise
+        log.emit("error", level="error", exit_code=EXIT_USAGE, message=_not_as_written(args, exc))
+        return EXIT_USAGE
+
+
+# What reading results that are not shaped as tfbench writes them raises (a number where a
+# mapping belongs, a key missing, a file nested past the stack).
+_SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError, ArithmeticError, RecursionError)
+
+
+def _not_as_written(args: argparse.Namespace, exc: BaseException) -> str:
+    """The tools read results files that a person or another program may have changed: a value of
+    the wrong shape there is exit 2 naming the input, with where it broke (no traceback)."""
+    given = [str(v) for attr, _ in _PATH_ARGS[args.command] if (v := getattr(args, attr, None))]
+    given += [f"hub dataset {args.repo}"] if getattr(args, "repo", None) and args.command == "history" else []
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}bench{os.sep}" in f.filename]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    text = str(exc)
+    text = text if len(text) <= 200 else text[:200] + "..."
+    return (
+        f"the results in {', '.join(given) or 'the input'} are not as tfbench writes them "
+        f"(changed by hand or by another program?): {type(exc).__name__}: {text}{where}"
+    )
 
 
 if __name__ == "__main__":

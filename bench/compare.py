@@ -89,7 +89,7 @@ from rich.table import Table
 
 from .errors import UserError
 from .stats import RUN_METRICS, UNITS
-from .store import _finite, read_json
+from .store import Skipped, _finite, read_json, scan_cells
 
 # Metrics tested from raw per-run samples, in the order tables use.
 KEY_METRICS = RUN_METRICS
@@ -149,6 +149,7 @@ class Run:
     path: Path
     meta: dict[str, Any]
     cells: dict[str, dict[str, Any]]
+    skipped: list[Skipped] = field(default_factory=list)  # files in cells/ that are not records
 
     @property
     def run_id(self) -> str:
@@ -192,17 +193,8 @@ def _load_dir(path: str | os.PathLike[str]) -> Run:
         raise UserError(f"{run_json} cannot be read as JSON: {exc}") from exc
     if not isinstance(meta, dict) or "run_id" not in meta:
         raise UserError(f"{run_json} is not a tfbench run.json (no run_id)")
-    cells: dict[str, dict[str, Any]] = {}
-    cells_dir = p / "cells"
-    for cell_path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
-        try:
-            record = read_json(cell_path)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{cell_path} cannot be read as JSON: {exc}") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("cell"), dict) or "status" not in record:
-            raise UserError(f"{cell_path} is not a tfbench cell record (no cell or status)")
-        cells[str(record.get("cell_id") or cell_path.stem)] = record
-    return Run(p, meta, cells)
+    records, skipped = scan_cells(p / "cells")
+    return Run(p, meta, {r["cell_id"]: r for r in records}, skipped)
 
 
 # ------------------------------------------------------------------------------------- statistics

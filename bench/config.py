@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from .errors import ConfigError, ConfigNotFoundError
 from .presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
+from .secrets import looks_like_token
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -54,9 +55,13 @@ LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+# \Z, not $: "$" also matches before a final newline, and "name\n" would pass.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# At most 96 characters, as the Hub allows.
+_HUB_ID_RE = re.compile(r"^(?=.{1,96}\Z)[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?\Z")
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}\Z")
+# Lists and mappings nested deeper than this are no config (and would exhaust the stack later).
+MAX_NESTING = 32
 
 # What each field accepts, in words, for error messages and the README.
 ALLOWED: dict[str, str] = {
@@ -82,6 +87,7 @@ ALLOWED: dict[str, str] = {
     "gpu_monitoring": "true or false",
     "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
     "cell_timeout_s": "a number of seconds > 0",
+    "cell_memory_limit_gb": "a number of GiB > 0: the most host memory one cell's worker may take, or null (no limit)",
     "max_attempts": "an integer >= 1: attempts per cell that may end failed, oom, timeout or lost",
     "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
     "output": "a directory path for results",
@@ -118,12 +124,28 @@ class BenchConfig(BaseModel):
     gpu_monitoring: StrictBool = True
     gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
+    cell_memory_limit_gb: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = None
     max_attempts: Annotated[StrictInt, Field(ge=1)] = 2
     run_name: Annotated[str, Field(strict=True)] = "tfbench"
     output: Annotated[str, Field(min_length=1, strict=True)] | None = None
     seed: StrictInt = 0
     push_to_hub: Annotated[str, Field(strict=True)] | None = None
     push_private: StrictBool = True
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_tokens(cls, value: Any) -> Any:
+        # A config is written to run.json and uploaded with the results; a token must not be.
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str) and looks_like_token(item):
+                raise ValueError("looks like an access token; tokens belong in HF_TOKEN, never in a config")
+            if isinstance(item, dict):
+                stack += [*item.keys(), *item.values()]
+            elif isinstance(item, (list, tuple)):
+                stack += item
+        return value
 
     @field_validator(*LIST_FIELDS, mode="before")
     @classmethod
@@ -158,11 +180,10 @@ class BenchConfig(BaseModel):
             return value
         looks_like_path = value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value[:1]
         if looks_like_path:
-            path = Path(value).expanduser()
-            if not path.is_dir():
+            if not _is_dir(value):
                 raise ValueError("no such model directory")
             return value
-        if Path(value).is_dir():
+        if _is_dir(value):
             return value
         if not _HUB_ID_RE.match(value) or ".." in value:
             raise ValueError("not a hub id (org/name) nor an existing directory")
@@ -232,6 +253,15 @@ class BenchConfig(BaseModel):
         return self.model_dump(by_alias=True)
 
 
+def _is_dir(path: str) -> bool:
+    """Whether `path` names a directory; a name the system cannot look up (too long, a NUL, the
+    home of a user that does not exist) names none."""
+    try:
+        return Path(path).expanduser().is_dir()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
 def _override_problem(value: Any, default: Any) -> str | None:
     """An override must have the preset value's type: sizes stay integers, rates stay numbers."""
     if isinstance(default, bool):
@@ -281,6 +311,15 @@ def env_name(key: str) -> str:
 def find_config_file(path: str | os.PathLike[str]) -> Path:
     """A config file given directly, or the one config.{yaml,yml,json,jsonl} in a directory."""
     p = Path(path)
+    try:  # a name the system cannot look up at all (too long, a NUL) is a mistake, not a crash
+        p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except (OSError, ValueError) as exc:
+        shown = str(p) if len(str(p)) <= 200 else str(p)[:200] + "..."
+        raise ConfigNotFoundError(
+            f"no config found: {shown!r} cannot be looked up ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     if p.is_dir():
         found = [p / n for n in CONFIG_FILE_NAMES if (p / n).is_file()]
         if not found:
@@ -303,6 +342,35 @@ def find_config_file(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """safe_load without aliases: an alias can tie a value to itself (a cycle) or make a few lines
+    stand for billions of values; a config needs neither."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config", mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    # A SafeLoader: plain data only, never Python objects.
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506
+
+
+def _too_deep(value: Any) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
 def read_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """Parse a config file into (source label, mapping) pairs: one for YAML/JSON, one per JSONL line."""
     try:
@@ -320,6 +388,8 @@ def read_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 docs.append((label, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ConfigError([f"not valid JSON: {exc.msg} at column {exc.colno}"], label) from None
+            except RecursionError:
+                raise ConfigError([f"nested more than {MAX_NESTING} levels deep"], label) from None
         if not docs:
             raise ConfigError(["the file holds no config line"], str(path))
     elif suffix == ".json":
@@ -329,18 +399,23 @@ def read_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(
                 [f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"], str(path)
             ) from None
+        except RecursionError:
+            raise ConfigError([f"nested more than {MAX_NESTING} levels deep"], str(path)) from None
     else:
         try:
-            # safe_load: plain data only, never Python objects.
-            docs.append((str(path), yaml.safe_load(text)))
+            docs.append((str(path), _load_yaml(text)))
         except yaml.YAMLError as exc:
             raise ConfigError([f"not valid YAML: {exc}".replace("\n", " ")], str(path)) from None
+        except RecursionError:
+            raise ConfigError([f"nested more than {MAX_NESTING} levels deep"], str(path)) from None
     out = []
     for label, doc in docs:
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
             raise ConfigError([f"the top level must be a mapping of fields, got {type(doc).__name__}"], label)
+        if _too_deep(doc):
+            raise ConfigError([f"nested more than {MAX_NESTING} levels deep"], label)
         out.append((label, doc))
     return out
 
@@ -357,8 +432,10 @@ def parse_text_value(key: str, text: str) -> Any:
 
 def _yaml_scalar(text: str) -> Any:
     try:
-        value = yaml.safe_load(text) if text else text
-    except yaml.YAMLError:
+        value = _load_yaml(text) if text else text
+    except (yaml.YAMLError, RecursionError):
+        return text
+    if _too_deep(value):
         return text
     # "none" reads as "no compile" the way null does; YAML itself only knows null and ~.
     if isinstance(value, str) and value.lower() == "none":

@@ -106,7 +106,7 @@ from .hub import (
     scrub,
 )
 from .stats import UNITS
-from .store import _finite, read_json
+from .store import Skipped, _finite, read_cell, read_json
 
 DEFAULT_WINDOW = 3
 FORMATS = ("text", "markdown", "json")
@@ -411,54 +411,88 @@ def _run_dirs(directory: str | os.PathLike[str]) -> tuple[list[Path], list[str]]
         return [root], []
     runs, notes = [], []
     for child in sorted(root.iterdir()):
-        if not child.is_dir():
+        # Anything else in the output (lost+found, notes, a directory without a run) is no run.
+        try:
+            if not child.is_dir() or child.name.startswith("."):
+                continue
+            if (child / "run.json").is_file():
+                runs.append(child)
+            elif (child / "shards").is_dir():
+                notes.append(
+                    f"{child.name} is a sharded run not merged yet (`tfbench merge {child}`): left out"
+                )
+        except OSError:
             continue
-        if (child / "run.json").is_file():
-            runs.append(child)
-        elif (child / "shards").is_dir():
-            notes.append(f"{child.name} is a sharded run not merged yet (`tfbench merge {child}`): left out")
     if not runs:
         raise UserError(f"{root} holds no run directories (a run directory has a run.json)")
     return runs, notes
 
 
-def _local_cells(runs: list[Path]) -> dict[str, str]:
-    """cell id -> name over all runs (ids from cells/*.json, names from summary.jsonl, else the records)."""
+def _summary_names(run: Path) -> dict[str, str]:
+    """cell id -> name from a run's summary.jsonl (empty if it has none yet)."""
+    names: dict[str, str] = {}
+    try:
+        lines = (run / "summary.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("cell_id"):
+            names[str(row["cell_id"])] = str(row.get("name") or "")
+    return names
+
+
+def _local_cells(runs: list[Path], skipped: dict[Path, Skipped]) -> dict[str, str]:
+    """cell id -> name over all runs: from summary.jsonl, and from the records it does not list
+    (a run stopped before its summary). Files that are not records go to `skipped`."""
     known: dict[str, str] = {}
     for run in runs:
-        summary = run / "summary.jsonl"
-        for path in (run / "cells").glob("*.json"):
-            name = known.get(path.stem, "")
-            if not name and not summary.is_file():  # a run stopped before its summary
-                try:
-                    record = read_json(path)
-                    name = str((record.get("cell") or {}).get("name") or "")
-                except (OSError, ValueError, AttributeError):
-                    name = ""
-            known[path.stem] = name
-        if summary.is_file():
-            try:
-                lines = summary.read_text(encoding="utf-8").splitlines()
-            except OSError:
+        listed = _summary_names(run)
+        for cid, name in listed.items():
+            known[cid] = name or known.get(cid, "")
+        for path in sorted((run / "cells").glob("*.json")):
+            if path.stem in listed:
+                continue  # the summary named it: no need to read a large record
+            record, why = read_cell(path)
+            if record is None:
+                skipped[path] = Skipped(path, str(why))
                 continue
-            for line in lines:
-                try:
-                    row = json.loads(line) if line.strip() else None
-                except ValueError:
-                    continue
-                if isinstance(row, dict) and row.get("cell_id"):
-                    known[str(row["cell_id"])] = str(row.get("name") or known.get(str(row["cell_id"])) or "")
+            known[path.stem] = known.get(path.stem) or str(record["cell"].get("name") or "")
     return known
 
 
-def _load_local(directory: str | os.PathLike[str], metric: str, cell: str) -> tuple[list[Point], list[str]]:
+def _load_local(
+    directory: str | os.PathLike[str],
+    metric: str,
+    cell: str,
+    warn: Callable[[Skipped], None] | None = None,
+) -> tuple[list[Point], list[str]]:
+    """Points and notes; each file in a cells/ that is not a record is passed to `warn` (else
+    noted) and left out."""
     _check_metric(metric)
     runs, notes = _run_dirs(directory)
+    skipped: dict[Path, Skipped] = {}
+    try:
+        points, notes = _points_local(runs, notes, metric, cell, str(directory), skipped)
+    finally:
+        for item in skipped.values() if warn is not None else ():
+            warn(item)
+    if warn is None:
+        notes += [f"{item}: left out" for item in skipped.values()]
+    return points, notes
+
+
+def _points_local(
+    runs: list[Path], notes: list[str], metric: str, cell: str, where: str, skipped: dict[Path, Skipped]
+) -> tuple[list[Point], list[str]]:
     plain = re.fullmatch(r"[0-9A-Za-z_.-]+", cell.strip()) and not cell.strip().startswith(".")
     if plain and any((run / "cells" / f"{cell.strip()}.json").is_file() for run in runs):
         cell_id = cell.strip()
     else:
-        cell_id = _resolve_cell(cell, _local_cells(runs), str(directory))
+        cell_id = _resolve_cell(cell, _local_cells(runs, skipped), where)
     points: list[Point] = []
     statuses: dict[str, int] = {}
     for run in runs:
@@ -467,12 +501,15 @@ def _load_local(directory: str | os.PathLike[str], metric: str, cell: str) -> tu
             continue
         try:
             meta = read_json(run / "run.json")
-            record = read_json(path)
         except (OSError, ValueError) as exc:
             notes.append(f"{run.name}: cannot be read ({exc}): left out")
             continue
-        if not isinstance(meta, dict) or not isinstance(record, dict):
+        if not isinstance(meta, dict):
             notes.append(f"{run.name}: not a tfbench run: left out")
+            continue
+        record, why = read_cell(path)
+        if record is None:
+            skipped[path] = Skipped(path, str(why))
             continue
         status = str(record.get("status"))
         if status != "ok":
@@ -670,7 +707,7 @@ def load_hub_run(
 ) -> Run:
     """A run pushed to a Hub dataset, as compare reads a run directory: `ref` is a measured commit
     (a sha prefix of 7+) or a run id; several runs of one commit: the newest is taken."""
-    repo = check_repo_id(repo_id)
+    repo = check_repo_id(repo_id, "the ORG/NAME of hub:ORG/NAME@REF")  # compare has no --repo
     what = f"run {ref!r}"
     if offline_mode():
         raise UserError(
@@ -699,6 +736,9 @@ def load_hub_run(
         )
     meta = found[-1]
     run_id = str(meta["run_id"])
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", run_id) or ".." in run_id:
+        # The name of a file to fetch comes from the dataset: it must not lead out of its folder.
+        raise UserError(f"the Hub dataset {repo} holds a run.json whose run_id {run_id[:200]!r} is no run id")
     _, (full,) = _download(
         repo, lambda all_names: [f"{CONFIG_FULL}/{run_id}.jsonl"], endpoint, token, cache_dir, what
     )
@@ -1141,12 +1181,14 @@ def history(
     token: str | None = None,
     raw: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    warn: Callable[[Skipped], None] | None = None,
 ) -> tuple[str, int]:
     """`tfbench history`: (the text to print, the exit code). The exit code is always 0: history is
     informational (gate on `tfbench compare`); mistakes raise UserError (exit 2).
 
     source: a directory of run directories (or one run); repo: a Hub dataset ORG/NAME; exactly one.
-    fmt: "text", "markdown" or "json". plot_path: also write a PNG there.
+    fmt: "text", "markdown" or "json". plot_path: also write a PNG there. warn: called with each
+    file in a local cells/ directory that is not a cell record (left out; else it is noted).
     """
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
@@ -1158,7 +1200,7 @@ def history(
     if source is not None:
 
         def load() -> tuple[list[Point], list[str]]:
-            return _load_local(source, metric, cell)
+            return _load_local(source, metric, cell, warn)
     else:
         assert repo is not None
 

@@ -46,8 +46,9 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .secrets import REDACTED, redact, redact_bytes
 from .stats import METRICS, RUN_METRICS, STAT_NAMES
-from .store import GPU_COLUMNS, gpu_row, read_json, summary_columns, summary_row
+from .store import GPU_COLUMNS, Skipped, gpu_row, read_json, scan_cells, summary_columns, summary_row
 
 logger = logging.getLogger(__name__)
 
@@ -501,23 +502,38 @@ def _safe_name(run_id: str) -> str:
 
 def load_run(
     run_dir: str | os.PathLike[str],
+    skipped: list[Skipped] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """run.json, the cell records (by cell index) and the summary rows of a run directory."""
+    """run.json, the cell records (by cell index) and the summary rows of a run directory.
+
+    A file in cells/ that is not a cell record is left out, never uploaded; it is added to
+    `skipped`, as is a summary.jsonl that cannot be read (its rows then come from the records).
+    """
     path = Path(run_dir)
     if not (path / "run.json").is_file():
         raise PushConfigError(f"{path} is not a tfbench run directory (no run.json); give <output>/<run id>")
     try:
         run = read_json(path / "run.json")
-        records = [read_json(p) for p in sorted((path / "cells").glob("*.json"))]
     except (OSError, ValueError) as exc:
         raise PushConfigError(f"cannot read the results in {path}: {exc}") from None
-    records.sort(key=lambda r: ((r.get("cell") or {}).get("index", 1 << 30), r.get("cell_id", "")))
+    if not isinstance(run, dict):
+        raise PushConfigError(f"{path / 'run.json'} is not a tfbench run.json")
+    records, problems = scan_cells(path / "cells")
+    records.sort(key=lambda r: (r["cell"].get("index", 1 << 30), r["cell_id"]))
     run_id = run.get("run_id") or path.name
     summary_path = path / "summary.jsonl"
+    summary = None
     if summary_path.is_file():
-        summary = _read_jsonl(summary_path)
-    else:  # a run stopped before its summary: the same rows from the cell records
-        summary = [summary_row(run_id, r) for r in records if r.get("cell")]
+        try:
+            summary = _read_jsonl(summary_path)
+        except (OSError, ValueError) as exc:
+            problems.append(
+                Skipped(summary_path, f"not JSON lines: {exc}; its rows come from the cell records")
+            )
+    if summary is None:  # a run stopped before its summary: the same rows from the cell records
+        summary = [summary_row(run_id, r) for r in records]
+    if skipped is not None:
+        skipped.extend(problems)
     return run, records, summary
 
 
@@ -665,24 +681,17 @@ def build_files(
 # ---------------------------------------------------------------------------------------------
 # Push
 
-_SECRETISH = (
-    (re.compile(r"hf_[A-Za-z0-9]{8,}"), "hf_***"),
-    (re.compile(r"(?i)(bearer\s+)[^\s'\"]+"), r"\1***"),
-)
-
 
 def scrub(text: str, token: str | None) -> str:
-    """The text without the token (nor anything shaped like a Hub token or a bearer credential)."""
+    """The text without the token, secret environment values or anything shaped like a token."""
     if token:
-        text = text.replace(token, "***")
-    for pattern, repl in _SECRETISH:
-        text = pattern.sub(repl, text)
-    return text
+        text = text.replace(token, REDACTED)
+    return redact(text)
 
 
 def _scrub_bytes(files: dict[str, bytes], token: str) -> dict[str, bytes]:
     needle = token.encode()
-    return {p: (c.replace(needle, b"***") if needle in c else c) for p, c in files.items()}
+    return {p: redact_bytes(c.replace(needle, REDACTED.encode())) for p, c in files.items()}
 
 
 @dataclass
@@ -765,6 +774,7 @@ def push_run(
     fetch_card: bool = True,
     environ: Mapping[str, str] | None = None,
     log: Any = None,
+    warn: Callable[[Skipped], None] | None = None,
 ) -> PushResult:
     """Upload one run (both formats, the run's run.json, the card) as one commit to a dataset repo.
 
@@ -788,10 +798,13 @@ def push_run(
             f"cannot push run {path.name} to {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) forbids "
             f"reaching the Hub. The results stay in {path}; unset it and push with: {later}"
         )
-    run, _, _ = load_run(path)
+    skipped: list[Skipped] = []
+    run, _, _ = load_run(path, skipped)
+    for item in skipped if warn is not None else ():
+        warn(item)
     context = context_row(run, environ)
     run_id = context["run_id"] or path.name
-    summary, description = _commit_message({**context, "run_id": run_id})
+    summary, description = (scrub(text, secret) for text in _commit_message({**context, "run_id": run_id}))
     # Built once, before any request: the data files do not depend on what the Hub holds.
     files = _scrub_bytes(build_files(path, repo_id=repo, environ=environ), secret)
     api = HfApi(endpoint=endpoint, token=secret, library_name="tfbench", library_version=__version__)
@@ -805,7 +818,7 @@ def push_run(
             url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
             existing = _fetch_card(api, repo, secret) if fetch_card else None
             card_state = "updated" if existing is not None else ("created" if fetch_card else "generated")
-            files["README.md"] = render_card(existing, repo).replace(secret, "***").encode()
+            files["README.md"] = scrub(render_card(existing, repo), secret).encode()
             operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=c) for p, c in files.items()]
             info = api.create_commit(
                 repo,

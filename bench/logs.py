@@ -2,7 +2,8 @@
 (TFBENCH_LOG_FORMAT=json: one JSON object per line on stderr, no colours, no bar).
 
 Both get the same events: run started/continued, each cell's start and end, merges, the end of
-the run and errors. Tokens never reach a log: nothing here reads the environment's secrets.
+the run and errors. Every line is redacted (bench.secrets): a token in an error text from a
+library, a path or a server answer never reaches a log.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.markup import escape
 
 from .errors import UserError
 from .matrix import Cell, Plan
+from .secrets import redact
 
 LOG_FORMATS = ("human", "json")
 # Stats a cell_done event carries, so a log collector can chart runs without reading files.
@@ -46,7 +48,7 @@ class JsonLog:
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         line = {"ts": _now(), "level": level, "event": event, **fields}
-        self.stream.write(json.dumps(line, default=str) + "\n")
+        self.stream.write(redact(json.dumps(line, default=str)) + "\n")
         self.stream.flush()
 
 
@@ -57,7 +59,7 @@ class HumanLog:
         self.console = console
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
-        message = fields.get("message", event)
+        message = redact(str(fields.get("message", event)))
         # soft_wrap: never break a line (a path or a command in it must stay copy-pasteable).
         if level == "error":
             self.console.print(f"tfbench: error: {message}", highlight=False, markup=False, soft_wrap=True)

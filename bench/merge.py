@@ -9,6 +9,10 @@ writes the same result. No torch here.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ from typing import Any
 from . import SCHEMA_VERSION, __version__
 from .errors import UserError
 from .resume import RunLock, read_run
-from .store import RunDir, read_json
+from .store import RunDir, Skipped, scan_cells, storage_errors, to_json, write_new_text
 
 MERGE_LOCK = ".merge.lock"
 
@@ -29,6 +33,7 @@ class MergeError(UserError):
 class Shards:
     run_path: Path
     metas: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard name -> run.json
+    verbatim: set[str] = field(default_factory=set)  # cells whose shard file is already in merged form
 
 
 def read_shards(run_path: Path) -> Shards:
@@ -75,20 +80,31 @@ def check(shards: Shards) -> list[str]:
     return problems
 
 
-def collect(shards: Shards) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The full plan and every cell record, checked: each planned cell exactly once."""
+def collect(
+    shards: Shards, warn: Callable[[Skipped], None] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The full plan and every cell record, checked: each planned cell exactly once.
+
+    A file in a shard's cells/ that is not a cell record is passed to `warn` and left out (its
+    cell then counts as missing, if it is planned).
+    """
     first = next(iter(shards.metas.values()))
     plan_cells = first["plan"]["cells"]
     planned = {c["cell_id"] for c in plan_cells}
     owners: dict[str, list[str]] = {}
     records: dict[str, dict[str, Any]] = {}
     for name in sorted(shards.metas):
-        rundir_cells = shards.run_path / "shards" / name / "cells"
-        for path in sorted(rundir_cells.glob("*.json")):
-            rec = read_json(path)
-            cid = rec.get("cell_id")
+        found, skipped = scan_cells(shards.run_path / "shards" / name / "cells")
+        for item in skipped if warn is not None else ():
+            warn(item)
+        for rec in found:
+            cid = rec["cell_id"]
             owners.setdefault(cid, []).append(name)
-            records[cid] = {**rec, "shard": name}
+            if rec.get("shard") == name:
+                shards.verbatim.add(cid)  # the file holds the record as merged: it can be linked
+                records[cid] = rec
+            else:
+                records[cid] = {**rec, "shard": name}
     problems = []
     dup = {cid: names for cid, names in owners.items() if len(names) > 1}
     if dup:
@@ -110,25 +126,29 @@ def collect(shards: Shards) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return first, [records[c["cell_id"]] for c in plan_cells]
 
 
-def merge(run_path: Path, shards: Shards | None = None) -> dict[str, Any]:
+def merge(
+    run_path: Path,
+    shards: Shards | None = None,
+    warn: Callable[[Skipped], None] | None = None,
+    merged_records: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Merge the shards under run_path into run_path; returns the merged run.json.
 
     `shards`: already read and checked by the caller (try_merge), so they are not read twice.
+    `warn`: called with each file in a shard's cells/ that is not a cell record.
+    `merged_records`: if given, receives the merged cell records (no need to read them back).
     """
+    merged_records = [] if merged_records is None else merged_records
     if shards is None:
         shards = read_shards(run_path)
         problems = check(shards)
         if problems:
             raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    first, records = collect(shards)
+    first, records = collect(shards, warn)
     rundir = RunDir(run_path.parent, run_path.name)
-    rundir.cells.mkdir(parents=True, exist_ok=True)
-    for rec in records:
-        if rec.get("log"):
-            rec["log"] = f"shards/{rec['shard']}/{rec['log']}"
-        rec["run_id"] = first["run_id"]
-        rundir.write_cell(rec)
-    rundir.write_summary(records)
+    _replace_cells(rundir, records, first["run_id"], shards.verbatim)
+    rundir.write_summary(records, durable=False)
+    os.sync()  # the derived files reach the disk before run.json says the merge is done
     counts: dict[str, int] = {}
     for rec in records:
         counts[rec["status"]] = counts.get(rec["status"], 0) + 1
@@ -165,10 +185,59 @@ def merge(run_path: Path, shards: Shards | None = None) -> dict[str, Any]:
         "environment": first.get("environment"),
     }
     rundir.write_run(merged)
+    merged_records.extend(records)
     return merged
 
 
-def try_merge(run_path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+def _merged_form(rec: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """A shard's record as the merged run holds it. The runner writes shard records in this form
+    already; records written by earlier versions lack the shard and the log prefix."""
+    out = {**rec, "run_id": run_id}
+    log = out.get("log")
+    if log and not log.startswith("shards/"):
+        out["log"] = f"shards/{rec['shard']}/{log}"
+    return out
+
+
+def _replace_cells(rundir: RunDir, records: list[dict[str, Any]], run_id: str, verbatim: set[str]) -> None:
+    """Build the merged cells/ whole in a hidden directory, then swap it in by renames: readers
+    see the old cells/ or the new one, never a mix; a killed merge's leftovers go first.
+
+    A shard record already in merged form is hard-linked (no copy: a 10,000-cell merge writes
+    no cell data); safe because every write of a record replaces its file, never edits it in
+    place. Other records, or a volume without hard links, get a plain copy: the merged run is
+    derived from the shards and can always be merged again, so no per-file fsync either.
+    """
+    parent = rundir.path
+    for stale in parent.glob(".cells-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging, old = parent / f".cells-new-{os.getpid()}", parent / f".cells-old-{os.getpid()}"
+    linkable = True
+    with storage_errors(staging):
+        staging.mkdir()
+        for i, rec in enumerate(records):
+            merged = _merged_form(rec, run_id)
+            name = f"{rec['cell_id']}.json"
+            target = staging / name
+            if linkable and merged == rec and rec["cell_id"] in verbatim:
+                try:
+                    os.link(rundir.root / "shards" / rec["shard"] / "cells" / name, target)
+                    continue
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise
+                    linkable = False  # a volume without hard links: copy from now on
+            write_new_text(target, to_json(merged) + "\n")
+            records[i] = merged
+        if rundir.cells.exists():
+            os.rename(rundir.cells, old)
+        os.rename(staging, rundir.cells)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def try_merge(
+    run_path: Path, warn: Callable[[Skipped], None] | None = None
+) -> tuple[dict[str, Any] | None, list[str]]:
     """Merge if every shard has finished (the last one to finish does it); else say what is pending.
 
     The lock keeps two shards finishing together from writing the merged files at once.
@@ -181,7 +250,7 @@ def try_merge(run_path: Path) -> tuple[dict[str, Any] | None, list[str]]:
         problems = check(shards)
         if problems:
             return None, problems
-        return merge(run_path, shards), []
+        return merge(run_path, shards, warn), []
     except MergeError as exc:
         return None, [str(exc)]
     finally:

@@ -66,6 +66,7 @@ DPI = 120
 MAX_CELLS = 400  # per-cell figures draw at most this many rows (the HTML table lists every cell)
 MAX_HEIGHT_IN = 100.0  # 12,000 pixels at DPI
 ROW_IN = 0.22  # inches per row of a per-cell figure
+MAX_LINES = 40  # lines of the throughput figure (one per combo and shape)
 VERDICT_COLORS = {
     REGRESSION: "#d62728",
     IMPROVEMENT: "#2ca02c",
@@ -275,9 +276,13 @@ def ttft_tpot_figure(run: Run) -> Figure:
     )
     by_slot = {(_combo(r["cell"]), _shape(r["cell"])): r for r in all_recs}
     slots = len(combos) + 1  # a gap between groups
+    total = len(shapes)
+    shapes = shapes[: max(1, MAX_CELLS // slots)]  # a figure stays readable (and renders in seconds)
     rows = len(shapes) * slots
     fig = _new_figure(14.0, 2.2 + 0.16 * max(rows, 8))
     what = "TTFT and TPOT per shape and combo (bar: p50, whisker: p95)"
+    if total > len(shapes):
+        what += f": the first {len(shapes)} of {total} shapes"
     fig.suptitle(_title(run, what), fontsize=10, x=0.01, ha="left")
     if not recs:
         return _empty(fig, "no measured cell")
@@ -358,6 +363,17 @@ def throughput_figure(run: Run) -> Figure:
         ax.text(0.5, 0.5, "no measured cell has an e2e throughput", ha="center", transform=ax.transAxes)
         return fig
     colors = _run_colors(run)
+    total = len(lines)
+    if total > MAX_LINES:  # hundreds of lines are unreadable: keep the first shapes in order
+        lines = {
+            k: lines[k]
+            for k in sorted(lines, key=lambda k: (k[1], k[2], list(colors).index(k[0])))[:MAX_LINES]
+        }
+        ax.set_title(
+            _title(run, what + f": {MAX_LINES} of {total} lines, the shortest shapes"),
+            fontsize=10,
+            loc="left",
+        )
     shapes = sorted({(k[1], k[2]) for k in lines})
     styles = ["-", "--", ":", "-."]
     markers = ["o", "s", "^", "D", "v", "P", "X"]
@@ -841,10 +857,21 @@ def _write(
 ) -> list[Path]:
     pngs = render(figures) if figures and (html_path is not None or png_dir is not None) else {}
     written: list[Path] = []
-    if png_dir is not None:
-        written += write_png(pngs, png_dir)
-    if html_path is not None:
-        written.append(write_html(title, summary, pngs, html_path))
+    # A file where a directory belongs, a NUL, no permission: the path given is wrong (exit 2).
+    try:
+        if png_dir is not None:
+            written += write_png(pngs, png_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--png {str(png_dir)!r}: cannot write there: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        if html_path is not None:
+            written.append(write_html(title, summary, pngs, html_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--html {str(html_path)!r}: cannot write there: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     return written
 
 

@@ -78,25 +78,26 @@ def combo_label(cell: dict[str, Any] | Cell) -> str:
     return "+".join(parts)
 
 
-def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+SUMMARY_HEADERS = ("cell", "shape", "status", "e2e p50 ms", "e2e p95 ms", "ttft p50 ms", "tpot p50 ms",
+                   "itl p95 ms", "tok/s p50", "peak mem", "n", "cell id")  # fmt: skip
+# Above this many rows the tables are printed as plain aligned text: rich lays out a 10,000-row
+# table in tens of seconds, plain text in a fraction of one.
+RICH_ROW_LIMIT = 500
+
+
+def _shape(cell: dict[str, Any]) -> str:
+    return f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}"
+
+
+def _by_index(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: r["cell"]["index"])
+
+
+def summary_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
     """One row per cell: latencies in ms (p50 and p95), throughput, memory, n, and the cell id."""
-    table = Table(title=title, header_style="bold", title_justify="left")
-    table.add_column("cell", no_wrap=True)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    for header in ("e2e p50", "e2e p95", "ttft p50", "tpot p50", "itl p95"):
-        table.add_column(f"{header}\n[dim]ms[/dim]", justify="right", no_wrap=True)
-    table.add_column("tok/s\n[dim]p50[/dim]", justify="right", no_wrap=True)
-    table.add_column("peak\n[dim]mem[/dim]", justify="right", no_wrap=True)
-    table.add_column("n", justify="right")
-    table.add_column("cell id", style="dim", no_wrap=True)
-    for rec in sorted(records, key=lambda r: r["cell"]["index"]):
-        cell = rec["cell"]
-        status = rec["status"]
-        style = STATUS_STYLE.get(status, "")
-        status_text = f"[{style}]{status}[/{style}]" if style else status
-        shape = f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}"
-        if status == "ok":
+    rows = []
+    for rec in _by_index(records):
+        if rec["status"] == "ok":
             cols = [
                 _ms(rec, "e2e_latency", "p50"),
                 _ms(rec, "e2e_latency", "p95"),
@@ -108,33 +109,90 @@ def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -
                 str(_stat(rec, "e2e_latency", "n") or 0),
             ]
         else:
-            cols = ["-"] * 8  # why: see unmeasured_table
-        table.add_row(escape(combo_label(cell)), shape, status_text, *cols, rec["cell_id"][:8])
+            cols = ["-"] * 8  # why: see the unmeasured rows
+        rows.append([combo_label(rec["cell"]), _shape(rec["cell"]), rec["status"], *cols, rec["cell_id"][:8]])
+    return rows
+
+
+def unmeasured_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+    """Cells without numbers and why: skipped, failed, timed out, out of memory, interrupted."""
+    return [
+        [
+            combo_label(r["cell"]),
+            _shape(r["cell"]),
+            r["status"],
+            (r.get("reason") or "")[:300],
+            r["cell_id"][:8],
+        ]
+        for r in _by_index(records)
+        if r["status"] != "ok"
+    ]
+
+
+def _styled_status(status: str) -> str:
+    style = STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold", title_justify="left")
+    for i, header in enumerate(SUMMARY_HEADERS):
+        if 3 <= i <= 10:
+            name, _, unit = header.rpartition(" ") if header.endswith((" ms", " p50")) else (header, "", "")
+            table.add_column(
+                f"{name}\n[dim]{unit}[/dim]" if unit else header, justify="right", no_wrap=i < 10
+            )
+        else:
+            table.add_column(header, no_wrap=True, style="dim" if header == "cell id" else None)
+    for row in summary_rows(records):
+        table.add_row(escape(row[0]), row[1], _styled_status(row[2]), *row[3:])
     return table
 
 
 def unmeasured_table(records: Iterable[dict[str, Any]]) -> Table | None:
-    """Cells without numbers and why: skipped, failed, timed out, out of memory, interrupted."""
-    rows = [r for r in sorted(records, key=lambda r: r["cell"]["index"]) if r["status"] != "ok"]
+    rows = unmeasured_rows(records)
     if not rows:
         return None
     table = Table(title="cells without measurements", header_style="bold", title_justify="left")
-    table.add_column("cell", no_wrap=True)
-    table.add_column("shape", no_wrap=True)
-    table.add_column("status", no_wrap=True)
+    for header in ("cell", "shape", "status"):
+        table.add_column(header, no_wrap=True)
     table.add_column("reason")
     table.add_column("cell id", style="dim", no_wrap=True)
-    for rec in rows:
-        cell = rec["cell"]
-        style = STATUS_STYLE.get(rec["status"], "")
-        table.add_row(
-            escape(combo_label(cell)),
-            f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}",
-            f"[{style}]{rec['status']}[/{style}]" if style else rec["status"],
-            escape((rec.get("reason") or "")[:300]),
-            rec["cell_id"][:8],
-        )
+    for row in rows:
+        table.add_row(escape(row[0]), row[1], _styled_status(row[2]), escape(row[3]), row[4])
     return table
+
+
+def text_table(headers: Iterable[str], rows: list[list[str]], title: str | None = None) -> str:
+    """Plain aligned columns (numbers right-aligned), for tables too long for rich."""
+    headers = list(headers)
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    numeric = [i for i in range(len(headers)) if all(r[i][:1].isdigit() or r[i] == "-" for r in rows)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    out = [title] if title else []
+    out += [line(headers).rstrip(), *(line(r).rstrip() for r in rows)]
+    return "\n".join(out) + "\n"
+
+
+def print_summary(console: Console, records: list[dict[str, Any]], title: str | None = None) -> None:
+    """The summary and the unmeasured cells, as rich tables, or as plain text for large runs."""
+    if len(records) <= RICH_ROW_LIMIT:
+        console.print(summary_table(records, title=title))
+        unmeasured = unmeasured_table(records)
+        if unmeasured is not None:
+            console.print(unmeasured)
+        return
+    console.file.write(text_table(SUMMARY_HEADERS, summary_rows(records), title))
+    rows = unmeasured_rows(records)
+    if rows:
+        console.file.write("\n" + text_table(("cell", "shape", "status", "reason", "cell id"), rows,
+                                               "cells without measurements"))  # fmt: skip
+    console.file.flush()
 
 
 def plan_table(plan: Plan, title: str | None = None) -> Table:

@@ -10,6 +10,7 @@ here too; the lock that keeps two live processes out of one run directory as wel
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .matrix import Plan
-from .store import RunDir, atomic_write_json, read_json
+from .store import RunDir, Skipped, atomic_write_json, read_json, scan_cells, storage_errors
 
 # Run statuses that a later invocation may continue ("running" is what a killed runner leaves).
 UNFINISHED = ("running", "interrupted")
@@ -88,6 +89,26 @@ def lost_record(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def settle_running(rundir: RunDir, record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a "running" record left by an earlier invocation stands for.
+
+    The attempt's scratch directory tells: the runner creates it just before it starts the
+    worker and removes it only once the attempt's outcome is recorded (or, after a failed
+    write, once it knows the worker is gone). No scratch: the worker never started. A result in
+    it: the worker finished and the run stopped before recording it. Neither attempt is the
+    cell's doing, so neither is charged. Otherwise the worker may have been running when the
+    run died: the attempt is lost, and charged.
+    """
+    scratch = rundir.work / f"{record.get('cell_id')}.{record.get('attempt') or 1}"
+    if not scratch.is_dir():
+        reason = "the run stopped before this attempt's worker started"
+    elif (scratch / "result.json").is_file():
+        reason = "the run stopped after the worker finished, before its result was recorded"
+    else:
+        return lost_record(record)
+    return {**record, "status": "interrupted", "reason": reason}
+
+
 def needs_run(record: Mapping[str, Any] | None, max_attempts: int) -> bool:
     """Whether a runnable cell with this latest record (None: never started) runs (again)."""
     if record is None:
@@ -97,6 +118,8 @@ def needs_run(record: Mapping[str, Any] | None, max_attempts: int) -> bool:
         return False
     if status == "running":
         record = lost_record(record)
+    if status == "failed" and (record.get("error") or {}).get("retryable") is False:
+        return False  # a deterministic fault (a broken model) fails the same way every time
     return charged_attempts(record) < max_attempts
 
 
@@ -127,14 +150,24 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self.fd = fd
-        return True
+        # Read-only first: a file open for writing for the whole run would keep the volume from
+        # being remounted read-only. NFS emulates flock with fcntl locks, which need write access.
+        for mode in (os.O_RDONLY, os.O_RDWR):
+            with storage_errors(self.path):
+                fd = os.open(self.path, mode | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno == errno.EBADF and mode == os.O_RDONLY:
+                    continue
+                raise
+            self.fd = fd
+            return True
+        return False
 
     def release(self) -> None:
         if self.fd is not None:
@@ -159,30 +192,33 @@ def read_run(run_path: Path) -> dict[str, Any] | None:
 def unfinished_candidates(output: Path, run_name: str, key: Mapping[str, Any]) -> list[Path]:
     """Run directories in `output` this invocation may continue, newest first."""
     found: list[tuple[str, Path]] = []
-    with contextlib.suppress(OSError):
-        for path in output.iterdir():
-            meta = read_run(path) if path.is_dir() else None
-            if (
-                meta
-                and meta.get("run_name") == run_name
-                and meta.get("status") in UNFINISHED
-                and meta.get("identity") == key
-                and not meta.get("shard")
-            ):
-                found.append((str(meta.get("started_at") or ""), path))
+    try:
+        entries = list(output.iterdir())
+    except OSError:
+        return []
+    for path in entries:
+        # Anything else in the output (lost+found, notes, a directory without a run) is no run.
+        try:
+            meta = read_run(path) if path.is_dir() and not path.name.startswith(".") else None
+        except OSError:
+            continue
+        if (
+            meta
+            and meta.get("run_name") == run_name
+            and meta.get("status") in UNFINISHED
+            and meta.get("identity") == key
+            and not meta.get("shard")
+        ):
+            found.append((str(meta.get("started_at") or ""), path))
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def records_for(rundir: RunDir, cell_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The latest record of each of these cells in a run directory (unreadable files are ignored:
-    the store writes atomically, so only a foreign file can be unreadable)."""
-    out = {}
-    for cid in cell_ids:
-        with contextlib.suppress(OSError, ValueError):
-            rec = read_json(rundir.cell_path(cid))
-            if isinstance(rec, dict) and rec.get("cell_id") == cid:
-                out[cid] = rec
-    return out
+def records_for(rundir: RunDir, cell_ids: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[Skipped]]:
+    """The latest record of each of these cells in a run directory, and the files in its cells/
+    that are not cell records (the store writes atomically: such a file was put there)."""
+    wanted = set(cell_ids)
+    records, skipped = scan_cells(rundir.cells)
+    return {r["cell_id"]: r for r in records if r["cell_id"] in wanted}, skipped
 
 
 @dataclass
@@ -194,10 +230,14 @@ class Selected:
     meta: dict[str, Any] | None = None  # run.json of the run being continued
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     finished: bool = False  # an explicitly named run that is already finished: nothing to do
+    skipped: list[Skipped] = field(default_factory=list)  # files in cells/ that are not records
 
 
-def _continue(rundir: RunDir, lock: RunLock, meta: dict[str, Any], plan: Plan) -> Selected:
-    return Selected(rundir, lock, meta, records_for(rundir, (c.cell_id for c in plan.cells)))
+def _continue(
+    rundir: RunDir, lock: RunLock, meta: dict[str, Any], plan: Plan, finished: bool = False
+) -> Selected:
+    records, skipped = records_for(rundir, (c.cell_id for c in plan.cells))
+    return Selected(rundir, lock, meta, records, finished=finished, skipped=skipped)
 
 
 def select_run(
@@ -239,10 +279,9 @@ def select_run(
                     + "; ".join(diffs or ["set-up (it predates resume)"])
                     + ". Numbers of both would not compare: choose another run id, or restore the set-up"
                 )
-            if meta.get("status") == "finished":
-                return Selected(rundir, lock, meta, finished=True)
-            return _continue(rundir, lock, meta, plan)
-        rundir.path.mkdir(parents=True, exist_ok=True)
+            return _continue(rundir, lock, meta, plan, finished=meta.get("status") == "finished")
+        with storage_errors(rundir.path):
+            rundir.path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(lock_path(rundir.path))
         if not lock.acquire():
             raise UserError(f"{where} in {output} is in use by another tfbench process")
@@ -267,7 +306,8 @@ def _claim(output: Path, run_id: str, run_name: str, key: Mapping[str, Any]) -> 
     """Create a new run directory whole: built under a hidden name with a first run.json, then
     renamed into place, so a kill at any instant leaves either no run or one that can be continued."""
     tmp = output / f".claim-{run_id}-{os.getpid()}"
-    tmp.mkdir(parents=True)
+    with storage_errors(tmp):
+        tmp.mkdir(parents=True)
     stub = {
         "run_id": run_id,
         "run_name": run_name,
@@ -276,7 +316,11 @@ def _claim(output: Path, run_id: str, run_name: str, key: Mapping[str, Any]) -> 
         "identity": dict(key),
         "shard": None,
     }
-    atomic_write_json(tmp / "run.json", stub)
+    try:
+        atomic_write_json(tmp / "run.json", stub)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         # Linux renames onto an empty directory, never onto one holding a run.json.
         os.rename(tmp, output / run_id)

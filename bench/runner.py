@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from . import SCHEMA_VERSION, __version__
-from .errors import EXIT_CELL_FAILED, EXIT_OK
+from .errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
 from .matrix import Cell, Plan
-from .resume import lost_record, needs_run, previous_attempts, remove_stale_temporaries
-from .store import RunDir, read_json
+from .resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
+from .secrets import redact_file
+from .store import RunDir, read_json, storage_errors
 
 FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 LOG_TAIL_LINES = 30
@@ -133,12 +134,23 @@ class Settings:
     cell_timeout_s: float
     max_attempts: int = 1
     gpu_sample_interval_s: float = 0.05
+    cell_memory_limit_gb: float | None = None
 
 
 @dataclass
 class RunState:
     counts: dict[str, int] = field(default_factory=dict)
     stop_signal: int | None = None
+
+
+@dataclass
+class Current:
+    """The attempt in progress, for the record a failing results volume leaves it."""
+
+    cell: Cell
+    attempt: int
+    history: list[dict[str, Any]]
+    announced: bool = False  # its "running" record is on disk
 
 
 class Runner:
@@ -161,6 +173,9 @@ class Runner:
         # The latest record of each cell from earlier invocations of this run (resume).
         self.records: dict[str, dict[str, Any]] = dict(previous or {})
         self.state = RunState()
+        self.current: Current | None = None
+        self.meta: dict[str, Any] = {}
+        self._held_log: Any = None
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -180,14 +195,83 @@ class Runner:
         previous = self._install_signals()
         try:
             return self._execute()
+        except StorageError as exc:
+            raise self._storage_failed(exc) from exc
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _storage_failed(self, exc: StorageError) -> StorageError:
+        """Stop in order when the results volume refuses a write (full, read-only, gone).
+
+        The reporter is closed already and no worker is alive (nothing is written while one
+        runs). Each write here is best effort, since the volume may refuse it too: the attempt in
+        progress is recorded "interrupted" (not charged: the volume failed, not the cell), else
+        left so that a restart does not charge it either; then run.json says why the run stopped.
+        """
+        self._release_log()
+        cur, self.current = self.current, None
+        if cur is not None:
+            cid, scratch = cur.cell.cell_id, f"{cur.cell.cell_id}.{cur.attempt}"
+            reason = f"the results volume failed ({exc.reason}) while writing {exc.path}"
+            rec = self._record(
+                cur.cell,
+                "interrupted",
+                reason=reason,
+                attempt=cur.attempt,
+                attempts=cur.history,
+                finished_at=now_iso(),
+            )
+            try:
+                self.rundir.write_cell(rec)
+                self.records[cid] = rec
+                self.rundir.drop_scratch(scratch)
+            except StorageError:
+                if not (self.rundir.work / scratch / "result.json").exists():
+                    # The worker is gone without a result; without its scratch a restart knows
+                    # no worker of this attempt can have brought the run down.
+                    self.rundir.drop_scratch(scratch)
+                if cur.announced and cur.attempt == 1:
+                    # The "running" record holds no history yet: without it the cell starts afresh.
+                    with contextlib.suppress(OSError):
+                        self.rundir.cell_path(cid).unlink()
+        written = [
+            rec
+            for c in self.plan.cells
+            if (rec := self.records.get(c.cell_id)) is not None and rec["status"] != "running"
+        ]
+        if self.meta:
+            counts: dict[str, int] = {}
+            for r in written:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            counts["not_run"] = len(self.plan.cells) - len(written)
+            self.meta.update(
+                finished_at=now_iso(),
+                status="interrupted",
+                interrupted_by="storage",
+                counts=counts,
+                storage_error={"path": exc.path, "error": exc.reason},
+            )
+            with contextlib.suppress(StorageError):
+                self.rundir.write_run(self.meta)
+        return exc.with_advice(
+            f"The {len(written)} results written so far are intact; free space or make the volume "
+            "writable, then start again with the same config and volume to continue (the run resumes)."
+        )
 
     def _final(self, record: dict[str, Any]) -> bool:
         return record["status"] != "interrupted" and not needs_run(record, self.settings.max_attempts)
 
     def _execute(self) -> int:
+        records = self.records
+        for cid, rec in list(records.items()):
+            if rec["status"] == "running":
+                # Left by an invocation that stopped mid-attempt. Recorded before the scratch
+                # directories that tell what happened are removed.
+                self.rundir.write_cell(settled := settle_running(self.rundir, rec))
+                records[cid] = settled
+                # Its runner died before it could redact the worker's log: do it now.
+                redact_file(self.rundir.log_path(cid))
         # Scratch of attempts cut short by a kill: nothing in it is a result, and we hold the run's lock.
         shutil.rmtree(self.rundir.work, ignore_errors=True)
         self.rundir.create()
@@ -200,18 +284,15 @@ class Runner:
             "status": "running",
         }
         meta.setdefault("started_at", now_iso())
+        self.meta = meta
         self.rundir.write_run(meta)
-        records = self.records
         done_before: list[tuple[Cell, dict[str, Any]]] = []
         for cell in self.plan.cells:
             rec = records.get(cell.cell_id)
             if not cell.runnable and rec is None:
-                rec = records[cell.cell_id] = self._record(cell, "skipped", reason=cell.skip_reason)
+                rec = self._record(cell, "skipped", reason=cell.skip_reason)
                 self.rundir.write_cell(rec)
-            elif rec is not None and rec["status"] == "running" and self._final(lost_record(rec)):
-                # Killed mid-cell in an earlier invocation, and out of attempts: record it as lost.
-                rec = records[cell.cell_id] = lost_record(rec)
-                self.rundir.write_cell(rec)
+                records[cell.cell_id] = rec
             if rec is not None and self._final(rec):
                 done_before.append((cell, rec))
         todo = [
@@ -271,12 +352,39 @@ class Runner:
         history = previous_attempts(previous)
         attempt = len(history) + 1
         running = self._record(cell, "running", attempt=attempt, attempts=history, started_at=now_iso())
+        self.current = Current(cell, attempt, history)
         self.rundir.write_cell(running)
+        self.current.announced = True
         self.reporter.cell_started(cell, attempt)
-        rec = self._run_cell(cell, attempt)
+        try:
+            rec = self._run_cell(cell, attempt)
+        finally:
+            self._release_log()
         rec.update(attempt=attempt, attempts=history)
         self.rundir.write_cell(rec)
+        self.current = None
+        # Only now: until the outcome is on disk, the scratch tells a restart what happened.
+        self.rundir.drop_scratch(f"{cell.cell_id}.{attempt}")
         return rec
+
+    def _hold_log(self, log_path: Path, header: str) -> None:
+        """Append the attempt's header to its log and keep the file open until the worker is gone.
+
+        The kernel refuses to remount a volume read-only while a file on it is open for writing.
+        Held from before the scratch directory is made until the worker has exited, this keeps
+        such a remount out of the moments where the scratch would not tell a restart whether the
+        worker ran (see resume.settle_running).
+        """
+        with storage_errors(log_path):
+            self._held_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by _release_log
+            self._held_log.write(header)
+            self._held_log.flush()
+
+    def _release_log(self) -> None:
+        if self._held_log is not None:
+            with contextlib.suppress(OSError):  # flushed already: nothing is lost if this fails
+                self._held_log.close()
+            self._held_log = None
 
     def _telemetry(self, cell: Cell) -> dict[str, Any]:
         if not self.settings.gpu_monitoring:
@@ -288,9 +396,11 @@ class Runner:
         return {"available": False, "reason": reason}
 
     def _record(self, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
+        shard = {"shard": self.rundir.shard} if self.rundir.shard else {}
         return {
             "schema_version": SCHEMA_VERSION,
             "run_id": self.rundir.run_id,
+            **shard,
             "cell_id": cell.cell_id,
             "status": status,
             "reason": extra.pop("reason", None),
@@ -302,6 +412,7 @@ class Runner:
                 "seed": self.settings.seed,
                 "gpu_monitoring": self.settings.gpu_monitoring,
                 "cell_timeout_s": self.settings.cell_timeout_s,
+                "cell_memory_limit_gb": self.settings.cell_memory_limit_gb,
             },
             "gpu_telemetry": self._telemetry(cell),
             **extra,
@@ -312,11 +423,11 @@ class Runner:
         # A scratch directory per attempt: a worker of a killed earlier attempt may still be
         # exiting, and must not write into this one.
         scratch_name = f"{cell.cell_id}.{attempt}"
+        log_path = self.rundir.log_path(cell.cell_id)
+        self._hold_log(log_path, f"=== tfbench: cell {cell.cell_id} attempt {attempt} at {now_iso()} ===\n")
+        # Made last before the worker starts: on a restart, no scratch means no worker ran.
         scratch = self.rundir.scratch(scratch_name)
         result_path = scratch / "result.json"
-        log_path = self.rundir.log_path(cell.cell_id)
-        with open(log_path, "a", encoding="utf-8") as log:
-            log.write(f"=== tfbench: cell {cell.cell_id} attempt {attempt} at {now_iso()} ===\n")
         task = {
             "cell": cell.to_dict(),
             "warmup_iterations": self.settings.warmup_iterations,
@@ -325,6 +436,7 @@ class Runner:
             "trust_remote_code": self.settings.trust_remote_code,
             "gpu_monitoring": self.settings.gpu_monitoring,
             "gpu_sample_interval_s": self.settings.gpu_sample_interval_s,
+            "cell_memory_limit_gb": self.settings.cell_memory_limit_gb,
             "log_path": str(log_path),
             "scratch_dir": str(scratch),
             "result_path": str(result_path),
@@ -358,14 +470,13 @@ class Runner:
                 break
         proc.join()
         t_exit = time.perf_counter()
+        self._release_log()
+        redact_file(log_path)  # the worker wrote its log through inherited fds, unfiltered
         receiver.close()
         guard_w.close()
-        try:
-            return self._classify(
-                cell, proc, ended_by, result_path, log_path, t_start, t_exit, started_at, ooms_before
-            )
-        finally:
-            self.rundir.drop_scratch(scratch_name)
+        return self._classify(
+            cell, proc, ended_by, result_path, log_path, t_start, t_exit, started_at, ooms_before
+        )
 
     def _classify(
         self,
@@ -380,7 +491,8 @@ class Runner:
         ooms_before: int | None,
     ) -> dict[str, Any]:
         timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
-        base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.path)), **timing}
+        # Relative to the run's directory, also in a shard: the merged run then holds the same record.
+        base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.root)), **timing}
         result = None
         if result_path.exists():
             try:

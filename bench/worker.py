@@ -9,7 +9,9 @@ directories, writes its result file atomically and leaves with os._exit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
+import json
 import math
 import os
 import resource
@@ -19,12 +21,14 @@ import subprocess
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from . import models, monitor, roofline
+from .presets import is_synthetic
 from .stats import run_metrics, summarize, summarize_runs
 from .store import atomic_write_json
 from .timing import HostClock, make_clock
@@ -66,10 +70,220 @@ class TokenClockProcessor(LogitsProcessor):
         return scores
 
 
+class ModelFault(Exception):
+    """The model could not be loaded because of the model itself (its files, its cache entry, the
+    code it ships): the message says what is wrong in words; the library's exception is the cause."""
+
+    def __init__(self, words: str, retryable: bool):
+        super().__init__(words)
+        self.retryable = retryable
+
+
+# What torch's CPU allocator, glibc and C++ code say when an allocation fails; "not enough
+# memory" is the allocator's wording on some platforms and versions.
+_OOM_WORDS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "not enough memory",
+    "bad_alloc",
+)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and what it was raised from or while handling, without looping on cycles."""
+    out: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in out):
+        out.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return out
+
+
 def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return "out of memory" in str(exc).lower() and isinstance(exc, RuntimeError)
+    """A failed allocation anywhere in the chain: torch (GPU or CPU allocator), Python, or the OS
+    refusing memory (ENOMEM, as under cell_memory_limit_gb)."""
+    for e in _chain(exc):
+        if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(e, OSError) and e.errno == errno.ENOMEM:
+            return True
+        if isinstance(e, RuntimeError) and any(w in str(e).lower() for w in _OOM_WORDS):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Model faults: a failed load explained from what is on disk, not from the library's wording
+# ---------------------------------------------------------------------------------------------
+
+# Files AutoTokenizer can build a tokenizer from (fast, sentencepiece, BPE, WordPiece, Tekken).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tekken.json",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own bound; a larger claim is a corrupt file
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path.name} cannot be read ({_short(exc)})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Check a .safetensors file against its own header: 8 bytes of header length, the JSON header,
+    then exactly the bytes the header's offsets cover. Reads the header only (no mmap, so a
+    memory limit cannot make a sound file look broken)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated: {size} bytes, not even a header"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, SAFETENSORS_MAX_HEADER):
+                return (
+                    f"{path.name} is truncated or corrupt: its header claims {n} bytes, the file has {size}"
+                )
+            header = json.loads(f.read(n))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        return f"{path.name} is corrupt: its header cannot be read ({_short(exc)})"
+    expected = 8 + n + max(ends, default=0)
+    if size < expected:
+        return f"{path.name} is truncated: {size} of the {expected} bytes its header describes"
+    if size > expected:
+        return f"{path.name} is corrupt: {size} bytes where its header describes {expected}"
+    return None
+
+
+def _weight_problems(directory: Path) -> list[str]:
+    problems: list[str] = []
+    for index in sorted(directory.glob("*.index.json")):
+        if (bad := _json_problem(index)) is not None:
+            problems.append(bad)
+            continue
+        index_data = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+        for name in sorted({v for v in (weight_map or {}).values() if isinstance(v, str)}):
+            if not (directory / name).is_file():
+                problems.append(f"{name}, listed in {index.name}, is missing")
+    for path in sorted(directory.glob("*.safetensors")):
+        if (bad := _safetensors_problem(path)) is not None:
+            problems.append(bad)
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in directory.iterdir()):
+        problems.append("no weights (no *.safetensors nor pytorch_model.bin)")
+    return problems
+
+
+def model_dir_problems(directory: Path, tokenizer_failed: bool) -> list[str]:
+    """What is wrong with a model directory, in words; empty when nothing visible is."""
+    problems: list[str] = []
+    config = directory / "config.json"
+    if not config.is_file():
+        problems.append("no config.json")
+    elif (bad := _json_problem(config)) is not None:
+        problems.append(bad)
+    problems += _weight_problems(directory)
+    # Only when the tokenizer is what failed: a model may keep its tokenizer in a form not listed.
+    if tokenizer_failed and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        problems.append(
+            "no tokenizer (none of "
+            + ", ".join(TOKENIZER_FILES)
+            + "); tfbench tokenizes its prompt with the model's own tokenizer"
+        )
+    return problems
+
+
+def _auto_map_words(directory: Path | None) -> str:
+    if directory is None:
+        return "its config names classes from its own code"
+    try:
+        auto_map = json.loads((directory / "config.json").read_text(encoding="utf-8"))["auto_map"]
+        pairs = ", ".join(f"{k} to {v if isinstance(v, str) else v[0]}" for k, v in auto_map.items())
+        return f"its config.json maps {pairs}"
+    except Exception:  # noqa: BLE001 - only decorates the message
+        return "its config names classes from its own code"
+
+
+def _cached_snapshot(model: str, revision: str | None) -> Path | None:
+    """The local snapshot of a hub model, if the cache holds one (never touches the network)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - no snapshot, whatever the reason
+        return None
+
+
+def describe_load_failure(
+    exc: BaseException, model: str, revision: str | None, trust_remote_code: bool
+) -> tuple[str, bool] | None:
+    """(what is wrong, in words; whether another attempt could succeed) for a failed model load
+    whose cause lies in the model, or None when the failure is something else."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if is_synthetic(model):
+        return None
+    chain = _chain(exc)
+    local = Path(model).expanduser()
+    is_local = local.is_dir()
+    directory = local if is_local else _cached_snapshot(model, revision)
+    where = (
+        f"model directory {local}"
+        if is_local
+        else f"model {model}" + (f" at revision {revision}" if revision else "")
+    )
+    if not trust_remote_code and any("trust_remote_code" in str(e) for e in chain):
+        return (
+            # The rule first: a reason is cut at 500 characters, the class names can go.
+            f"{where} needs trust_remote_code: true, and tfbench runs no code shipped with a model "
+            f"unless the config sets it ({_auto_map_words(directory)})",
+            False,
+        )
+    if directory is not None:
+        frames = traceback.extract_tb(exc.__traceback__)
+        tokenizer_failed = any("tokenization" in Path(f.filename).name for f in frames)
+        problems = model_dir_problems(directory, tokenizer_failed)
+        if problems:
+            if not is_local:
+                where += f" (cached in {directory})"
+            words = f"{where}: " + "; ".join(problems)
+            said = [e for e in chain if type(e).__name__ == "SafetensorError"]
+            if said:
+                words += f" ({_short(said[0])})"
+            return words, False
+    if any(isinstance(e, LocalEntryNotFoundError) for e in chain) and not is_local:
+        cached = "only partly in" if directory is not None else "not in"
+        if constants.HF_HUB_OFFLINE:
+            return (
+                f"{where} is {cached} the local cache (HF_HOME={constants.HF_HOME}) "
+                "and HF_HUB_OFFLINE=1 forbids a download",
+                False,
+            )
+        return (
+            f"{where} is {cached} the local cache (HF_HOME={constants.HF_HOME}) and the Hub could not "
+            f"be reached ({_short(chain[-1])})",
+            True,  # the network may come back
+        )
+    return None
 
 
 def _synchronize(device: str) -> None:
@@ -390,16 +604,26 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
     torch.manual_seed(task["seed"])
     phase("load", 0, 0)
     t = time.perf_counter()
-    net, tokenizer = models.load(
-        cell["model"],
-        cell["revision"],
-        cell["model_config"],
-        cell["dtype"],
-        device,
-        cell["attn_implementation"],
-        task["trust_remote_code"],
-        task["seed"],
-    )
+    try:
+        net, tokenizer = models.load(
+            cell["model"],
+            cell["revision"],
+            cell["model_config"],
+            cell["dtype"],
+            device,
+            cell["attn_implementation"],
+            task["trust_remote_code"],
+            task["seed"],
+        )
+    except Exception as exc:
+        fault = None
+        if not is_oom(exc):
+            # A diagnosis that fails itself must not hide the load error.
+            with contextlib.suppress(Exception):
+                fault = describe_load_failure(exc, cell["model"], cell["revision"], task["trust_remote_code"])
+        if fault is None:
+            raise
+        raise ModelFault(*fault) from exc
     if cell["kernelize"]:
         from kernels import Mode, kernelize
 
@@ -418,6 +642,8 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
             out["effective_attn_implementation"] = _check_attn(net, cell, "after loading")
             out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
     out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
+    if task.get("memory_limit_bytes") is not None:
+        out["memory"]["limit_bytes"] = task["memory_limit_bytes"]
     out["worker_environment"] = worker_environment(device)
     # Joules per run and per generated token, for both measurement paths.
     add_energy(out["gpu_telemetry"], out["runs"], cell["batch_size"] * cell["num_tokens_to_generate"])
@@ -468,6 +694,45 @@ def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any]) -> dict
     )
 
 
+# The innermost frames of a traceback: where it failed matters more than how generate got there.
+TRACEBACK_FRAMES = 30
+
+
+def failure(exc: BaseException, task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The status and error record of a cell that raised. `type` is always the exception the
+    library raised; where `message` is reworded, the library's own is kept in `exception_message`."""
+    if isinstance(exc, ModelFault) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        return "failed", {
+            "kind": "model",
+            "type": type(cause).__name__,
+            "message": str(exc),
+            "exception_message": str(cause),
+            # Read by the attempt accounting: a deterministic fault is not worth another load.
+            "retryable": exc.retryable,
+            "traceback": "".join(traceback.format_exception(cause, limit=-TRACEBACK_FRAMES)),
+        }
+    oom = is_oom(exc)
+    error: dict[str, Any] = {
+        "kind": "oom" if oom else ("cell" if isinstance(exc, CellError) else "python"),
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": traceback.format_exc(limit=-TRACEBACK_FRAMES),
+    }
+    limit = task.get("memory_limit_bytes")
+    # torch.OutOfMemoryError is a device allocator's; the limit only bounds host memory.
+    if oom and limit is not None and not isinstance(exc, torch.OutOfMemoryError):
+        said = _short(exc, 500)
+        error["message"] = (
+            f"out of host memory under cell_memory_limit_gb={task.get('cell_memory_limit_gb'):g} "
+            f"({limit} bytes of private memory for the worker, RLIMIT_DATA)"
+            + (f": {said}" if str(exc) else "")
+        )
+        error["exception_message"] = str(exc)
+        error["memory_limit_bytes"] = limit
+    return ("oom" if oom else "failed"), error
+
+
 def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
     """Measure the cell, write its result file, leave through os._exit (never returns)."""
     # Each cell compiles into its own cache: nothing carries over between cells.
@@ -483,13 +748,7 @@ def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
         result.update(measure(task, phase))
         result["status"] = "ok"
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result
-        result["status"] = "oom" if is_oom(exc) else "failed"
-        result["error"] = {
-            "kind": "oom" if is_oom(exc) else ("cell" if isinstance(exc, CellError) else "python"),
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exc(limit=20),
-        }
+        result["status"], result["error"] = failure(exc, task)
         traceback.print_exc()
     result["finished_at"] = time.perf_counter()
     exit_code = 0

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,16 @@ def run_entrypoint(
     proc = start_entrypoint(config, output, *args, env=env)
     stdout, stderr = proc.communicate(timeout=timeout)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def wait_for(predicate: Any, timeout: float = 120.0) -> None:
+    """Poll until predicate() is true (a run reaching some state in another process)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
 
 
 def only_run_dir(output: Path) -> Path:

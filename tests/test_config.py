@@ -774,3 +774,41 @@ def test_fault_spec_typo_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     monkeypatch.setenv("TFBENCH_FAULT", "*:explode")
     rc, out, err = plan_json(capsys, "--config", str(path))
     assert_exit_2(rc, out, err, "TFBENCH_FAULT", "kinds: raise, oom")
+
+
+# ---------------------------------------------------------------------------------------------
+# cell_memory_limit_gb
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cell_memory_limit_defaults_to_none_and_reads_every_source(tmp_path: Path) -> None:
+    assert BenchConfig.model_fields["cell_memory_limit_gb"].default is None
+    path = write(tmp_path, "bench.yaml", BASE + "cell_memory_limit_gb: 12\n")
+    assert load_one(write(tmp_path, "plain.yaml", BASE)).config.cell_memory_limit_gb is None
+    assert load_one(path).config.cell_memory_limit_gb == 12
+    loaded = load_one(path, environ={"TFBENCH_CELL_MEMORY_LIMIT_GB": "1.5"})
+    assert loaded.config.cell_memory_limit_gb == 1.5
+    assert loaded.origins["cell_memory_limit_gb"] == "env TFBENCH_CELL_MEMORY_LIMIT_GB"
+    assert (
+        load_one(path, environ={"TFBENCH_CELL_MEMORY_LIMIT_GB": "null"}).config.cell_memory_limit_gb is None
+    )
+    flag = load_one(path, flags={"cell_memory_limit_gb": parse_text_value("cell_memory_limit_gb", "0.5")})
+    assert flag.config.cell_memory_limit_gb == 0.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "true", "lots", ".inf"])
+def test_cell_memory_limit_rejects_what_is_not_a_positive_number(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    path = write(tmp_path, "bench.yaml", BASE + f"cell_memory_limit_gb: {value}\n")
+    rc, out, err = plan_json(capsys, "--config", str(path))
+    assert_exit_2(rc, out, err, "cell_memory_limit_gb = ", "a number of GiB > 0", f"[from file {path}]")
+
+
+def test_cell_memory_limit_from_the_environment_exits_2_when_wrong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "bench.yaml", BASE)
+    monkeypatch.setenv("TFBENCH_CELL_MEMORY_LIMIT_GB", "0")
+    rc, out, err = plan_json(capsys, "--config", str(path))
+    assert_exit_2(rc, out, err, "cell_memory_limit_gb = 0", "[from env TFBENCH_CELL_MEMORY_LIMIT_GB]")

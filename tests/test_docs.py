@@ -25,7 +25,7 @@ def test_every_preset_is_documented():
 def test_statuses_and_exit_codes_are_documented():
     for status in ("ok", "skipped", "failed", "oom", "timeout", "interrupted", "lost", "running"):
         assert f"| `{status}` |" in README, status
-    for code in ("`0`", "`1`", "`2`", "`130`", "`143`"):
+    for code in ("`0`", "`1`", "`2`", "`3`", "`4`", "`130`", "`143`"):
         assert code in README
 
 

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench import SCHEMA_VERSION, __version__
@@ -146,6 +147,16 @@ def test_summary_jsonl(e2e):
     assert all(r["e2e_latency_p50"] > 0 and r["e2e_latency_n"] == ITERS for r in ok)
     skipped = [r for r in rows if r["status"] == "skipped"]
     assert all(r["e2e_latency_p50"] is None and r["e2e_latency_n"] == 0 for r in skipped)
+
+
+def test_summary_is_one_pandas_call(e2e):
+    """The results directory reads as a table with one call, one column per summary field."""
+    frame = pd.read_json(e2e["run_dir"] / "summary.jsonl", lines=True)
+    assert list(frame.columns) == summary_columns()
+    assert len(frame) == 6
+    ok = frame[frame["status"] == "ok"]
+    assert (ok["e2e_latency_p50"] > 0).all() and ok["e2e_latency_p50"].dtype == "float64"
+    assert frame["cell_id"].is_unique
 
 
 def test_logs_and_scratch(e2e):

@@ -45,7 +45,8 @@ def test_missing_hub_model_while_offline_fails_the_cell_not_the_run(tmp_path):
     assert "Traceback" not in proc.stderr
     (rec,) = cells_by_id(only_run_dir(tmp_path / "out")).values()
     assert rec["status"] == "failed"
-    assert rec["error"]["kind"] == "python"
-    assert "offline" in rec["reason"]
+    assert rec["error"]["kind"] == "model"
+    assert "is not in the local cache" in rec["reason"]
+    assert "HF_HUB_OFFLINE=1 forbids a download" in rec["reason"]
     run = json.loads((only_run_dir(tmp_path / "out") / "run.json").read_text())
     assert run["status"] == "finished"

@@ -142,3 +142,36 @@ def test_sharded_run_without_run_id_is_exit_2(tmp_path):
     proc = run_entrypoint(config, tmp_path / "out", env={"TFBENCH_SHARD": "0/2"})
     assert proc.returncode == 2
     assert "needs TFBENCH_RUN_ID" in proc.stderr
+
+
+def test_merged_records_are_the_shard_files_linked(sharded):
+    """A shard writes each record in its merged form, so the merge links it instead of copying."""
+    run = sharded["run"]
+    for path in (run / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        source = run / "shards" / rec["shard"] / "cells" / path.name
+        assert path.stat().st_ino == source.stat().st_ino, path
+        if rec.get("log"):
+            assert rec["log"].startswith(f"shards/{rec['shard']}/logs/")
+            assert (run / rec["log"]).is_file()
+
+
+def test_records_of_an_older_layout_are_rewritten_not_linked(sharded, tmp_path):
+    """Shard records without `shard` and with a shard-relative log (as earlier versions wrote them)."""
+    run = tmp_path / "sweep"
+    shutil.copytree(sharded["run"], run)
+    shutil.rmtree(run / "cells")
+    for path in (run / "shards").glob("*/cells/*.json"):
+        rec = json.loads(path.read_text())
+        rec.pop("shard")
+        if rec.get("log"):
+            rec["log"] = rec["log"].split("/", 2)[2]
+        path.write_text(json.dumps(rec))
+    proc = _merge(run)
+    assert proc.returncode == 0, proc.stderr
+    for path in (run / "cells").glob("*.json"):
+        rec = json.loads(path.read_text())
+        source = run / "shards" / rec["shard"] / "cells" / path.name
+        assert path.stat().st_ino != source.stat().st_ino
+        if rec.get("log"):
+            assert (run / rec["log"]).is_file(), rec["log"]

@@ -12,7 +12,7 @@ import pytest
 
 from bench.resume import charged_attempts, identity_differences, needs_run, previous_attempts
 
-from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, write_config
+from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
 
 
 def _rec(status: str, *history: str) -> dict:
@@ -59,15 +59,6 @@ def test_identity_differences_name_what_changed():
     assert "hardware: 'cuda: NVIDIA H100' then, 'cuda: NVIDIA A100' now" in diffs
 
 
-def _wait_for(predicate, timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 def _status(run_dir: Path, cell_id: str) -> str | None:
     try:
         return json.loads((run_dir / "cells" / f"{cell_id}.json").read_text())["status"]
@@ -87,7 +78,7 @@ def interrupted_then_resumed(tmp_path_factory):
     cells = plan_cells(config)
     output = base / "results"
     proc = start_entrypoint(config, output, env={"TFBENCH_FAULT": f"{cells[1]['cell_id']}:hang"})
-    _wait_for(
+    wait_for(
         lambda: (
             output.exists() and _runs(output) and _status(_runs(output)[0], cells[1]["cell_id"]) == "running"
         )
@@ -208,8 +199,14 @@ def test_cell_running_when_the_runner_was_killed_is_lost_then_retried_within_att
     (cell,) = plan_cells(config)
     output = tmp_path / "out"
     proc = start_entrypoint(config, output, env={"TFBENCH_FAULT": f"{cell['cell_id']}:hang"})
-    _wait_for(
-        lambda: output.exists() and _runs(output) and _status(_runs(output)[0], cell["cell_id"]) == "running"
+    wait_for(
+        lambda: (
+            output.exists()
+            and _runs(output)
+            and _status(_runs(output)[0], cell["cell_id"]) == "running"
+            # its worker started (the scratch is made just before): a kill can now cost the attempt
+            and (_runs(output)[0] / "work" / f"{cell['cell_id']}.1").is_dir()
+        )
     )
     proc.kill()  # power loss: no handler runs
     proc.communicate(timeout=30)
