@@ -23,6 +23,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -336,3 +337,28 @@ def _json(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
+
+
+def serve(monkeypatch: Any, token: str, check_token: bool = False) -> Iterator[FakeHub]:
+    """A FakeHub for the in-process Hub client (a fixture's body: `yield from serve(...)`).
+
+    Online (the suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once, at import),
+    no proxy for it, HF_TOKEN set to `token` (checked on every request if `check_token`), and
+    retries without sleeping: their delays are kept in `server.sleeps`.
+    """
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.utils import close_session
+
+    from bench import hub
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.delenv("TFBENCH_BRANCH", raising=False)
+    sleeps: list[float] = []
+    monkeypatch.setattr(hub, "_sleep", sleeps.append)
+    close_session()
+    with FakeHub(token=token if check_token else None) as server:
+        server.sleeps = sleeps  # type: ignore[attr-defined]
+        yield server
+    close_session()

@@ -14,12 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 from huggingface_hub import constants as hf_constants
-from huggingface_hub.utils import close_session
 
 from bench import history as hist
 from bench import hub
 from bench.errors import UserError
-from tests.hub_server import FakeHub
+from tests.hub_server import FakeHub, serve
 from tests.test_compare import CELLS, ENV, record, write_run
 
 TOKEN = "hf_FAKEtestTOKEN0123456789abcdefXYZ"
@@ -73,16 +72,7 @@ STEP = [1.0] * 5 + [1.10] * 5  # 10% slower from the 6th commit on
 
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch):
-    # The suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once, at import.
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("TFBENCH_BRANCH", raising=False)
-    monkeypatch.setattr(hub, "_sleep", lambda s: None)
-    close_session()
-    with FakeHub() as server:
-        yield server
-    close_session()
+    yield from serve(monkeypatch, TOKEN)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from bench import SCHEMA_VERSION, __version__, hub
 from bench.errors import EXIT_USAGE, UserError
 from bench.stats import METRICS, summarize, summarize_runs
 from bench.store import RunDir, summary_columns
-from tests.hub_server import FakeHub
+from tests.hub_server import FakeHub, serve
 
 TOKEN = "hf_FAKEtestTOKEN0123456789abcdefXYZ"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -267,18 +267,7 @@ def check_type(value: Any, feature: dict[str, Any], where: str) -> None:
 
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch):
-    # The suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once, at import.
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("TFBENCH_BRANCH", raising=False)
-    sleeps: list[float] = []
-    monkeypatch.setattr(hub, "_sleep", sleeps.append)
-    close_session()
-    with FakeHub() as server:
-        server.sleeps = sleeps  # type: ignore[attr-defined]
-        yield server
-    close_session()
+    yield from serve(monkeypatch, TOKEN)
 
 
 @pytest.fixture

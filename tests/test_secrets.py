@@ -21,8 +21,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.utils import close_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
@@ -42,7 +40,7 @@ from bench.secrets import (
 )
 
 from .conftest import TINY, run_entrypoint
-from .hub_server import FakeHub
+from .hub_server import FakeHub, serve
 from .test_compare import make_run
 
 # Example counts (a reliability table cites them); HOSTILE_EXAMPLES_SCALE=10 searches deeper, anew.
@@ -421,15 +419,7 @@ def test_a_token_in_an_error_message_of_a_variable_is_not_echoed(tmp_path: Path)
 
 @pytest.fixture
 def fake_hub(monkeypatch: pytest.MonkeyPatch):
-    # The suite runs with HF_HUB_OFFLINE=1, which huggingface_hub reads once, at import.
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setattr(hub, "_sleep", lambda s: None)
-    close_session()
-    with FakeHub(token=TOKEN) as server:
-        yield server
-    close_session()
+    yield from serve(monkeypatch, TOKEN, check_token=True)
 
 
 def test_a_run_edited_by_hand_is_uploaded_without_the_token(fake_hub: FakeHub, tmp_path: Path) -> None:
