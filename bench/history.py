@@ -105,6 +105,7 @@ from .hub import (
     offline_mode,
     scrub,
 )
+from .report import aligned_lines
 from .stats import UNITS
 from .store import Skipped, _finite, read_cell, read_json
 
@@ -1013,18 +1014,13 @@ def render_text(
     groups = commits(points)
     metric = points[0].metric if points else "?"
     rows = _rows(groups, cps, metric)
-    columns = TABLE_COLUMNS
-    right = {"runs", "n", "p50", "vs prev"}
-    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
-
-    def line(values: dict[str, str]) -> str:
-        cells = [values[c].rjust(widths[c]) if c in right else values[c].ljust(widths[c]) for c in columns]
-        return "  ".join(cells).rstrip()
-
+    right = {i for i, c in enumerate(TABLE_COLUMNS) if c in ("runs", "n", "p50", "vs prev")}
     out = _header(points, groups, excluded, hardware)
     out += [f"note: {n}" for n in notes]
-    out += ["", line({c: c for c in columns}), line({c: "-" * widths[c] for c in columns})]
-    out += [line(r) for r in rows]
+    out += [
+        "",
+        *aligned_lines(TABLE_COLUMNS, [[r[c] for c in TABLE_COLUMNS] for r in rows], right, rule=True),
+    ]
     out += ["", *_footer(cps, threshold, window)]
     return "\n".join(out) + "\n"
 

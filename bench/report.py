@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -163,20 +163,29 @@ def unmeasured_table(records: Iterable[dict[str, Any]]) -> Table | None:
     return table
 
 
+def aligned_lines(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int], rule: bool = False
+) -> list[str]:
+    """Plain text columns two spaces apart, the `right` ones right-aligned; `rule`: dashes under the header."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    out = [line(headers).rstrip()]
+    if rule:
+        out.append(line(["-" * w for w in widths]).rstrip())
+    return out + [line(r).rstrip() for r in rows]
+
+
 def text_table(headers: Iterable[str], rows: list[list[str]], title: str | None = None) -> str:
     """Plain aligned columns (numbers right-aligned), for tables too long for rich."""
     headers = list(headers)
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    numeric = [i for i in range(len(headers)) if all(r[i][:1].isdigit() or r[i] == "-" for r in rows)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
+    numeric = {i for i in range(len(headers)) if all(r[i][:1].isdigit() or r[i] == "-" for r in rows)}
     out = [title] if title else []
-    out += [line(headers).rstrip(), *(line(r).rstrip() for r in rows)]
-    return "\n".join(out) + "\n"
+    return "\n".join([*out, *aligned_lines(headers, rows, numeric)]) + "\n"
 
 
 def print_summary(console: Console, records: list[dict[str, Any]], title: str | None = None) -> None:

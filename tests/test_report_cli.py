@@ -49,3 +49,31 @@ def test_history_flags_the_commit_that_slowed_down(tmp_path, capsys):
     assert plot.read_bytes().startswith(PNG)
     assert main([*args, "--metric", "speed"]) == 2
     assert "speed" in capsys.readouterr().err
+
+
+def test_a_large_run_is_printed_as_plain_aligned_text():
+    """Above RICH_ROW_LIMIT rows the summary is plain text: one line per cell, numbers right-aligned."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from bench.report import RICH_ROW_LIMIT, SUMMARY_HEADERS, print_summary
+
+    from .test_compare import cell_axes, record
+
+    rng = np.random.default_rng(0)
+    n = RICH_ROW_LIMIT + 1
+    records = [record(cell_axes(i, batch=i + 1), rng, n=3) for i in range(n - 1)]
+    records.append(record(cell_axes(n - 1, batch=n), rng, status="failed", reason="boom"))
+    buf = io.StringIO()
+    print_summary(Console(file=buf, width=100), records, title="big")
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "big" and lines[1].split()[:3] == list(SUMMARY_HEADERS[:3])
+    rows = lines[2 : 2 + n]
+    assert len({len(r) for r in rows[:-1]}) == 1  # aligned: equal widths up to the last column
+    assert rows[0].split()[-1] == records[0]["cell_id"][:8]
+    assert "cells without measurements" in lines and lines[-1].split()[-2:] == [
+        "boom",
+        records[-1]["cell_id"][:8],
+    ]
