@@ -668,8 +668,7 @@ def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
     run_path = Path(args.run_dir)
     if not run_path.is_dir():
         raise UserError(f"{run_path} is not a directory; give <output>/<run id> of a sharded run")
-    records: list[dict[str, Any]] = []
-    merged = merge(run_path, warn=lambda skipped: warn_skipped(log, skipped), merged_records=records)
+    merged, records = merge(run_path, warn=lambda skipped: warn_skipped(log, skipped))
     if log.human:
         print_summary(out, records, title=f"{merged['run_id']} (merged)")
     text = ", ".join(f"{v} {k}" for k, v in sorted(merged["counts"].items()) if v)

@@ -130,15 +130,12 @@ def merge(
     run_path: Path,
     shards: Shards | None = None,
     warn: Callable[[Skipped], None] | None = None,
-    merged_records: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Merge the shards under run_path into run_path; returns the merged run.json.
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Merge the shards under run_path into run_path; returns the merged run.json and cell records.
 
     `shards`: already read and checked by the caller (try_merge), so they are not read twice.
     `warn`: called with each file in a shard's cells/ that is not a cell record.
-    `merged_records`: if given, receives the merged cell records (no need to read them back).
     """
-    merged_records = [] if merged_records is None else merged_records
     if shards is None:
         shards = read_shards(run_path)
         problems = check(shards)
@@ -185,8 +182,7 @@ def merge(
         "environment": first.get("environment"),
     }
     rundir.write_run(merged)
-    merged_records.extend(records)
-    return merged
+    return merged, records
 
 
 def _merged_form(rec: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -250,7 +246,7 @@ def try_merge(
         problems = check(shards)
         if problems:
             return None, problems
-        return merge(run_path, shards, warn), []
+        return merge(run_path, shards, warn)[0], []
     except MergeError as exc:
         return None, [str(exc)]
     finally:
