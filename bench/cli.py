@@ -462,6 +462,7 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
     from .logs import JsonReporter
     from .report import ProgressReporter, print_summary
     from .runner import Runner
+    from .store import status_counts
 
     sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
     rundir = sel.rundir
@@ -503,9 +504,7 @@ def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Cons
         )
         code = runner.execute()
         records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]
-    counts: dict[str, int] = {}
-    for rec in records:
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    counts = status_counts(records)
     if log.human:
         print_summary(out, records, title=f"{label}: {cfg.model} on {device}")
     text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)

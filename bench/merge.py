@@ -20,7 +20,7 @@ from typing import Any
 from . import SCHEMA_VERSION, __version__
 from .errors import UserError
 from .resume import RunLock, read_run
-from .store import RunDir, Skipped, scan_cells, storage_errors, to_json, write_new_text
+from .store import RunDir, Skipped, scan_cells, status_counts, storage_errors, to_json, write_new_text
 
 MERGE_LOCK = ".merge.lock"
 
@@ -146,9 +146,7 @@ def merge(
     _replace_cells(rundir, records, first["run_id"], shards.verbatim)
     rundir.write_summary(records, durable=False)
     os.sync()  # the derived files reach the disk before run.json says the merge is done
-    counts: dict[str, int] = {}
-    for rec in records:
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    counts = status_counts(records)
     metas = [
         shards.metas[name] for name in sorted(shards.metas, key=lambda n: shards.metas[n]["shard"]["index"])
     ]

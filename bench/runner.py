@@ -28,7 +28,7 @@ from .errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
 from .matrix import Cell, Plan
 from .resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
 from .secrets import redact_file
-from .store import RunDir, read_json, storage_errors
+from .store import RunDir, read_json, status_counts, storage_errors
 
 FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 LOG_TAIL_LINES = 30
@@ -241,10 +241,7 @@ class Runner:
             if (rec := self.records.get(c.cell_id)) is not None and rec["status"] != "running"
         ]
         if self.meta:
-            counts: dict[str, int] = {}
-            for r in written:
-                counts[r["status"]] = counts.get(r["status"], 0) + 1
-            counts["not_run"] = len(self.plan.cells) - len(written)
+            counts = status_counts(written, len(self.plan.cells))
             self.meta.update(
                 finished_at=now_iso(),
                 status="interrupted",
@@ -327,11 +324,7 @@ class Runner:
             self.reporter.stop()
         mine = [records[c.cell_id] for c in self.plan.cells if c.cell_id in records]
         self.rundir.write_summary(mine)
-        counts: dict[str, int] = {}
-        for rec in mine:
-            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-        counts["not_run"] = len(self.plan.cells) - len(mine)
-        self.state.counts = counts
+        counts = self.state.counts = status_counts(mine, len(self.plan.cells))
         interrupted = self.state.stop_signal is not None
         meta.update(
             finished_at=now_iso(),

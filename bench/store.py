@@ -146,6 +146,16 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(f)
 
 
+def status_counts(records: Iterable[dict[str, Any]], planned: int | None = None) -> dict[str, int]:
+    """How many records have each status; with `planned`, also how many planned cells have none."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    if planned is not None:
+        counts["not_run"] = planned - sum(counts.values())
+    return counts
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A file in a run directory that is not what tfbench writes there (a cell record), and why."""
