@@ -136,14 +136,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _json_problem(path: Path) -> str | None:
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """(the file's JSON, None), or (None, what is wrong with it in words)."""
     try:
-        json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")), None
     except json.JSONDecodeError as exc:
-        return f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        return None, f"{path.name} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
     except (OSError, UnicodeDecodeError) as exc:
-        return f"{path.name} cannot be read ({_short(exc)})"
-    return None
+        return None, f"{path.name} cannot be read ({_short(exc)})"
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -176,10 +176,10 @@ def _safetensors_problem(path: Path) -> str | None:
 def _weight_problems(directory: Path) -> list[str]:
     problems: list[str] = []
     for index in sorted(directory.glob("*.index.json")):
-        if (bad := _json_problem(index)) is not None:
+        index_data, bad = _read_json(index)
+        if bad is not None:
             problems.append(bad)
             continue
-        index_data = json.loads(index.read_text(encoding="utf-8"))
         weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
         for name in sorted({v for v in (weight_map or {}).values() if isinstance(v, str)}):
             if not (directory / name).is_file():
@@ -198,7 +198,7 @@ def model_dir_problems(directory: Path, tokenizer_failed: bool) -> list[str]:
     config = directory / "config.json"
     if not config.is_file():
         problems.append("no config.json")
-    elif (bad := _json_problem(config)) is not None:
+    elif (bad := _read_json(config)[1]) is not None:
         problems.append(bad)
     problems += _weight_problems(directory)
     # Only when the tokenizer is what failed: a model may keep its tokenizer in a form not listed.
