@@ -19,9 +19,18 @@ from typing import Any
 
 from rich.console import Console
 
-from . import __version__
-from .config import ALLOWED, DEMO_CONFIG, NAME_RE, LoadedConfig, field_names, load_configs, parse_text_value
-from .errors import (
+from bench import __version__
+from bench.config.presets import PRESETS
+from bench.config.schema import (
+    ALLOWED,
+    DEMO_CONFIG,
+    NAME_RE,
+    LoadedConfig,
+    field_names,
+    load_configs,
+    parse_text_value,
+)
+from bench.errors import (
     EXIT_CELL_FAILED,
     EXIT_OK,
     EXIT_PUSH_FAILED,
@@ -31,11 +40,10 @@ from .errors import (
     StorageError,
     UserError,
 )
-from .hardware import Accelerators, detect_accelerators, environment, is_installed, measured_commit
-from .logs import LOG_FORMATS, HumanLog, JsonLog, log_format
-from .matrix import Capabilities, Plan, build_plan
-from .presets import PRESETS
-from .secrets import redacting_output
+from bench.output.logs import LOG_FORMATS, HumanLog, JsonLog, log_format
+from bench.plan.matrix import Capabilities, Plan, build_plan
+from bench.run.machine import Accelerators, detect_accelerators, environment, is_installed, measured_commit
+from bench.secrets import redacting_output
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 DEFAULT_OUTPUT = "results"
@@ -207,8 +215,8 @@ def _run_id(args: argparse.Namespace, index: int, total: int) -> str | None:
 
 
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
-    from .report import plan_lines, plan_table, shard_table
-    from .shard import assign, shard_summary
+    from bench.output.tables import plan_lines, plan_table, shard_table
+    from bench.plan.shard import assign, shard_summary
 
     if args.shards is not None and args.shards < 1:
         raise UserError(f"--shards = {args.shards}: allowed: an integer >= 1")
@@ -262,7 +270,7 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
 
 
 def _settings(cfg: Any) -> Any:
-    from .runner import Settings
+    from bench.run.runner import Settings
 
     return Settings(
         warmup_iterations=cfg.warmup_iterations,
@@ -278,7 +286,7 @@ def _settings(cfg: Any) -> Any:
 
 
 def _exit_code(records: list[dict[str, Any]]) -> int:
-    from .runner import FAILED_STATUSES
+    from bench.run.runner import FAILED_STATUSES
 
     return EXIT_CELL_FAILED if any(r["status"] in FAILED_STATUSES for r in records) else EXIT_OK
 
@@ -299,9 +307,9 @@ class Job:
 
 
 def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
-    from .resume import hardware_signature, identity, select_run
-    from .runner import new_run_id
-    from .shard import parse_shard, shard_plan
+    from bench.plan.shard import parse_shard, shard_plan
+    from bench.run.resume import hardware_signature, identity, select_run
+    from bench.run.runner import new_run_id
 
     configs = _configs(args)
     shard = parse_shard(os.environ, args.shard)
@@ -321,7 +329,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
         output = Path(cfg.output or DEFAULT_OUTPUT)
         run_id = _run_id(args, i, len(configs))  # before the output is made: a bad id creates nothing
         if cfg.push_to_hub:
-            from .hub import check_push_config
+            from bench.hub.push import check_push_config
 
             try:  # a token and a reachable Hub, before any model loads
                 check_push_config(cfg.push_to_hub)
@@ -373,7 +381,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
 
 def _run_meta(job: Job, env: dict[str, Any], commit: Any) -> dict[str, Any]:
     """run.json of a new run, or of the continued one with this invocation added."""
-    from .runner import now_iso
+    from bench.run.runner import now_iso
 
     sel, shard, cfg = job.selected, job.shard, job.loaded.config
     invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
@@ -410,7 +418,7 @@ def _run_meta(job: Job, env: dict[str, Any], commit: Any) -> dict[str, Any]:
 
 def _merge_if_last(job: Job, log: Any) -> bool:
     """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
-    from .merge import try_merge
+    from bench.run.merge import try_merge
 
     run_id, shard = job.selected.rundir.run_id, job.shard
     run_path = job.output / run_id
@@ -459,10 +467,10 @@ def _set_aside(job: Job, log: Any) -> None:
 
 
 def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
-    from .logs import JsonReporter
-    from .report import ProgressReporter, print_summary
-    from .runner import Runner
-    from .store import status_counts
+    from bench.output.logs import JsonReporter
+    from bench.output.tables import ProgressReporter, print_summary
+    from bench.results.store import status_counts
+    from bench.run.runner import Runner
 
     sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
     rundir = sel.rundir
@@ -534,10 +542,10 @@ def _push(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
 
     A failed upload never touches the local results; the message says how to push later.
     """
-    from .hub import PushError, push_run
-    from .resume import read_run
-    from .runner import now_iso
-    from .store import atomic_write_json
+    from bench.hub.push import PushError, push_run
+    from bench.results.store import atomic_write_json
+    from bench.run.resume import read_run
+    from bench.run.runner import now_iso
 
     meta = read_run(run_path) or {}
     done = meta.get("pushed") or {}
@@ -571,7 +579,7 @@ def _push(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:
-    from .compare import METRICS
+    from bench.analysis.compare import METRICS
 
     out: dict[str, float] = {}
     for item in items:
@@ -591,7 +599,7 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 def _load_run(source: str, log: Any) -> Any:
     """A run for compare or report; files in its cells/ that are not records are named and skipped."""
-    from .compare import load_run
+    from bench.analysis.compare import load_run
 
     run = load_run(source)
     for skipped in run.skipped:
@@ -600,7 +608,7 @@ def _load_run(source: str, log: Any) -> Any:
 
 
 def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from .compare import compare_runs, exit_code, to_json, to_markdown, to_table
+    from bench.analysis.compare import compare_runs, exit_code, to_json, to_markdown, to_table
 
     base, new = _load_run(args.base, log), _load_run(args.new, log)
     cmp = compare_runs(base, new, _thresholds(args.threshold), args.alpha)
@@ -611,7 +619,7 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
     else:
         out.print(to_table(cmp))
     if args.html or args.png:
-        from .plots import write_compare_report
+        from bench.output.plots import write_compare_report
 
         for path in write_compare_report(cmp, args.html, args.png):
             sys.stderr.write(f"wrote {path}\n")
@@ -619,13 +627,13 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 
 def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from .report import print_summary
+    from bench.output.tables import print_summary
 
     run = _load_run(args.run_dir, log)
     records = list(run.cells.values())
     print_summary(out, records, title=f"{run.meta.get('run_id')}")
     if args.html or args.png:
-        from .plots import write_run_report
+        from bench.output.plots import write_run_report
 
         for path in write_run_report(run, args.html, args.png):
             sys.stderr.write(f"wrote {path}\n")
@@ -633,7 +641,7 @@ def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 
 def cmd_history(args: argparse.Namespace, log: Any) -> int:
-    from .history import history
+    from bench.analysis.history import history
 
     text, code = history(
         args.source,
@@ -651,7 +659,7 @@ def cmd_history(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_push(args: argparse.Namespace, log: Any) -> int:
-    from .hub import check_push_config
+    from bench.hub.push import check_push_config
 
     run_path = Path(args.run_dir)
     if not (run_path / "run.json").is_file():
@@ -661,8 +669,8 @@ def cmd_push(args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from .merge import merge
-    from .report import print_summary
+    from bench.output.tables import print_summary
+    from bench.run.merge import merge
 
     run_path = Path(args.run_dir)
     if not run_path.is_dir():

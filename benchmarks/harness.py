@@ -43,8 +43,8 @@ OVERHEAD_CELL = {
 BARE_LOOP = r"""
 import json, statistics, sys, time
 import torch
-from bench import models
-from bench.worker import exact_greedy_config
+from bench.worker import models
+from bench.worker.cell import exact_greedy_config
 cfg = json.loads(sys.argv[1])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))
@@ -72,9 +72,9 @@ AB_IN_PROCESS = r"""
 import json, random, statistics, sys, time
 import torch
 from transformers import LogitsProcessorList
-from bench import models
-from bench.timing import HostClock
-from bench.worker import TokenClockProcessor, exact_greedy_config
+from bench.worker import models
+from bench.worker.timing import HostClock
+from bench.worker.cell import TokenClockProcessor, exact_greedy_config
 cfg, pairs = json.loads(sys.argv[1]), int(sys.argv[2])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))
@@ -201,7 +201,7 @@ def bench_isolation(cells: int) -> dict:
     fresh = []
     for _ in range(3):
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import bench.worker"], env=env(), cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-c", "import bench.worker.cell"], env=env(), cwd=ROOT, check=True)
         fresh.append(time.perf_counter() - t)
     return {
         "cells": len(overheads),
@@ -274,7 +274,7 @@ def bench_plan(repeats: int = 5) -> dict:
 
 
 def machine() -> str:
-    from bench.hardware import cpu_model
+    from bench.run.machine import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

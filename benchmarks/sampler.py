@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.monitor import Sampler  # noqa: E402
+from bench.worker.telemetry import Sampler  # noqa: E402
 
 STAND_IN = "benchmarks.sampler:stand_in"  # what the sampler process imports in process mode
 NONE: tuple[str, float | None] = ("none", None)
@@ -199,8 +199,8 @@ def python_workload(target_s: float) -> Any:
 def llama_workload(target_s: float, device: str) -> Any:
     import torch
 
-    from bench import models
-    from bench.worker import exact_greedy_config
+    from bench.worker import models
+    from bench.worker.cell import exact_greedy_config
 
     torch.set_num_threads(1)
     net, tok = models.load("synthetic:llama-tiny", None, {}, "float32", device, "sdpa", False, 0)

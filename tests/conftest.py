@@ -90,8 +90,8 @@ def cells_by_id(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def plan_cells(config: Path) -> list[dict[str, Any]]:
     """The plan's cells as the runner will see them (computed in-process, no torch)."""
-    from bench.config import load_configs
-    from bench.matrix import Capabilities, build_plan
+    from bench.config.schema import load_configs
+    from bench.plan.matrix import Capabilities, build_plan
 
     (loaded,) = load_configs(config, environ={})
     return [c.to_dict() for c in build_plan(loaded.config, Capabilities("cpu", False, False)).cells]

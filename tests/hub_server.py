@@ -349,7 +349,7 @@ def serve(monkeypatch: Any, token: str, check_token: bool = False) -> Iterator[F
     from huggingface_hub import constants as hf_constants
     from huggingface_hub.utils import close_session
 
-    from bench import hub
+    from bench.hub import push as hub
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from bench import compare as cmpmod
-from bench.compare import (
+from bench.analysis import compare as cmpmod
+from bench.analysis.compare import (
     IMPROVEMENT,
     INSUFFICIENT,
     NOT_TESTED,
@@ -30,8 +30,8 @@ from bench.compare import (
     to_table,
 )
 from bench.errors import UserError
-from bench.matrix import cell_name
-from bench.stats import run_metrics, summarize, summarize_runs
+from bench.plan.matrix import cell_name
+from bench.results.stats import run_metrics, summarize, summarize_runs
 
 SEQ = 128
 NEW_TOKENS = 32

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.cli import main
-from bench.config import (
+from bench.config.schema import (
     ATTN_IMPLEMENTATIONS,
     BenchConfig,
     load_configs,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from bench.config import field_names
-from bench.presets import PRESETS
+from bench.config.presets import PRESETS
+from bench.config.schema import field_names
 
 from .conftest import ROOT
 
@@ -44,7 +44,7 @@ def test_every_shipped_config_is_valid(capsys):
 
 
 def test_every_environment_variable_is_in_the_table():
-    from bench.config import NON_FIELD_ENV
+    from bench.config.schema import NON_FIELD_ENV
 
     documented = set(re.findall(r"^\| `([A-Z_]+)` \|", README, flags=re.M))
     assert documented >= NON_FIELD_ENV | {"HF_TOKEN", "HF_HOME"}, NON_FIELD_ENV - documented

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from bench import SCHEMA_VERSION, __version__
-from bench.stats import METRICS, STAT_NAMES
-from bench.store import summary_columns
+from bench.results.stats import METRICS, STAT_NAMES
+from bench.results.store import summary_columns
 
 from .conftest import cells_by_id, only_run_dir, start_entrypoint, write_config
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bench.store import scan_cells
+from bench.results.store import scan_cells
 
 from .conftest import plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
 from .hub_server import FakeHub

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from bench import monitor
+from bench.worker import telemetry as monitor
 
 from .conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
 from .test_monitor import FakeNVML
@@ -63,7 +63,7 @@ def test_gpu_monitoring_off_says_so(tmp_path):
 
 
 def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch):
-    from bench import worker
+    from bench.worker import cell as worker
 
     fake = FakeNVML(n=1)
     monkeypatch.setattr(

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from huggingface_hub import constants as hf_constants
 
-from bench import history as hist
-from bench import hub
+from bench.analysis import history as hist
 from bench.errors import UserError
+from bench.hub import push as hub
 from tests.hub_server import FakeHub, serve
 from tests.test_compare import CELLS, ENV, record, write_run
 
@@ -319,7 +319,7 @@ def test_a_hub_repo_without_runs_and_an_unknown_cell(fake_hub: FakeHub, tmp_path
 
 def test_compare_reads_runs_back_from_the_hub(fake_hub: FakeHub, tmp_path: Path) -> None:
     """`tfbench compare hub:ORG/NAME@COMMIT ...`: the same verdicts as on the run directories."""
-    from bench.compare import compare_runs, load_run, to_json
+    from bench.analysis.compare import compare_runs, load_run, to_json
 
     base, new = write_history(tmp_path / "runs", [1.0, 1.10])
     for run in (base, new):

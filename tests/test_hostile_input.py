@@ -36,12 +36,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bench import cli, hub
-from bench.config import BenchConfig, field_names, load_configs
+from bench import cli
+from bench.config.schema import BenchConfig, field_names, load_configs
 from bench.errors import UserError
-from bench.runner import new_run_id
-from bench.shard import Shard
-from bench.store import RunDir
+from bench.hub import push as hub
+from bench.plan.shard import Shard
+from bench.results.store import RunDir
+from bench.run.runner import new_run_id
 
 from .conftest import TINY, run_entrypoint, write_config
 from .test_compare import make_run
@@ -131,9 +132,9 @@ def invoke(argv: list[str], env: dict[str, str] | None = None) -> Outcome:
     with (
         mock.patch.dict(os.environ, base_environ(env), clear=True),
         mock.patch.object(hf_constants, "HF_HUB_OFFLINE", True),
-        mock.patch("bench.resume.select_run", _tripwire),
-        mock.patch("bench.runner.Runner.execute", _tripwire),
-        mock.patch("bench.runner.start_worker_server", _tripwire),
+        mock.patch("bench.run.resume.select_run", _tripwire),
+        mock.patch("bench.run.runner.Runner.execute", _tripwire),
+        mock.patch("bench.run.runner.start_worker_server", _tripwire),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
@@ -802,7 +803,7 @@ def test_a_run_id_from_the_hub_cannot_lead_a_download_out_of_its_folder(
     a dataset whose run_id climbs out (../../x) is refused, and nothing lands outside the cache."""
     from huggingface_hub.utils import close_session
 
-    from bench.history import load_hub_run
+    from bench.analysis.history import load_hub_run
 
     from .hub_server import FakeHub
 

@@ -20,10 +20,11 @@ import yaml
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import close_session
 
-from bench import SCHEMA_VERSION, __version__, hub
+from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_USAGE, UserError
-from bench.stats import METRICS, summarize, summarize_runs
-from bench.store import RunDir, summary_columns
+from bench.hub import push as hub
+from bench.results.stats import METRICS, summarize, summarize_runs
+from bench.results.store import RunDir, summary_columns
 from tests.hub_server import FakeHub, serve
 
 TOKEN = "hf_FAKEtestTOKEN0123456789abcdefXYZ"

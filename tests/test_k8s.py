@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bench.config import ENV_PREFIX, NAME_RE, NON_FIELD_ENV, field_names
+from bench.config.schema import ENV_PREFIX, NAME_RE, NON_FIELD_ENV, field_names
 
 from .conftest import ROOT
 

@@ -15,8 +15,8 @@ def local_model(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from bench.models import synthetic_tokenizer
-    from bench.presets import PRESETS
+    from bench.config.presets import PRESETS
+    from bench.worker.models import synthetic_tokenizer
 
     path = tmp_path_factory.mktemp("model") / "tiny-llama"
     torch.manual_seed(0)

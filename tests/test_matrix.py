@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bench.config import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, validate
-from bench.matrix import Capabilities, Cell, build_plan, coverage_combos, resolve_dtype, skip_reason
+from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, validate
+from bench.plan.matrix import Capabilities, Cell, build_plan, coverage_combos, resolve_dtype, skip_reason
 
 TINY = "synthetic:llama-tiny"
 CPU = Capabilities(device="cpu", flash_attn=False, kernels=False)

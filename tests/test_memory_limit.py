@@ -54,8 +54,8 @@ def _task(cell: dict, directory: Path, limit_gb: float | None) -> dict:
 
 def _run_worker(task: dict) -> dict:
     """One worker, forked from the fork server as the runner forks it."""
-    from bench.child import main as child_main
-    from bench.runner import worker_context
+    from bench.run.runner import worker_context
+    from bench.worker.child import main as child_main
 
     ctx = worker_context()
     receiver, sender = ctx.Pipe(duplex=False)
@@ -124,7 +124,7 @@ def test_run_with_a_memory_limit(tmp_path, source):
 def test_is_oom_knows_every_allocator_failure():
     import torch
 
-    from bench.worker import is_oom
+    from bench.worker.cell import is_oom
 
     cpu = RuntimeError(
         "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "

@@ -59,8 +59,8 @@ def models_dir(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from bench.models import synthetic_tokenizer
-    from bench.presets import PRESETS
+    from bench.config.presets import PRESETS
+    from bench.worker.models import synthetic_tokenizer
 
     base = tmp_path_factory.mktemp("models")
     good = base / "good"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bench import monitor
-from bench.monitor import (
+from bench.worker import telemetry as monitor
+from bench.worker.telemetry import (
     Sampler,
     Unavailable,
     decode_clock_reasons,

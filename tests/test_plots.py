@@ -15,9 +15,9 @@ import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from bench import plots
-from bench.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs, load_run
+from bench.analysis.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs, load_run
 from bench.errors import UserError
+from bench.output import plots
 from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +86,7 @@ def tick_labels(ax: Any) -> list[str]:
 
 
 def test_import_does_not_load_matplotlib():
-    code = "import sys, bench.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, bench.output.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -58,7 +58,7 @@ def test_a_large_run_is_printed_as_plain_aligned_text():
     import numpy as np
     from rich.console import Console
 
-    from bench.report import RICH_ROW_LIMIT, SUMMARY_HEADERS, print_summary
+    from bench.output.tables import RICH_ROW_LIMIT, SUMMARY_HEADERS, print_summary
 
     from .test_compare import cell_axes, record
 

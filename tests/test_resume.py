@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.resume import charged_attempts, identity_differences, needs_run, previous_attempts
+from bench.run.resume import charged_attempts, identity_differences, needs_run, previous_attempts
 
 from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.roofline import (
+from bench.worker.roofline import (
     GPUS,
     ModelFacts,
     attention_flops,
@@ -364,5 +364,5 @@ def test_model_facts_tiny_gpt2():
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, bench.roofline; sys.exit('torch' in sys.modules)"
+    code = "import sys, bench.worker.roofline; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

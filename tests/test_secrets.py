@@ -25,9 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from bench import hub
 from bench.cli import main
-from bench.logs import HumanLog, JsonLog
+from bench.hub import push as hub
+from bench.output.logs import HumanLog, JsonLog
 from bench.secrets import (
     REDACTED,
     RedactingStream,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.config import validate
+from bench.config.schema import validate
 from bench.errors import UserError
-from bench.matrix import Capabilities, build_plan
-from bench.shard import Shard, assign, cell_cost, parse_shard, shard_plan
+from bench.plan.matrix import Capabilities, build_plan
+from bench.plan.shard import Shard, assign, cell_cost, parse_shard, shard_plan
 
 GPU = Capabilities(device="cuda", flash_attn=False, kernels=False)
 

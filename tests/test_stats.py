@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.stats import METRICS, STAT_NAMES, run_metrics, summarize, summarize_runs
+from bench.results.stats import METRICS, STAT_NAMES, run_metrics, summarize, summarize_runs
 
 
 def test_summarize_hand_computed():

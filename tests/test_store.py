@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from bench.store import RunDir, atomic_write_json, summary_columns, summary_row
+from bench.results.store import RunDir, atomic_write_json, summary_columns, summary_row
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bench.timing import EventClock, HostClock
+from bench.worker.timing import EventClock, HostClock
 
 
 class StandInEvent:
@@ -80,7 +80,7 @@ def test_event_clock_resets_between_runs():
 
 @pytest.mark.parametrize("clock_factory", [HostClock, lambda: EventClock(StandInEvent, lambda: None, 4)])
 def test_identity_holds_for_both_clocks(clock_factory):
-    from bench.stats import run_metrics
+    from bench.results.stats import run_metrics
 
     clock = clock_factory()
     clock.start()

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
-from .presets import preset_for
+from bench.config.presets import preset_for
+from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
 
 # Bump only if the meaning of a cell changes; ids must stay stable across releases otherwise.
 CELL_ID_VERSION = 1

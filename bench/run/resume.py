@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .matrix import Plan
-from .store import RunDir, Skipped, atomic_write_json, read_json, scan_cells, storage_errors
+from bench.plan.matrix import Plan
+from bench.results.store import RunDir, Skipped, atomic_write_json, read_json, scan_cells, storage_errors
 
 # Run statuses that a later invocation may continue ("running" is what a killed runner leaves).
 UNFINISHED = ("running", "interrupted")
@@ -255,7 +255,7 @@ def select_run(
     finished there is nothing to do. Without a name, unfinished runs of the same identity are
     continued, newest first, skipping any that a live process holds.
     """
-    from .errors import UserError
+    from bench.errors import UserError
 
     if run_id is not None:
         rundir = RunDir(output, run_id, shard)

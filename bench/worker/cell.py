@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from . import models, monitor, roofline
-from .presets import is_synthetic
-from .stats import run_metrics, summarize, summarize_runs
-from .store import atomic_write_json
-from .timing import HostClock, make_clock
+from bench.config.presets import is_synthetic
+from bench.results.stats import run_metrics, summarize, summarize_runs
+from bench.results.store import atomic_write_json
+from bench.worker import models, roofline
+from bench.worker import telemetry as monitor
+from bench.worker.timing import HostClock, make_clock
 
 # Modules transformers imports lazily inside from_pretrained and generate (about 1-2 s). The fork
 # server imports this module once, so every worker starts with them loaded. Import only: the

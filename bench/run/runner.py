@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import SCHEMA_VERSION, __version__
-from .errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
-from .matrix import Cell, Plan
-from .resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
-from .secrets import redact_file
-from .store import RunDir, read_json, status_counts, storage_errors
+from bench import SCHEMA_VERSION, __version__
+from bench.errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
+from bench.plan.matrix import Cell, Plan
+from bench.results.store import RunDir, read_json, status_counts, storage_errors
+from bench.run.resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
+from bench.secrets import redact_file
 
 FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 LOG_TAIL_LINES = 30
@@ -59,7 +59,7 @@ def worker_context() -> Any:
         os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["bench.worker"])
+        ctx.set_forkserver_preload(["bench.worker.cell"])
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -71,7 +71,7 @@ def start_worker_server(stop: Callable[[], bool] = lambda: False) -> bool:
     signal handler cannot cut short; so it runs in a thread, and this returns False as soon as
     `stop()` says so. The server, a child of this process, ends when this process exits.
     """
-    from .child import ping
+    from bench.worker.child import ping
 
     def check() -> None:
         proc = worker_context().Process(target=ping, name="tfbench-server-check")
@@ -439,7 +439,7 @@ class Runner:
         guard_r, guard_w = ctx.Pipe(duplex=False)
         ooms_before = oom_kill_count()
         started_at = now_iso()
-        from .child import main as child_main
+        from bench.worker.child import main as child_main
 
         proc = ctx.Process(target=child_main, args=(task, sender, guard_r), name=f"tfbench-{cell.cell_id}")
         t_start = time.perf_counter()

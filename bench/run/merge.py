@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import SCHEMA_VERSION, __version__
-from .errors import UserError
-from .resume import RunLock, read_run
-from .store import RunDir, Skipped, scan_cells, status_counts, storage_errors, to_json, write_new_text
+from bench import SCHEMA_VERSION, __version__
+from bench.errors import UserError
+from bench.results.store import (
+    RunDir,
+    Skipped,
+    scan_cells,
+    status_counts,
+    storage_errors,
+    to_json,
+    write_new_text,
+)
+from bench.run.resume import RunLock, read_run
 
 MERGE_LOCK = ".merge.lock"
 

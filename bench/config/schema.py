@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
-from .errors import ConfigError, ConfigNotFoundError
-from .presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
-from .secrets import looks_like_token
+from bench.config.presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
+from bench.errors import ConfigError, ConfigNotFoundError
+from bench.secrets import looks_like_token
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -44,11 +44,19 @@ from typing import Any
 
 import yaml
 
-from . import __version__
-from .errors import UserError
-from .secrets import REDACTED, redact, redact_bytes
-from .stats import METRICS, RUN_METRICS, STAT_NAMES
-from .store import GPU_COLUMNS, Skipped, gpu_row, read_json, scan_cells, summary_columns, summary_row
+from bench import __version__
+from bench.errors import UserError
+from bench.results.stats import METRICS, RUN_METRICS, STAT_NAMES
+from bench.results.store import (
+    GPU_COLUMNS,
+    Skipped,
+    gpu_row,
+    read_json,
+    scan_cells,
+    summary_columns,
+    summary_row,
+)
+from bench.secrets import REDACTED, redact, redact_bytes
 
 logger = logging.getLogger(__name__)
 

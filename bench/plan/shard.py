@@ -10,8 +10,8 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .errors import UserError
-from .matrix import Cell, Plan
+from bench.errors import UserError
+from bench.plan.matrix import Cell, Plan
 
 # A fixed per-cell cost (load, warm-up set-up, process start) in the unit of the estimate:
 # tokens through the model. Keeps many tiny cells from piling onto one shard.

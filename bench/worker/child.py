@@ -51,7 +51,7 @@ def limit_memory(limit_gb: float | None) -> int | None:
 
 def _fail_early(task: dict[str, Any], exc: BaseException, what: str) -> None:
     """Write a failed result for an error before the worker proper started, and leave."""
-    from .store import atomic_write_json
+    from bench.results.store import atomic_write_json
 
     traceback.print_exc()
     atomic_write_json(
@@ -79,7 +79,7 @@ def main(task: dict[str, Any], conn: Any, guard: Any) -> None:
     except (OSError, ValueError) as exc:
         _fail_early(task, exc, f"cannot apply cell_memory_limit_gb={task.get('cell_memory_limit_gb')}")
     try:
-        from .worker import run_cell
+        from bench.worker.cell import run_cell
     except BaseException as exc:  # noqa: BLE001 - a broken install must still yield a result
         _fail_early(task, exc, "worker import failed")
     run_cell(task, conn, entered)

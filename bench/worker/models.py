@@ -21,7 +21,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .presets import PRESETS, Preset, preset_for
+from bench.config.presets import PRESETS, Preset, preset_for
 
 # The fixed prompt every cell tokenizes, repeats and cuts to exactly sequence_length tokens.
 DEFAULT_PROMPT = (

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compare import (
+from bench.analysis.compare import (
     DEFAULT_ALPHA,
     HIGHER_IS_BETTER,
     IMPROVEMENT,
@@ -55,8 +55,8 @@ from .compare import (
     headline,
     load_run,
 )
-from .errors import UserError
-from .report import combo_label, fmt_bytes, fmt_rate
+from bench.errors import UserError
+from bench.output.tables import combo_label, fmt_bytes, fmt_rate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

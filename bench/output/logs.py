@@ -17,9 +17,9 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import UserError
-from .matrix import Cell, Plan
-from .secrets import redact
+from bench.errors import UserError
+from bench.plan.matrix import Cell, Plan
+from bench.secrets import redact
 
 LOG_FORMATS = ("human", "json")
 # Stats a cell_done event carries, so a log collector can chart runs without reading files.

@@ -87,9 +87,9 @@ import numpy as np
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import UserError
-from .stats import RUN_METRICS, UNITS
-from .store import Skipped, _finite, read_json, scan_cells
+from bench.errors import UserError
+from bench.results.stats import RUN_METRICS, UNITS
+from bench.results.store import Skipped, _finite, read_json, scan_cells
 
 # Metrics tested from raw per-run samples, in the order tables use.
 KEY_METRICS = RUN_METRICS
@@ -165,7 +165,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             raise UserError(
                 f"{text!r}: a Hub run is hub:ORG/NAME@COMMIT (a measured commit sha, 7+) or @RUN_ID"
             )
-        from .history import load_hub_run
+        from bench.analysis.history import load_hub_run
 
         return load_hub_run(repo, ref)
     return _load_dir(path)

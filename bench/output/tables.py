@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .matrix import Cell, Plan
+from bench.plan.matrix import Cell, Plan
 
 STATUS_STYLE = {
     "ok": "green",

@@ -30,9 +30,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import StorageError
-from .secrets import redact
-from .stats import METRICS, STAT_NAMES
+from bench.errors import StorageError
+from bench.results.stats import METRICS, STAT_NAMES
+from bench.secrets import redact
 
 AXES = (
     "model",

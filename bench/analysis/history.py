@@ -79,8 +79,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .compare import (
+from bench import __version__
+from bench.analysis.compare import (
     DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
     HIGHER_IS_BETTER,
@@ -94,8 +94,8 @@ from .compare import (
     rank_test,
     samples,
 )
-from .errors import UserError
-from .hub import (
+from bench.errors import UserError
+from bench.hub.push import (
     _CELL_FIELDS,
     CONFIG_FULL,
     CONFIG_SUMMARIZED,
@@ -105,9 +105,9 @@ from .hub import (
     offline_mode,
     scrub,
 )
-from .report import aligned_lines
-from .stats import UNITS
-from .store import Skipped, _finite, read_cell, read_json
+from bench.output.tables import aligned_lines
+from bench.results.stats import UNITS
+from bench.results.store import Skipped, _finite, read_cell, read_json
 
 DEFAULT_WINDOW = 3
 FORMATS = ("text", "markdown", "json")

@@ -614,7 +614,7 @@ class Sampler:
         paths = [here] + [p or os.getcwd() for p in sys.path]
         boot = (
             "import sys, json; sys.path[:0] = json.loads(sys.argv[2]); "
-            "from bench.monitor import _child_main; _child_main(sys.argv[1])"
+            "from bench.worker.telemetry import _child_main; _child_main(sys.argv[1])"
         )
         self._proc = proc = subprocess.Popen(
             [sys.executable, "-c", boot, json.dumps(cfg), json.dumps(paths)],
