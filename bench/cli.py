@@ -10,10 +10,7 @@ import argparse
 import json
 import os
 import sys
-import tempfile
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +21,12 @@ from bench.config.presets import PRESETS
 from bench.config.schema import (
     ALLOWED,
     DEMO_CONFIG,
-    NAME_RE,
     LoadedConfig,
     field_names,
     load_configs,
     parse_text_value,
 )
 from bench.errors import (
-    EXIT_CELL_FAILED,
     EXIT_OK,
     EXIT_PUSH_FAILED,
     EXIT_SIGINT,
@@ -40,9 +35,10 @@ from bench.errors import (
     StorageError,
     UserError,
 )
-from bench.output.logs import LOG_FORMATS, HumanLog, JsonLog, log_format
-from bench.plan.matrix import Capabilities, Plan, build_plan
-from bench.run.machine import Accelerators, detect_accelerators, environment, is_installed, measured_commit
+from bench.output.logs import LOG_FORMATS, HumanLog, JsonLog, log_format, warn_skipped
+from bench.plan.matrix import Plan, build_plan
+from bench.results.store import Run, open_run
+from bench.run.machine import capabilities, detect_accelerators
 from bench.secrets import redacting_output
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
@@ -182,38 +178,6 @@ def _configs(args: argparse.Namespace) -> list[LoadedConfig]:
         raise ConfigNotFoundError(f"{exc} [from {'--config' if args.config else 'TFBENCH_CONFIG'}]") from None
 
 
-def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) -> Capabilities:
-    """What the plan may assume. A run on cuda needs a GPU here; a plan for cuda may be made anywhere."""
-    if config_device == "cuda" and not accel.cuda and for_run:
-        raise UserError(
-            f"device is cuda but no NVIDIA GPU is usable: {accel.reason}. "
-            "In Docker, pass the GPUs with `docker run --gpus all ...`; or set device: cpu."
-        )
-    device = config_device if config_device != "auto" else ("cuda" if accel.cuda else "cpu")
-    return Capabilities(device=device, flash_attn=is_installed("flash_attn"), kernels=is_installed("kernels"))
-
-
-def _check_output(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".tfbench-write-check-"):
-            pass
-    except OSError as exc:
-        raise UserError(f"output directory {output} is not writable: {exc.strerror or exc}") from None
-    except ValueError as exc:  # a NUL in the path
-        raise UserError(f"output directory {str(output)!r} is not a usable path: {exc}") from None
-
-
-def _run_id(args: argparse.Namespace, index: int, total: int) -> str | None:
-    explicit = args.run_id or os.environ.get("TFBENCH_RUN_ID")
-    if not explicit:
-        return None
-    if not NAME_RE.match(explicit):
-        source = "--run-id" if args.run_id else "TFBENCH_RUN_ID"
-        raise UserError(f"{source} = {explicit!r}: {ALLOWED['run_name']}")
-    return explicit if total == 1 else f"{explicit}-{index + 1}"
-
-
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     from bench.output.tables import plan_lines, plan_table, shard_table
     from bench.plan.shard import assign, shard_summary
@@ -269,317 +233,28 @@ def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     return EXIT_OK
 
 
-def _settings(cfg: Any) -> Any:
-    from bench.run.runner import Settings
-
-    return Settings(
-        warmup_iterations=cfg.warmup_iterations,
-        measurement_iterations=cfg.measurement_iterations,
-        seed=cfg.seed,
-        trust_remote_code=cfg.trust_remote_code,
-        gpu_monitoring=cfg.gpu_monitoring,
-        cell_timeout_s=cfg.cell_timeout_s,
-        max_attempts=cfg.max_attempts,
-        gpu_sample_interval_s=cfg.gpu_sample_interval_s,
-        cell_memory_limit_gb=cfg.cell_memory_limit_gb,
-    )
-
-
-def _exit_code(records: list[dict[str, Any]]) -> int:
-    from bench.run.runner import FAILED_STATUSES
-
-    return EXIT_CELL_FAILED if any(r["status"] in FAILED_STATUSES for r in records) else EXIT_OK
-
-
-@dataclass
-class Job:
-    """One config's run as prepared before anything runs: its plan, where it goes, how it resumes."""
-
-    loaded: LoadedConfig
-    full: Plan  # the whole matrix (what a shard's merge checks against)
-    plan: Plan  # the cells this process runs (a shard's share, or all)
-    output: Path
-    run_id: str | None
-    settings: Any
-    key: dict[str, Any]
-    shard: Any = None
-    selected: Any = None
-
-
 def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
-    from bench.plan.shard import parse_shard, shard_plan
-    from bench.run.resume import hardware_signature, identity, select_run
-    from bench.run.runner import new_run_id
+    from bench.plan.shard import parse_shard
+    from bench.run.session import RunRequest, run_configs
 
     configs = _configs(args)
-    shard = parse_shard(os.environ, args.shard)
-    accel = detect_accelerators()
-    env = environment(accel)
-    jobs: list[Job] = []
-    # Every config is checked before the first cell runs: a bad line 3 must not cost lines 1-2.
-    for i, lc in enumerate(configs):
-        cfg = lc.config
-        try:
-            caps = capabilities(cfg.device, accel)
-        except UserError as exc:
-            raise UserError(f"{exc}{_origin(lc, 'device')}") from None
-        full = build_plan(cfg, caps)
-        iterations = cfg.warmup_iterations + cfg.measurement_iterations
-        plan = shard_plan(full, shard, iterations) if shard else full
-        output = Path(cfg.output or DEFAULT_OUTPUT)
-        run_id = _run_id(args, i, len(configs))  # before the output is made: a bad id creates nothing
-        if cfg.push_to_hub:
-            from bench.hub.push import check_push_config
-
-            try:  # a token and a reachable Hub, before any model loads
-                check_push_config(cfg.push_to_hub)
-            except UserError as exc:
-                raise UserError(f"{exc}{_origin(lc, 'push_to_hub')}") from None
-        if shard and run_id is None:
-            raise UserError(
-                f"shard {shard} ({_shard_source(args)}): a sharded run needs TFBENCH_RUN_ID (or --run-id), "
-                "the same on every shard, so that the shards write one run"
-            )
-        measured = {
-            "warmup_iterations": cfg.warmup_iterations,
-            "measurement_iterations": cfg.measurement_iterations,
-            "seed": cfg.seed,
-        }
-        key = identity(
-            full, measured, hardware_signature(env, full.capabilities.device), shard and shard.name
-        )
-        jobs.append(Job(lc, full, plan, output, run_id, _settings(cfg), key, shard))
-    for job in jobs:  # only once every check passed: a refused run creates nothing
-        _check_output(job.output)
-    # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
-    try:
-        for job in jobs:
-            name, output = job.loaded.config.run_name, job.output
-            job.selected = select_run(
-                output,
-                job.run_id,
-                shard and shard.name,
-                name,
-                job.key,
-                job.plan,
-                lambda name=name, output=output: new_run_id(name, output),
-            )
-        commit = measured_commit()
-        worst = EXIT_OK
-        for job in jobs:
-            code = _run_one(job, env, commit, out, err, log)
-            job.selected.lock.release()
-            if code not in (EXIT_OK, EXIT_CELL_FAILED):
-                return code  # interrupted: stop here, later configs are not started
-            worst = max(worst, code)
-        return worst
-    finally:
-        for job in jobs:
-            if job.selected is not None:
-                job.selected.lock.release()
-
-
-def _run_meta(job: Job, env: dict[str, Any], commit: Any) -> dict[str, Any]:
-    """run.json of a new run, or of the continued one with this invocation added."""
-    from bench.run.runner import now_iso
-
-    sel, shard, cfg = job.selected, job.shard, job.loaded.config
-    invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
-    if sel.meta is not None:
-        meta = dict(sel.meta)
-        meta["invocations"] = [*(meta.get("invocations") or []), invocation]
-    else:
-        meta = {
-            "run_id": sel.rundir.run_id,
-            "run_name": cfg.run_name,
-            "started_at": invocation["started_at"],
-            "invocations": [invocation],
-        }
-    meta.update(
-        config_source=job.loaded.source,
-        config_as_given=job.loaded.given,
-        config_origins=job.loaded.origins,
-        config=cfg.as_given(),
-        plan=job.full.to_dict(),  # the whole matrix, also for a shard: the merge checks against it
-        identity=job.key,
-        environment=env,
-        measured_commit=commit,
-        shard=None
-        if shard is None
-        else {
-            "index": shard.index,
-            "count": shard.count,
-            "name": shard.name,
-            "cell_ids": [c.cell_id for c in job.plan.cells],
-        },
+    request = RunRequest(
+        run_id=args.run_id or os.environ.get("TFBENCH_RUN_ID") or None,
+        run_id_source="--run-id" if args.run_id else "TFBENCH_RUN_ID",
+        shard=parse_shard(os.environ, args.shard),
+        shard_source=_shard_source(args),
     )
-    return meta
+    return run_configs(configs, request, out, err, log)
 
 
-def _merge_if_last(job: Job, log: Any) -> bool:
-    """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
-    from bench.run.merge import try_merge
-
-    run_id, shard = job.selected.rundir.run_id, job.shard
-    run_path = job.output / run_id
-    merged, pending = try_merge(run_path, lambda skipped: warn_skipped(log, skipped))
-    if merged is not None:
-        log.emit(
-            "run_merged",
-            run_id=run_id,
-            path=str(run_path),
-            counts=merged["counts"],
-            message=f"all {shard.count} shards finished; merged into {run_path}",
-        )
-        return True
-    else:
-        log.emit(
-            "merge_pending",
-            run_id=run_id,
-            pending=pending,
-            message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
-        )
-        return False
-
-
-def warn_skipped(log: Any, skipped: Any, action: str = "skipped") -> None:
-    """One warning per file in a cells/ directory that is not a cell record (a Skipped)."""
-    log.emit(
-        "foreign_file",
-        level="warning",
-        path=str(skipped.path),
-        reason=skipped.reason,
-        message=f"{skipped.path}: {skipped.reason}; {action}",
-    )
-
-
-def _set_aside(job: Job, log: Any) -> None:
-    """Name every file in the run's cells/ that is not a record; move aside the ones that sit where
-    a planned cell's record belongs, before that cell runs again and its record is written there."""
-    sel = job.selected
-    planned = {sel.rundir.cell_path(c.cell_id) for c in job.plan.cells}
-    for skipped in sel.skipped:
-        if sel.finished or skipped.path not in planned:
-            warn_skipped(log, skipped)
-            continue
-        dest = sel.rundir.quarantine(skipped.path)
-        warn_skipped(log, skipped, f"moved to {dest}; the cell is done again")
-
-
-def _run_one(job: Job, env: dict[str, Any], commit: Any, out: Console, err: Console, log: Any) -> int:
-    from bench.output.logs import JsonReporter
-    from bench.output.tables import ProgressReporter, print_summary
-    from bench.results.store import status_counts
-    from bench.run.runner import Runner
-
-    sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
-    rundir = sel.rundir
-    run_id = rundir.run_id
-    label = run_id + (f" shard {shard}" if shard else "")
-    device = plan.capabilities.device
-    _set_aside(job, log)
-    if sel.finished:
-        records = list(sel.records.values()) or rundir.read_cells()
-        log.emit(
-            "run_already_finished",
-            run_id=run_id,
-            shard=shard and shard.name,
-            path=str(rundir.path),
-            message=f"run {label} already finished ({rundir.path}); nothing to do. "
-            "Choose another run id (or none) for a new run.",
-        )
-        code = _exit_code(records)
-    else:
-        settled = sum(1 for r in sel.records.values() if r["status"] in ("ok", "skipped"))
-        continued = sel.meta is not None
-        log.emit(
-            "run_continued" if continued else "run_started",
-            run_id=run_id,
-            shard=shard and shard.name,
-            path=str(rundir.path),
-            cells=len(plan.cells),
-            runnable=len(plan.runnable),
-            skipped=len(plan.skipped),
-            already_done=settled,
-            message=f"tfbench {__version__}: run {label} {'continues' if continued else 'starts'}: "
-            f"{cfg.model} on {device}, {len(plan.runnable)} cells to run, {len(plan.skipped)} skipped"
-            + (f", {settled} already done" if continued else "")
-            + f" -> {rundir.path}",
-        )
-        reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
-        runner = Runner(
-            rundir, plan, job.settings, _run_meta(job, env, commit), reporter, previous=sel.records
-        )
-        code = runner.execute()
-        records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]
-    counts = status_counts(records)
-    if log.human:
-        print_summary(out, records, title=f"{label}: {cfg.model} on {device}")
-    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
-    log.emit(
-        "run_finished" if code in (EXIT_OK, EXIT_CELL_FAILED) else "run_interrupted",
-        run_id=run_id,
-        shard=shard and shard.name,
-        path=str(rundir.path),
-        counts=counts,
-        exit_code=code,
-        message=f"results: {rundir.path}  ({text})",
-    )
-    if code not in (EXIT_OK, EXIT_CELL_FAILED):
-        return code  # interrupted: the run continues later, and is pushed when it is finished
-    pushed = True
-    if shard:
-        merged = _merge_if_last(job, log)
-        if merged and cfg.push_to_hub:
-            pushed = _push(job.output / run_id, cfg.push_to_hub, cfg.push_private, log)
-    elif cfg.push_to_hub:
-        pushed = _push(rundir.path, cfg.push_to_hub, cfg.push_private, log)
-    return code if pushed else EXIT_PUSH_FAILED
-
-
-def _push(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
-    """Upload a finished run (once: run.json remembers it); False when the upload failed for good.
-
-    A failed upload never touches the local results; the message says how to push later.
-    """
-    from bench.hub.push import PushError, push_run
-    from bench.results.store import atomic_write_json
-    from bench.run.resume import read_run
-    from bench.run.runner import now_iso
-
-    meta = read_run(run_path) or {}
-    done = meta.get("pushed") or {}
-    if done.get("repo") == repo_id:
-        log.emit(
-            "push_skipped", repo=repo_id, message=f"already pushed to {repo_id}: {done.get('commit_url')}"
-        )
-        return True
-    log.emit("push_started", repo=repo_id, message=f"pushing {run_path} to the Hub dataset {repo_id}")
-    try:
-        result = push_run(
-            run_path,
-            repo_id,
-            private=private,
-            log=log,
-            warn=lambda skipped: warn_skipped(log, skipped, "not uploaded"),
-        )
-    except PushError as exc:
-        log.emit("push_failed", level="error", repo=repo_id, exit_code=EXIT_PUSH_FAILED, message=str(exc))
-        return False
-    meta["pushed"] = {"repo": repo_id, "commit_url": result.commit_url, "at": now_iso()}
-    atomic_write_json(run_path / "run.json", meta)
-    log.emit(
-        "push_done",
-        repo=repo_id,
-        commit_url=result.commit_url,
-        attempts=result.attempts,
-        message=f"pushed to {result.repo_url} in one commit ({result.commit_url})",
-    )
-    return True
+def _shard_source(args: argparse.Namespace) -> str:
+    if args.shard:
+        return "--shard"
+    return "TFBENCH_SHARD" if os.environ.get("TFBENCH_SHARD") else "JOB_COMPLETION_INDEX/TFBENCH_SHARD_COUNT"
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:
-    from bench.analysis.compare import METRICS
+    from bench.analysis.compare import COMPARED_METRICS as METRICS
 
     out: dict[str, float] = {}
     for item in items:
@@ -597,18 +272,27 @@ def _thresholds(items: list[str]) -> dict[str, float]:
     return out
 
 
-def _load_run(source: str, log: Any) -> Any:
-    """A run for compare or report; files in its cells/ that are not records are named and skipped."""
-    from bench.analysis.compare import load_run
+def _load_run(source: str, log: Any) -> Run:
+    """A run directory, or a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID); files in
+    its cells/ that are not records are named and skipped."""
+    if source.startswith("hub:"):
+        from bench.analysis.history import load_hub_run
 
-    run = load_run(source)
+        repo, sep, ref = source[4:].partition("@")
+        if not sep or not ref:
+            raise UserError(
+                f"{source!r}: a Hub run is hub:ORG/NAME@COMMIT (a measured commit sha, 7+) or @RUN_ID"
+            )
+        return load_hub_run(repo, ref)
+    run = open_run(source)
     for skipped in run.skipped:
         warn_skipped(log, skipped)
     return run
 
 
 def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from bench.analysis.compare import compare_runs, exit_code, to_json, to_markdown, to_table
+    from bench.analysis.compare import compare_runs, exit_code
+    from bench.output.compare import to_json, to_markdown, to_table
 
     base, new = _load_run(args.base, log), _load_run(args.new, log)
     cmp = compare_runs(base, new, _thresholds(args.threshold), args.alpha)
@@ -619,7 +303,7 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
     else:
         out.print(to_table(cmp))
     if args.html or args.png:
-        from bench.output.plots import write_compare_report
+        from bench.output.html import write_compare_report
 
         for path in write_compare_report(cmp, args.html, args.png):
             sys.stderr.write(f"wrote {path}\n")
@@ -630,10 +314,9 @@ def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
     from bench.output.tables import print_summary
 
     run = _load_run(args.run_dir, log)
-    records = list(run.cells.values())
-    print_summary(out, records, title=f"{run.meta.get('run_id')}")
+    print_summary(out, run.records(), title=run.run_id)
     if args.html or args.png:
-        from bench.output.plots import write_run_report
+        from bench.output.html import write_run_report
 
         for path in write_run_report(run, args.html, args.png):
             sys.stderr.write(f"wrote {path}\n")
@@ -665,7 +348,9 @@ def cmd_push(args: argparse.Namespace, log: Any) -> int:
     if not (run_path / "run.json").is_file():
         raise UserError(f"{run_path} is not a run directory (no run.json); give <output>/<run id>")
     repo = check_push_config(args.repo)
-    return EXIT_OK if _push(run_path, repo, not args.public, log) else EXIT_PUSH_FAILED
+    from bench.run.session import push_once
+
+    return EXIT_OK if push_once(run_path, repo, not args.public, log) else EXIT_PUSH_FAILED
 
 
 def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
@@ -677,14 +362,16 @@ def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
         raise UserError(f"{run_path} is not a directory; give <output>/<run id> of a sharded run")
     merged, records = merge(run_path, warn=lambda skipped: warn_skipped(log, skipped))
     if log.human:
-        print_summary(out, records, title=f"{merged['run_id']} (merged)")
-    text = ", ".join(f"{v} {k}" for k, v in sorted(merged["counts"].items()) if v)
+        print_summary(out, records, title=f"{merged.run_id} (merged)")
+    counts = merged.counts or {}
+    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
+    shard_count = (merged.model_extra or {}).get("shard_count")
     log.emit(
         "run_merged",
-        run_id=merged["run_id"],
+        run_id=merged.run_id,
         path=str(run_path),
-        counts=merged["counts"],
-        message=f"merged {merged['shard_count']} shards into {run_path} ({text})",
+        counts=counts,
+        message=f"merged {shard_count} shards into {run_path} ({text})",
     )
     return EXIT_OK
 
@@ -729,16 +416,6 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UserError(f"{name} {shown!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def _origin(lc: LoadedConfig, key: str) -> str:
-    return f" [{key} from {lc.origins[key]}]" if key in lc.origins else ""
-
-
-def _shard_source(args: argparse.Namespace) -> str:
-    if args.shard:
-        return "--shard"
-    return "TFBENCH_SHARD" if os.environ.get("TFBENCH_SHARD") else "JOB_COMPLETION_INDEX/TFBENCH_SHARD_COUNT"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     # Whatever is printed (messages, tables, library warnings) passes redaction: no token leaves.
     with redacting_output():
@@ -776,31 +453,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         log.emit("interrupted", level="error", exit_code=EXIT_SIGINT, message="interrupted")
         return EXIT_SIGINT
-    except _SHAPE_ERRORS as exc:
-        if args.command not in _PATH_ARGS:
-            raise
-        log.emit("error", level="error", exit_code=EXIT_USAGE, message=_not_as_written(args, exc))
-        return EXIT_USAGE
-
-
-# What reading results that are not shaped as tfbench writes them raises (a number where a
-# mapping belongs, a key missing, a file nested past the stack).
-_SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError, ArithmeticError, RecursionError)
-
-
-def _not_as_written(args: argparse.Namespace, exc: BaseException) -> str:
-    """The tools read results files that a person or another program may have changed: a value of
-    the wrong shape there is exit 2 naming the input, with where it broke (no traceback)."""
-    given = [str(v) for attr, _ in _PATH_ARGS[args.command] if (v := getattr(args, attr, None))]
-    given += [f"hub dataset {args.repo}"] if getattr(args, "repo", None) and args.command == "history" else []
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f"{os.sep}bench{os.sep}" in f.filename]
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    text = str(exc)
-    text = text if len(text) <= 200 else text[:200] + "..."
-    return (
-        f"the results in {', '.join(given) or 'the input'} are not as tfbench writes them "
-        f"(changed by hand or by another program?): {type(exc).__name__}: {text}{where}"
-    )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,13 @@ from bench.analysis.compare import (
     UNCHANGED,
     compare_runs,
     exit_code,
-    load_run,
-    rank_test,
-    to_json,
-    to_markdown,
-    to_table,
 )
+from bench.analysis.ranktest import exact_cdf, rank_test
 from bench.errors import UserError
+from bench.output.compare import to_json, to_markdown, to_table
 from bench.plan.matrix import cell_name
 from bench.results.stats import run_metrics, summarize, summarize_runs
+from bench.results.store import open_run as load_run
 
 SEQ = 128
 NEW_TOKENS = 32
@@ -449,8 +447,9 @@ def test_continuous_batching_uses_per_run_medians(tmp_path):
     assert ttft.verdict == REGRESSION and 1.15 < ttft.ratio < 1.25
     assert cell.metrics["tpot"].verdict == UNCHANGED
     rec = load_run(base).cells[axes["cell_id"]]
-    expected = [float(np.median([r["ttft"] for r in run["requests"]])) for run in rec["runs"]]
-    assert cmpmod.samples(rec, "ttft") == pytest.approx(expected)
+    raw = rec.to_dict()["runs"]
+    expected = [float(np.median([r["ttft"] for r in run["requests"]])) for run in raw]
+    assert rec.samples("ttft") == pytest.approx(expected)
 
 
 def test_hardware_and_settings_differences_warn(tmp_path):
@@ -533,7 +532,7 @@ def test_rank_test_matches_reference_values():
     assert not r.exact and r.p_value == pytest.approx(0.06842141225124462, rel=1e-9)
     # Critical values of U from the published tables (two-sided 0.05): 23 for 10/10, 127 for 20/20.
     for size, critical in ((10, 23), (20, 127)):
-        cdf = cmpmod._exact_cdf(size, size)
+        cdf = exact_cdf(size, size)
         assert cdf[critical] < 0.025 <= cdf[critical + 1]
     # The interval inverts the test: it excludes 1 exactly when p < alpha.
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ import pytest
 
 from bench import SCHEMA_VERSION, __version__
 from bench.results.stats import METRICS, STAT_NAMES
-from bench.results.store import summary_columns
+from bench.results.summary import summary_columns
 
 from .conftest import cells_by_id, only_run_dir, start_entrypoint, write_config
 

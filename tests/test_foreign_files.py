@@ -183,7 +183,7 @@ def test_merge_skips_foreign_files_and_refuses_a_missing_cell(planted, tmp_path)
     assert proc.returncode == 0, proc.stderr
     _warned(proc.stderr, shard)
     merged, skipped = scan_cells(sharded / "cells")
-    assert sorted(r["cell_id"] for r in merged) == sorted(cells) and not skipped
+    assert sorted(r.cell_id for r in merged) == sorted(cells) and not skipped
     # A cell whose only record is unreadable is missing: the merge says so, and which file it skipped.
     (shard / "cells" / f"{cells[2]}.json").write_text('{"cell_id": ')
     refused = _cli(planted, "merge", str(sharded))
@@ -218,7 +218,14 @@ def test_push_skips_foreign_files_and_uploads_none_of_them(planted, tmp_path):
 def test_scan_cells_names_each_file_and_why(tmp_path):
     cells = tmp_path / "cells"
     cells.mkdir()
-    good = {"cell_id": "a1", "status": "ok", "cell": {"index": 0}}
+    cell = {
+        "index": 0,
+        "name": "sdpa/eager-mode b1 s8 n4",
+        "model": "synthetic:llama-tiny",
+        "dtype": "float32",
+    }
+    cell |= {"device": "cpu", "attn_implementation": "sdpa", "batch_size": 1, "sequence_length": 8}
+    good = {"cell_id": "a1", "status": "ok", "cell": {**cell, "num_tokens_to_generate": 4}}
     (cells / "a1.json").write_text(json.dumps(good))
     (cells / "b2.json").write_text(json.dumps({**good, "cell_id": "a1"}))
     (cells / "c3.json").write_text("[1, 2]")
@@ -228,7 +235,7 @@ def test_scan_cells_names_each_file_and_why(tmp_path):
     (cells / "sub.json").mkdir()
     (cells / ".a1.json.x.tmp").write_text("{")  # an atomic write cut short: not foreign
     records, skipped = scan_cells(cells)
-    assert records == [good]
+    assert [r.to_dict() for r in records] == [good]
     why = {s.path.name: s.reason for s in skipped}
     assert why["b2.json"] == "cell_id a1 does not match the file name"
     assert why["c3.json"] == "not a tfbench cell record"

@@ -319,7 +319,9 @@ def test_a_hub_repo_without_runs_and_an_unknown_cell(fake_hub: FakeHub, tmp_path
 
 def test_compare_reads_runs_back_from_the_hub(fake_hub: FakeHub, tmp_path: Path) -> None:
     """`tfbench compare hub:ORG/NAME@COMMIT ...`: the same verdicts as on the run directories."""
-    from bench.analysis.compare import compare_runs, load_run, to_json
+    from bench.analysis.compare import compare_runs
+    from bench.output.compare import to_json
+    from bench.results.store import open_run as load_run
 
     base, new = write_history(tmp_path / "runs", [1.0, 1.10])
     for run in (base, new):

@@ -43,6 +43,7 @@ from bench.hub import push as hub
 from bench.plan.shard import Shard
 from bench.results.store import RunDir
 from bench.run.runner import new_run_id
+from bench.run.session import RunRequest, job_run_id
 
 from .conftest import TINY, run_entrypoint, write_config
 from .test_compare import make_run
@@ -766,11 +767,10 @@ def test_any_accepted_run_id_resolves_inside_the_output_directory(name: str) -> 
         resolved = path.resolve()
         return resolved != output.resolve() and resolved.is_relative_to(output.resolve())
 
-    args = mock.Mock(run_id=name)
+    request = RunRequest(run_id=name, run_id_source="--run-id")
     for index, total in ((0, 1), (2, 3)):  # one config, or the third line of a JSONL file
         try:
-            with mock.patch.dict(os.environ, {"TFBENCH_RUN_ID": ""}):
-                run_id = cli._run_id(args, index, total)
+            run_id = job_run_id(request, index, total)
         except UserError:
             continue
         if run_id is None:

@@ -23,8 +23,10 @@ from huggingface_hub.utils import close_session
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_USAGE, UserError
 from bench.hub import push as hub
+from bench.results.records import CellRecord, RunMeta
 from bench.results.stats import METRICS, summarize, summarize_runs
-from bench.results.store import RunDir, summary_columns
+from bench.results.store import RunDir
+from bench.results.summary import summary_columns
 from tests.hub_server import FakeHub, serve
 
 TOKEN = "hf_FAKEtestTOKEN0123456789abcdefXYZ"
@@ -165,31 +167,33 @@ def make_run(root: Path, run_id: str, gpu: bool = False, **extra_cells: Any) -> 
     rd.create()
     gpus = [{"index": 0, "name": "NVIDIA H200", "memory_total_bytes": 150_000_000_000, "uuid": "GPU-1"}]
     rd.write_run(
-        {
-            "run_id": run_id,
-            "run_name": run_id.split("-", 1)[-1],
-            "started_at": "2026-11-29T02:33:24.403+00:00",
-            "finished_at": "2026-11-29T02:34:33.497+00:00",
-            "status": "finished",
-            "schema_version": SCHEMA_VERSION,
-            "tfbench_version": __version__,
-            "measured_commit": {"sha": SHA, "source": "TFBENCH_COMMIT"},
-            "config": {"model": "synthetic:llama-tiny", "device": device},
-            "environment": {
-                "python": "3.11.7",
-                "platform": "Linux-x86_64",
-                "hostname": "bench-host-1",
-                "cpu": "AMD EPYC",
-                "cpu_count": 16 if gpu else 2,
-                "packages": {"torch": "2.13.0+cpu", "transformers": "5.24.0", "tfbench": __version__},
-                "cuda_available": gpu,
-                "cuda_unavailable_reason": None if gpu else "no NVIDIA driver reachable through NVML",
-                "driver_version": "580.1" if gpu else None,
-                "cuda_driver_version": "13.0" if gpu else None,
-                "gpus": gpus if gpu else [],
-            },
-            "counts": {"ok": 2},
-        }
+        RunMeta.model_validate(
+            {
+                "run_id": run_id,
+                "run_name": run_id.split("-", 1)[-1],
+                "started_at": "2026-11-29T02:33:24.403+00:00",
+                "finished_at": "2026-11-29T02:34:33.497+00:00",
+                "status": "finished",
+                "schema_version": SCHEMA_VERSION,
+                "tfbench_version": __version__,
+                "measured_commit": {"sha": SHA, "source": "TFBENCH_COMMIT"},
+                "config": {"model": "synthetic:llama-tiny", "device": device},
+                "environment": {
+                    "python": "3.11.7",
+                    "platform": "Linux-x86_64",
+                    "hostname": "bench-host-1",
+                    "cpu": "AMD EPYC",
+                    "cpu_count": 16 if gpu else 2,
+                    "packages": {"torch": "2.13.0+cpu", "transformers": "5.24.0", "tfbench": __version__},
+                    "cuda_available": gpu,
+                    "cuda_unavailable_reason": None if gpu else "no NVIDIA driver reachable through NVML",
+                    "driver_version": "580.1" if gpu else None,
+                    "cuda_driver_version": "13.0" if gpu else None,
+                    "gpus": gpus if gpu else [],
+                },
+                "counts": {"ok": 2},
+            }
+        )
     )
     records = [
         _record(run_id, _cell(0, device, "eager", 1), gpu=gpu),
@@ -218,9 +222,10 @@ def make_run(root: Path, run_id: str, gpu: bool = False, **extra_cells: Any) -> 
         records.append(cb)
     for key, value in extra_cells.items():
         records[0][key] = value
-    for record in records:
+    typed = [CellRecord.model_validate(r) for r in records]
+    for record in typed:
         rd.write_cell(record)
-    rd.write_summary(records)
+    rd.write_summary(typed)
     (rd.logs / "note.log").write_text("worker output\n")
     return rd.path
 
@@ -365,7 +370,7 @@ def test_summarized_rows_are_the_summary_rows(run_dir: Path) -> None:
 
 def test_full_rows_hold_every_raw_measurement(tmp_path: Path) -> None:
     run = make_run(tmp_path, "20261129T000001Z-gpu", gpu=True, future_field={"new": [1, 2]})
-    records = {r["cell_id"]: r for r in RunDir(tmp_path, run.name).read_cells()}
+    records = {r.cell_id: r.to_dict() for r in RunDir(tmp_path, run.name).read_cells()}
     rows = jsonl_rows(hub.build_files(run)[f"full/{run.name}.jsonl"])
     assert len(rows) == len(records)
     for row in rows:
@@ -639,5 +644,5 @@ def test_well_formed_repo_ids_pass() -> None:
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
-    with pytest.raises(hub.PushConfigError, match="run.json"):
+    with pytest.raises(UserError, match="run.json"):
         hub.build_files(tmp_path)

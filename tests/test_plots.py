@@ -15,9 +15,11 @@ import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from bench.analysis.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs, load_run
+from bench.analysis.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs
 from bench.errors import UserError
-from bench.output import plots
+from bench.output import compare_plots, plots
+from bench.output import html as html_report
+from bench.results.store import open_run as load_run
 from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,7 +105,7 @@ def test_run_report_writes_valid_pngs_and_a_self_contained_html(tmp_path):
         cb=True,
     )
     html_path = tmp_path / "out" / "report.html"
-    written = plots.report_run(run_dir, html=html_path, png_dir=tmp_path / "png")
+    written = html_report.report_run(run_dir, html=html_path, png_dir=tmp_path / "png")
     assert [p.name for p in written] == ["latency.png", "ttft_tpot.png", "throughput.png", "report.html"]
     for png in written[:3]:
         check_png(png)
@@ -134,16 +136,16 @@ def test_run_report_writes_valid_pngs_and_a_self_contained_html(tmp_path):
 def test_figures_show_measured_cells_only(tmp_path):
     not_ok = {1: ("failed", "boom"), 4: ("timeout", "no result after 600 s")}
     run = load_run(matrix_run(tmp_path / "r", not_ok=not_ok, names={0: SCRIPT_NAME}))
-    ok = [r for r in sorted(run.cells.values(), key=lambda r: r["cell"]["index"]) if r["status"] == "ok"]
+    ok = [r for r in run.records() if r.ok]
     figures = plots.run_figures(run)
     assert list(figures) == ["latency", "ttft_tpot", "throughput"]
 
     # latency: one bar per ok cell, in cell order, named by cell name, p50 in ms; no zero bars.
     ax = figures["latency"].axes[0]
-    assert tick_labels(ax) == [r["cell"]["name"] for r in ok]
+    assert tick_labels(ax) == [r.name for r in ok]
     bars = ax.patches
     widths = [b.get_width() for b in bars]
-    expected = [np.percentile([x["e2e_latency"] for x in r["runs"]], 50) * 1e3 for r in ok]
+    expected = [np.percentile([x.e2e_latency for x in r.runs], 50) * 1e3 for r in ok]
     assert widths == pytest.approx(expected)
     assert min(widths) > 0
     title = ax.get_title(loc="left")
@@ -210,7 +212,7 @@ def test_run_without_a_measured_cell_still_reports(tmp_path):
     run_dir = write_run(tmp_path / "bad", recs, status="finished")
     run = load_run(run_dir)
     assert plots.run_figures(run) == {}
-    written = plots.report_run(run_dir, html=tmp_path / "bad.html", png_dir=tmp_path / "png")
+    written = html_report.report_run(run_dir, html=tmp_path / "bad.html", png_dir=tmp_path / "png")
     assert written == [tmp_path / "bad.html"]
     assert not list((tmp_path / "png").glob("*.png"))
     text = (tmp_path / "bad.html").read_text()
@@ -223,8 +225,8 @@ def test_planned_cells_without_a_record_are_listed(tmp_path):
     run_dir = make_run(tmp_path / "r", seed=0, n=3)
     run = load_run(run_dir)
     extra = {**CELLS[2], "index": 3, "cell_id": "f" * 16, "name": "sdpa/eager-mode b64 s128 n32"}
-    run.meta["plan"] = {"cells": [r["cell"] for r in run.cells.values()] + [extra]}
-    text = plots.run_summary_html(run)
+    run.meta.plan = {"cells": [r.cell.to_dict() for r in run.cells.values()] + [extra]}
+    text = html_report.run_summary_html(run)
     assert "4 cells: 3 ok, 1 not run" in text
     assert "sdpa/eager-mode b64 s128 n32" in text.split("Cells without measurements (1)")[1]
 
@@ -234,13 +236,13 @@ def test_percentiles_are_the_records_stats(tmp_path):
     for rec in run.cells.values():
         for metric in ("e2e_latency", "ttft", "tpot", "e2e_throughput"):
             p = plots.percentiles(rec, metric)
-            assert p["p50"] == pytest.approx(rec["stats"][metric]["p50"]), (rec["cell"]["name"], metric)
-            assert p["p95"] == pytest.approx(rec["stats"][metric]["p95"])
+            assert p["p50"] == pytest.approx(rec.stat(metric, "p50")), (rec.name, metric)
+            assert p["p95"] == pytest.approx(rec.stat(metric, "p95"))
     # Without raw runs: the stats; without either: None (nothing is drawn).
     rec = next(iter(run.cells.values()))
-    bare = {**rec, "runs": []}
-    assert plots.percentiles(bare, "tpot")["p50"] == rec["stats"]["tpot"]["p50"]
-    assert plots.percentiles({**bare, "stats": {}}, "tpot") is None
+    bare = rec.with_updates(runs=[])
+    assert plots.percentiles(bare, "tpot")["p50"] == rec.stat("tpot", "p50")
+    assert plots.percentiles(bare.with_updates(stats={}), "tpot") is None
 
 
 @pytest.fixture
@@ -259,7 +261,7 @@ def test_compare_figure_marks_the_regression(regression):
     base, new = regression
     cmp = compare_runs(load_run(base), load_run(new))
     slow = CELLS[1]["name"]
-    points = plots.compare_points(cmp, "tpot")
+    points = compare_plots.compare_points(cmp, "tpot")
     assert [p["name"] for p in points] == [CELLS[0]["name"], slow]  # cell 2 is not compared
     by_name = {p["name"]: p for p in points}
     assert by_name[slow]["verdict"] == REGRESSION and by_name[slow]["color"] == "#d62728"
@@ -268,7 +270,7 @@ def test_compare_figure_marks_the_regression(regression):
     )
     assert 1.08 < by_name[slow]["ratio"] < 1.12 and by_name[slow]["ci_low"] > 1
 
-    fig = plots.compare_figure(cmp, "tpot")
+    fig = compare_plots.compare_figure(cmp, "tpot")
     ax = fig.axes[0]
     labels = tick_labels(ax)
     assert labels == [CELLS[0]["name"], slow]
@@ -290,15 +292,15 @@ def test_compare_figure_marks_the_regression(regression):
     assert "base -> new" in ax.get_title(loc="left")
 
     # Throughputs fall with it; below 1 is the regression there.
-    tput = {p["name"]: p for p in plots.compare_points(cmp, "decode_throughput")}
+    tput = {p["name"]: p for p in compare_plots.compare_points(cmp, "decode_throughput")}
     assert tput[slow]["verdict"] == REGRESSION and tput[slow]["ratio"] < 1
     with pytest.raises(UserError, match="unknown metric 'latency'"):
-        plots.compare_figure(cmp, "latency")
+        compare_plots.compare_figure(cmp, "latency")
 
 
 def test_compare_report(regression, tmp_path, monkeypatch):
     base, new = regression
-    written = plots.report_compare(base, new, html=tmp_path / "cmp.html", png_dir=tmp_path / "png")
+    written = html_report.report_compare(base, new, html=tmp_path / "cmp.html", png_dir=tmp_path / "png")
     names = [p.name for p in written]
     assert names[-1] == "cmp.html"
     assert "compare_tpot.png" in names and "compare_peak_memory_bytes.png" in names
@@ -315,8 +317,8 @@ def test_compare_report(regression, tmp_path, monkeypatch):
     assert "<td class=oom>oom</td>" in section
 
     # Only the HTML, with thresholds: a 20% threshold turns the regression into unchanged.
-    monkeypatch.setattr(plots, "compare_figures", lambda cmp: {})  # drawn above already
-    written = plots.report_compare(
+    monkeypatch.setattr(html_report, "compare_figures", lambda cmp: {})  # drawn above already
+    written = html_report.report_compare(
         base,
         new,
         html=tmp_path / "loose.html",
@@ -330,17 +332,25 @@ def test_insufficient_data_is_hollow_and_light(tmp_path):
     cmp = compare_runs(
         load_run(make_run(tmp_path / "b", seed=1, n=3)), load_run(make_run(tmp_path / "n", seed=2, n=3))
     )
-    points = plots.compare_points(cmp, "tpot")
+    points = compare_plots.compare_points(cmp, "tpot")
     assert {p["verdict"] for p in points} == {INSUFFICIENT}
-    ax = plots.compare_figure(cmp, "tpot").axes[0]
+    ax = compare_plots.compare_figure(cmp, "tpot").axes[0]
     (container,) = ax.containers
     assert container.get_label() == INSUFFICIENT
     assert container.lines[0].get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
 
 
-def test_hardware_label():
-    assert plots.hardware({"environment": ENV}) == "NVIDIA H100 80GB HBM3"
+def test_hardware_label_is_the_one_of_the_records():
+    """The reports label hardware as run identity, Hub rows and history do (results.records)."""
+    from bench.results.records import Environment, RunMeta, hardware_label
+
+    assert hardware_label(Environment.model_validate(ENV)) == "1x NVIDIA H100 80GB HBM3"
     gpus = [dict(ENV["gpus"][0], index=i) for i in range(8)]
-    assert plots.hardware({"environment": {**ENV, "gpus": gpus}}) == "8x NVIDIA H100 80GB HBM3"
-    assert plots.hardware({"environment": {"cpu": "AMD EPYC 7R13", "gpus": []}}) == "AMD EPYC 7R13 (CPU)"
-    assert plots.hardware({"identity": {"hardware": "cpu: x"}}) == "cpu: x"
+    assert hardware_label(Environment.model_validate({**ENV, "gpus": gpus})) == "8x NVIDIA H100 80GB HBM3"
+    cpu_only = Environment.model_validate({"cpu": "AMD EPYC 7R13", "gpus": []})
+    assert hardware_label(cpu_only) == "cpu: AMD EPYC 7R13"
+    # A run on the CPU of a GPU machine belongs to the CPU.
+    meta = RunMeta.model_validate(
+        {"run_id": "r", "environment": ENV, "plan": {"capabilities": {"device": "cpu"}, "cells": []}}
+    )
+    assert meta.hardware == "cpu: AMD EPYC 7R13"

@@ -59,6 +59,7 @@ def test_a_large_run_is_printed_as_plain_aligned_text():
     from rich.console import Console
 
     from bench.output.tables import RICH_ROW_LIMIT, SUMMARY_HEADERS, print_summary
+    from bench.results.records import CellRecord
 
     from .test_compare import cell_axes, record
 
@@ -67,7 +68,8 @@ def test_a_large_run_is_printed_as_plain_aligned_text():
     records = [record(cell_axes(i, batch=i + 1), rng, n=3) for i in range(n - 1)]
     records.append(record(cell_axes(n - 1, batch=n), rng, status="failed", reason="boom"))
     buf = io.StringIO()
-    print_summary(Console(file=buf, width=100), records, title="big")
+    typed = [CellRecord.model_validate(r) for r in records]
+    print_summary(Console(file=buf, width=100), typed, title="big")
     lines = buf.getvalue().splitlines()
     assert lines[0] == "big" and lines[1].split()[:3] == list(SUMMARY_HEADERS[:3])
     rows = lines[2 : 2 + n]

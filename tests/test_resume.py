@@ -7,20 +7,31 @@ import json
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench.results.records import CellRecord
 from bench.run.resume import charged_attempts, identity_differences, needs_run, previous_attempts
 
 from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
 
+CELL = {"name": "sdpa/eager-mode b1 s8 n4", "model": "synthetic:llama-tiny", "dtype": "float32"}
+CELL |= {"device": "cpu", "attn_implementation": "sdpa", "batch_size": 1, "sequence_length": 8}
+CELL |= {"num_tokens_to_generate": 4}
 
-def _rec(status: str, *history: str) -> dict:
-    return {
-        "status": status,
-        "attempt": len(history) + 1,
-        "attempts": [{"attempt": i + 1, "status": s} for i, s in enumerate(history)],
-    }
+
+def _rec(status: str, *history: str, **extra: Any) -> CellRecord:
+    return CellRecord.model_validate(
+        {
+            "cell_id": "c",
+            "cell": CELL,
+            "status": status,
+            "attempt": len(history) + 1,
+            "attempts": [{"attempt": i + 1, "status": s} for i, s in enumerate(history)],
+            **extra,
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,10 +56,10 @@ def test_needs_run(record, max_attempts, runs):
 
 
 def test_history_carries_every_earlier_attempt():
-    rec = {**_rec("running", "interrupted", "failed"), "started_at": "t"}
+    rec = _rec("running", "interrupted", "failed", started_at="t")
     history = previous_attempts(rec)
     assert [h["status"] for h in history] == ["interrupted", "failed", "lost"]
-    assert charged_attempts({"status": "ok", "attempts": history}) == 2
+    assert charged_attempts(rec.with_updates(status="ok", attempts=history)) == 2
 
 
 def test_identity_differences_name_what_changed():

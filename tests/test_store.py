@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from bench.results.store import RunDir, atomic_write_json, summary_columns, summary_row
+from bench.results.records import CellRecord
+from bench.results.store import RunDir, atomic_write_json
+from bench.results.summary import summary_columns, summary_row
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -52,8 +54,8 @@ def _record(status, stats=None):
 
 
 def test_summary_rows_share_one_schema():
-    ok = summary_row("r", _record("ok", {"e2e_latency": {"n": 3, "p50": 0.5}}))
-    skipped = summary_row("r", _record("skipped"))
+    ok = summary_row("r", CellRecord.model_validate(_record("ok", {"e2e_latency": {"n": 3, "p50": 0.5}})))
+    skipped = summary_row("r", CellRecord.model_validate(_record("skipped")))
     assert list(ok) == list(skipped) == summary_columns()
     assert ok["e2e_latency_p50"] == 0.5 and ok["e2e_latency_n"] == 3
     assert skipped["e2e_latency_p50"] is None and skipped["e2e_latency_n"] == 0

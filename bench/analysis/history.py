@@ -81,19 +81,15 @@ import numpy as np
 
 from bench import __version__
 from bench.analysis.compare import (
-    DEFAULT_ALPHA,
     DEFAULT_THRESHOLD,
-    HIGHER_IS_BETTER,
     IMPROVEMENT,
     INSUFFICIENT,
     KEY_METRICS,
     MIN_SAMPLES,
     REGRESSION,
-    Run,
     compare_metric,
-    rank_test,
-    samples,
 )
+from bench.analysis.ranktest import DEFAULT_ALPHA, rank_test
 from bench.errors import UserError
 from bench.hub.push import (
     _CELL_FIELDS,
@@ -106,8 +102,8 @@ from bench.hub.push import (
     scrub,
 )
 from bench.output.tables import aligned_lines
-from bench.results.stats import UNITS
-from bench.results.store import Skipped, _finite, read_cell, read_json
+from bench.results.records import HIGHER_IS_BETTER, UNITS, CellRecord, RunMeta, TimedRun, ValidationError
+from bench.results.store import Run, RunFileError, Skipped, finite, load_meta, read_cell
 
 DEFAULT_WINDOW = 3
 FORMATS = ("text", "markdown", "json")
@@ -461,7 +457,7 @@ def _local_cells(runs: list[Path], skipped: dict[Path, Skipped]) -> dict[str, st
             if record is None:
                 skipped[path] = Skipped(path, str(why))
                 continue
-            known[path.stem] = known.get(path.stem) or str(record["cell"].get("name") or "")
+            known[path.stem] = known.get(path.stem) or record.name
     return known
 
 
@@ -501,27 +497,22 @@ def _points_local(
         if not path.is_file():
             continue
         try:
-            meta = read_json(run / "run.json")
-        except (OSError, ValueError) as exc:
-            notes.append(f"{run.name}: cannot be read ({exc}): left out")
-            continue
-        if not isinstance(meta, dict):
-            notes.append(f"{run.name}: not a tfbench run: left out")
+            meta = load_meta(run / "run.json")
+        except RunFileError as exc:
+            notes.append(f"{run.name}: {exc}: left out")
             continue
         record, why = read_cell(path)
         if record is None:
             skipped[path] = Skipped(path, str(why))
             continue
-        status = str(record.get("status"))
+        status = record.status
         if status != "ok":
             statuses[status] = statuses.get(status, 0) + 1
             continue
-        ctx = context_row(meta, environ={})  # the branch as recorded, not this shell's TFBENCH_BRANCH
-        values = samples(record, metric)
-        stored = (
-            ((record.get("stats") or {}).get(metric) or {}) if isinstance(record.get("stats"), dict) else {}
-        )
-        p50 = _p50(values, stored.get("p50"))
+        # The branch as recorded, not this shell's TFBENCH_BRANCH.
+        ctx = context_row(meta.to_dict(), environ={})
+        values = record.samples(metric)
+        p50 = _p50(values, record.stat(metric, "p50"))
         if p50 is None:
             statuses[f"no {metric}"] = statuses.get(f"no {metric}", 0) + 1
             continue
@@ -533,11 +524,11 @@ def _points_local(
                 started_at=ctx["run_started_at"],
                 hardware=str(ctx["hardware"]),
                 cell_id=cell_id,
-                cell_name=str((record.get("cell") or {}).get("name") or cell_id),
+                cell_name=record.name,
                 metric=metric,
                 samples=values,
                 p50=p50,
-                n=len(values) if values else int(stored.get("n") or 0),
+                n=len(values) if values else int(record.stat(metric, "n") or 0),
                 source=str(run),
             )
         )
@@ -601,8 +592,9 @@ def _run_files(siblings: Iterable[str], raw: bool) -> list[str]:
 
 
 def _row_samples(row: dict[str, Any], metric: str) -> list[float]:
-    """compare.samples over the runs a "full" row stores as runs_<metric> lists and runs_other."""
-    return samples({"runs": _row_runs(row)}, metric)
+    """CellRecord.samples over the runs a "full" row stores as runs_<metric> lists and runs_other."""
+    runs = [TimedRun.model_validate(r) for r in _row_runs(row)]
+    return [v for run in runs if (v := run.value(metric)) is not None]
 
 
 def _row_runs(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -722,33 +714,37 @@ def load_hub_run(
         cache_dir,
         what,
     )
-    metas = [read_json(p) for p in paths]
+    metas = [load_meta(Path(p)) for p in paths]
 
-    def matches(meta: dict[str, Any]) -> bool:
-        sha = str((meta.get("measured_commit") or {}).get("sha") or "")
-        return meta.get("run_id") == ref or (len(ref) >= 7 and sha.startswith(ref))
+    def matches(meta: RunMeta) -> bool:
+        sha = meta.commit_sha or ""
+        return meta.run_id == ref or (len(ref) >= 7 and sha.startswith(ref))
 
-    found = sorted((m for m in metas if matches(m)), key=lambda m: str(m.get("started_at") or ""))
+    found = sorted((m for m in metas if matches(m)), key=lambda m: m.started_at or "")
     if not found:
-        shas = sorted({str((m.get("measured_commit") or {}).get("sha") or "?")[:12] for m in metas})
+        shas = sorted({(m.commit_sha or "?")[:12] for m in metas})
         raise UserError(
             f"no run of {repo} matches {ref!r} (a measured commit of 7+ characters, or a run id); "
-            f"its commits: {', '.join(shas)}; its runs: {', '.join(sorted(str(m.get('run_id')) for m in metas))}"
+            f"its commits: {', '.join(shas)}; its runs: {', '.join(sorted(m.run_id for m in metas))}"
         )
     meta = found[-1]
-    run_id = str(meta["run_id"])
+    run_id = meta.run_id
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", run_id) or ".." in run_id:
         # The name of a file to fetch comes from the dataset: it must not lead out of its folder.
         raise UserError(f"the Hub dataset {repo} holds a run.json whose run_id {run_id[:200]!r} is no run id")
     _, (full,) = _download(
         repo, lambda all_names: [f"{CONFIG_FULL}/{run_id}.jsonl"], endpoint, token, cache_dir, what
     )
-    cells: dict[str, dict[str, Any]] = {}
+    cells: dict[str, CellRecord] = {}
     with open(full, encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if line.strip():
-                record = _row_record(json.loads(line))
-                cells[record["cell_id"]] = record
+                try:
+                    record = CellRecord.model_validate(_row_record(json.loads(line)))
+                except (ValueError, ValidationError) as exc:
+                    what_line = f"{CONFIG_FULL}/{run_id}.jsonl line {number} of the Hub dataset {repo}"
+                    raise UserError(f"{what_line} is not a tfbench row: {exc}") from None
+                cells[record.cell_id] = record
     return Run(path=Path(f"hub:{repo}@{run_id}"), meta=meta, cells=cells)
 
 
@@ -763,7 +759,12 @@ def _row_record(row: dict[str, Any]) -> dict[str, Any]:
                 return value
         return value
 
-    cell = {key: row.get(col) for key, col, _ in _CELL_FIELDS}
+    # Columns that are null in the row take the record's defaults; JSON columns hold strings.
+    cell = {
+        key: decoded(row[col]) if typ == "json" else row[col]
+        for key, col, typ in _CELL_FIELDS
+        if row.get(col) is not None
+    }
     cell["cell_id"] = row.get("cell_id")
     return {
         "cell_id": row.get("cell_id"),
@@ -1097,7 +1098,7 @@ def to_json(
         "runs": [asdict(p) for p in points],
         "exit_code": EXIT_CODE,
     }
-    return _finite(data)
+    return finite(data)
 
 
 def plot(

@@ -46,16 +46,9 @@ import yaml
 
 from bench import __version__
 from bench.errors import UserError
-from bench.results.stats import METRICS, RUN_METRICS, STAT_NAMES
-from bench.results.store import (
-    GPU_COLUMNS,
-    Skipped,
-    gpu_row,
-    read_json,
-    scan_cells,
-    summary_columns,
-    summary_row,
-)
+from bench.results.records import METRICS, RUN_METRICS, STAT_NAMES, CellRecord, Environment, hardware_label
+from bench.results.store import Skipped, open_run
+from bench.results.summary import GPU_COLUMNS, gpu_row, summary_columns, summary_row
 from bench.secrets import REDACTED, redact, redact_bytes
 
 logger = logging.getLogger(__name__)
@@ -396,14 +389,10 @@ def _typed_row(columns: Sequence[tuple[str, ColumnType]], values: Mapping[str, A
     return {name: coerce(values.get(name), typ) for name, typ in columns}
 
 
-def _hardware_label(env: Mapping[str, Any]) -> str:
-    gpus = [g.get("name") for g in env.get("gpus") or [] if isinstance(g, Mapping)]
-    if gpus:
-        counts: dict[str, int] = {}
-        for name in gpus:
-            counts[str(name)] = counts.get(str(name), 0) + 1
-        return ", ".join(f"{n}x {name}" for name, n in counts.items())
-    return f"cpu: {env.get('cpu') or 'unknown'}"
+def _device(run: Mapping[str, Any]) -> str | None:
+    caps = (run.get("plan") or {}).get("capabilities") if isinstance(run.get("plan"), Mapping) else None
+    device = caps.get("device") if isinstance(caps, Mapping) else None
+    return device if isinstance(device, str) else None
 
 
 def context_row(run: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -427,7 +416,7 @@ def context_row(run: Mapping[str, Any], environ: Mapping[str, str] | None = None
         "measured_commit": commit.get("sha"),
         "measured_commit_source": commit.get("source"),
         "branch": branch,
-        "hardware": _hardware_label(env),
+        "hardware": hardware_label(Environment.model_validate(env), _device(run)),
         "gpu_name": gpus[0] if gpus else None,
         "gpu_names": gpus,
         "gpu_count": len(gpus),
@@ -442,8 +431,9 @@ def context_row(run: Mapping[str, Any], environ: Mapping[str, str] | None = None
     }
 
 
-def full_row(context: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+def full_row(context: Mapping[str, Any], typed: CellRecord) -> dict[str, Any]:
     """One cell, every raw measurement: fixed columns, varying shapes as JSON strings, nothing lost."""
+    record = typed.to_dict()
     values: dict[str, Any] = dict(context)
     cell = record.get("cell") or {}
     values["cell_id"] = record.get("cell_id") or cell.get("cell_id")
@@ -474,7 +464,7 @@ def full_row(context: Mapping[str, Any], record: Mapping[str, Any]) -> dict[str,
             value = mstats.get(stat)
             values[f"{metric}_{stat}"] = (0 if value is None else value) if stat == "n" else value
     values["peak_memory_bytes"] = (record.get("memory") or {}).get("peak_bytes")
-    values.update(gpu_row(dict(record)))
+    values.update(gpu_row(typed))
     for key in _RECORD_NESTED:
         values[key] = record.get(key)
 
@@ -511,24 +501,16 @@ def _safe_name(run_id: str) -> str:
 def load_run(
     run_dir: str | os.PathLike[str],
     skipped: list[Skipped] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[CellRecord], list[dict[str, Any]]]:
     """run.json, the cell records (by cell index) and the summary rows of a run directory.
 
     A file in cells/ that is not a cell record is left out, never uploaded; it is added to
     `skipped`, as is a summary.jsonl that cannot be read (its rows then come from the records).
     """
     path = Path(run_dir)
-    if not (path / "run.json").is_file():
-        raise PushConfigError(f"{path} is not a tfbench run directory (no run.json); give <output>/<run id>")
-    try:
-        run = read_json(path / "run.json")
-    except (OSError, ValueError) as exc:
-        raise PushConfigError(f"cannot read the results in {path}: {exc}") from None
-    if not isinstance(run, dict):
-        raise PushConfigError(f"{path / 'run.json'} is not a tfbench run.json")
-    records, problems = scan_cells(path / "cells")
-    records.sort(key=lambda r: (r["cell"].get("index", 1 << 30), r["cell_id"]))
-    run_id = run.get("run_id") or path.name
+    run = open_run(path)
+    records, problems = run.records(), list(run.skipped)
+    run_id = run.run_id
     summary_path = path / "summary.jsonl"
     summary = None
     if summary_path.is_file():
@@ -542,7 +524,7 @@ def load_run(
         summary = [summary_row(run_id, r) for r in records]
     if skipped is not None:
         skipped.extend(problems)
-    return run, records, summary
+    return run.meta.to_dict(), records, summary
 
 
 # ---------------------------------------------------------------------------------------------

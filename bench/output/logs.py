@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from bench.errors import UserError
 from bench.plan.matrix import Cell, Plan
+from bench.results.records import CellRecord
 from bench.secrets import redact
 
 LOG_FORMATS = ("human", "json")
@@ -98,27 +99,26 @@ class JsonReporter:
         self._phase = (cell.cell_id, phase)
         self.log.emit("cell_phase", run_id=self.run_id, phase=phase, **cell_fields(cell))
 
-    def cell_done(self, cell: Cell, record: dict[str, Any], final: bool = True, quiet: bool = False) -> None:
+    def cell_done(self, cell: Cell, record: CellRecord, final: bool = True, quiet: bool = False) -> None:
         if final:
             self.done += 1
         if quiet:
             return
-        status = record["status"]
+        status = record.status
         fields: dict[str, Any] = {
             "run_id": self.run_id,
             **cell_fields(cell),
             "status": status,
-            "attempt": record.get("attempt"),
+            "attempt": record.attempt,
             "final": final,
             "done": self.done,
             "total": self.total,
         }
         if status == "ok":
-            stats = record.get("stats") or {}
             for metric, stat in EVENT_STATS:
-                fields[f"{metric}_{stat}"] = (stats.get(metric) or {}).get(stat)
+                fields[f"{metric}_{stat}"] = record.stat(metric, stat)
         else:
-            fields["reason"] = record.get("reason")
+            fields["reason"] = record.reason
         level = "info" if status in ("ok", "skipped") else "warning"
         self.log.emit("cell_done", level=level, **fields)
 
@@ -127,3 +127,14 @@ class JsonReporter:
 
     def stop(self) -> None:
         pass
+
+
+def warn_skipped(log: Any, skipped: Any, action: str = "skipped") -> None:
+    """One warning per file in a cells/ directory that is not a cell record."""
+    log.emit(
+        "foreign_file",
+        level="warning",
+        path=str(skipped.path),
+        reason=skipped.reason,
+        message=f"{skipped.path}: {skipped.reason}; {action}",
+    )

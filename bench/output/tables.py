@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.plan.matrix import Cell, Plan
+from bench.results.records import CellRecord, CellSpec
 
 STATUS_STYLE = {
     "ok": "green",
@@ -57,23 +58,18 @@ def fmt_bytes(value: float | None) -> str:
     return f"{value:.1f} TiB"
 
 
-def _stat(record: dict[str, Any], metric: str, stat: str) -> float | None:
-    return ((record.get("stats") or {}).get(metric) or {}).get(stat)
-
-
-def _ms(record: dict[str, Any], metric: str, stat: str) -> str:
-    value = _stat(record, metric, stat)
+def _ms(record: CellRecord, metric: str, stat: str) -> str:
+    value = record.stat(metric, stat)
     return "-" if value is None else f"{value * 1e3:.2f}"
 
 
-def combo_label(cell: dict[str, Any] | Cell) -> str:
-    get = cell.get if isinstance(cell, dict) else lambda k: getattr(cell, k)
-    parts = [get("attn_implementation")]
-    if get("compile"):
-        parts.append(f"compile:{get('compile')}")
-    if get("kernelize"):
+def combo_label(cell: CellSpec | Cell) -> str:
+    parts = [cell.attn_implementation]
+    if cell.compile:
+        parts.append(f"compile:{cell.compile}")
+    if cell.kernelize:
         parts.append("kernels")
-    if get("continuous_batching"):
+    if cell.continuous_batching:
         parts.append("cb")
     return "+".join(parts)
 
@@ -85,47 +81,41 @@ SUMMARY_HEADERS = ("cell", "shape", "status", "e2e p50 ms", "e2e p95 ms", "ttft 
 RICH_ROW_LIMIT = 500
 
 
-def _shape(cell: dict[str, Any]) -> str:
-    return f"b{cell['batch_size']} s{cell['sequence_length']} n{cell['num_tokens_to_generate']}"
+def _shape(cell: CellSpec) -> str:
+    return f"b{cell.batch_size} s{cell.sequence_length} n{cell.num_tokens_to_generate}"
 
 
-def _by_index(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(records, key=lambda r: r["cell"]["index"])
+def _by_index(records: Iterable[CellRecord]) -> list[CellRecord]:
+    return sorted(records, key=lambda r: r.cell.index)
 
 
-def summary_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+def summary_rows(records: Iterable[CellRecord]) -> list[list[str]]:
     """One row per cell: latencies in ms (p50 and p95), throughput, memory, n, and the cell id."""
     rows = []
     for rec in _by_index(records):
-        if rec["status"] == "ok":
+        if rec.ok:
             cols = [
                 _ms(rec, "e2e_latency", "p50"),
                 _ms(rec, "e2e_latency", "p95"),
                 _ms(rec, "ttft", "p50"),
                 _ms(rec, "tpot", "p50"),
                 _ms(rec, "itl", "p95"),
-                fmt_rate(_stat(rec, "e2e_throughput", "p50")),
-                fmt_bytes((rec.get("memory") or {}).get("peak_bytes")),
-                str(_stat(rec, "e2e_latency", "n") or 0),
+                fmt_rate(rec.stat("e2e_throughput", "p50")),
+                fmt_bytes(rec.peak_memory_bytes),
+                str(int(rec.stat("e2e_latency", "n") or 0)),
             ]
         else:
             cols = ["-"] * 8  # why: see the unmeasured rows
-        rows.append([combo_label(rec["cell"]), _shape(rec["cell"]), rec["status"], *cols, rec["cell_id"][:8]])
+        rows.append([combo_label(rec.cell), _shape(rec.cell), rec.status, *cols, rec.cell_id[:8]])
     return rows
 
 
-def unmeasured_rows(records: Iterable[dict[str, Any]]) -> list[list[str]]:
+def unmeasured_rows(records: Iterable[CellRecord]) -> list[list[str]]:
     """Cells without numbers and why: skipped, failed, timed out, out of memory, interrupted."""
     return [
-        [
-            combo_label(r["cell"]),
-            _shape(r["cell"]),
-            r["status"],
-            (r.get("reason") or "")[:300],
-            r["cell_id"][:8],
-        ]
+        [combo_label(r.cell), _shape(r.cell), r.status, (r.reason or "")[:300], r.cell_id[:8]]
         for r in _by_index(records)
-        if r["status"] != "ok"
+        if not r.ok
     ]
 
 
@@ -134,7 +124,7 @@ def _styled_status(status: str) -> str:
     return f"[{style}]{status}[/{style}]" if style else status
 
 
-def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -> Table:
+def summary_table(records: Iterable[CellRecord], title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", title_justify="left")
     for i, header in enumerate(SUMMARY_HEADERS):
         if 3 <= i <= 10:
@@ -149,7 +139,7 @@ def summary_table(records: Iterable[dict[str, Any]], title: str | None = None) -
     return table
 
 
-def unmeasured_table(records: Iterable[dict[str, Any]]) -> Table | None:
+def unmeasured_table(records: Iterable[CellRecord]) -> Table | None:
     rows = unmeasured_rows(records)
     if not rows:
         return None
@@ -188,7 +178,7 @@ def text_table(headers: Iterable[str], rows: list[list[str]], title: str | None 
     return "\n".join([*out, *aligned_lines(headers, rows, numeric)]) + "\n"
 
 
-def print_summary(console: Console, records: list[dict[str, Any]], title: str | None = None) -> None:
+def print_summary(console: Console, records: list[CellRecord], title: str | None = None) -> None:
     """The summary and the unmeasured cells, as rich tables, or as plain text for large runs."""
     if len(records) <= RICH_ROW_LIMIT:
         console.print(summary_table(records, title=title))
@@ -287,24 +277,24 @@ class ProgressReporter:
             text = f"{phase} {i}/{total}"
         self.progress.update(self.task_id, current=f"{escape(cell.name)} · {text}")
 
-    def cell_done(self, cell: Cell, record: dict[str, Any], final: bool = True, quiet: bool = False) -> None:
+    def cell_done(self, cell: Cell, record: CellRecord, final: bool = True, quiet: bool = False) -> None:
         """A cell's attempt ended; `final` when no further attempt follows (the bar advances)."""
         if final:
             self.done += 1
         self.progress.update(self.task_id, advance=1 if final else 0, current="")
         if quiet:
             return
-        status = record["status"]
+        status = record.status
         style = STATUS_STYLE.get(status, "")
         if status == "ok":
             detail = (
-                f"e2e p50 {fmt_seconds(_stat(record, 'e2e_latency', 'p50'))}  "
-                f"ttft p50 {fmt_seconds(_stat(record, 'ttft', 'p50'))}  "
-                f"tpot p50 {fmt_seconds(_stat(record, 'tpot', 'p50'))}"
+                f"e2e p50 {fmt_seconds(record.stat('e2e_latency', 'p50'))}  "
+                f"ttft p50 {fmt_seconds(record.stat('ttft', 'p50'))}  "
+                f"tpot p50 {fmt_seconds(record.stat('tpot', 'p50'))}"
             )
         else:
-            detail = escape((record.get("reason") or "")[:160])
-        attempt = record.get("attempt") or 1
+            detail = escape((record.reason or "")[:160])
+        attempt = record.attempt or 1
         retry = not final and status != "interrupted"
         if status != "skipped" and (attempt > 1 or retry):
             detail = f"[dim](attempt {attempt}{', will retry' if retry else ''})[/dim] {detail}"

@@ -1,4 +1,5 @@
-"""Per-run metrics as DESIGN.md defines them, and their summary statistics. Pure functions."""
+"""Per-run metrics as the README's "What is measured" defines them (e2e, ttft, tpot, itl and the three
+throughputs), and their summary statistics. Pure functions; the metric table is in records."""
 
 from __future__ import annotations
 
@@ -7,28 +8,7 @@ from typing import Any
 
 import numpy as np
 
-STAT_NAMES = ("n", "mean", "std", "min", "p50", "p90", "p95", "p99", "max")
-# Every metric a cell reports, in the order tables and summary.jsonl use.
-METRICS = (
-    "e2e_latency",
-    "ttft",
-    "tpot",
-    "itl",
-    "e2e_throughput",
-    "decode_throughput",
-    "prefill_throughput",
-)
-# The metrics with one value per timed run (itl is every gap between tokens: a distribution).
-RUN_METRICS = tuple(m for m in METRICS if m != "itl")
-UNITS = {
-    "e2e_latency": "s",
-    "ttft": "s",
-    "tpot": "s",
-    "itl": "s",
-    "e2e_throughput": "tok/s",
-    "decode_throughput": "tok/s",
-    "prefill_throughput": "tok/s",
-}
+from bench.results.records import METRICS, STAT_NAMES
 
 
 def summarize(values: Sequence[float | None]) -> dict[str, float | int | None]:

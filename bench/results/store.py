@@ -11,8 +11,10 @@
                                             record belongs, moved aside before the cell ran again
 
 A write that fails (a full or read-only volume) raises StorageError naming the path and the
-cause. Every reader of cells/ goes through scan_cells (read_cell for one file), which skips and
-names what is not a cell record. Nothing here imports torch.
+cause. This module is the one reader of a run: open_run (a whole run, for the tools), read_meta
+(run.json, for resume and merge), scan_cells (cells/, read_cell for one file, which skips and
+names what is not a cell record). Each validates into the typed records of bench.results.records,
+once; nothing past it handles raw dicts. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench.errors import StorageError
-from bench.results.stats import METRICS, STAT_NAMES
+from bench.errors import StorageError, UserError
+from bench.results.records import CellRecord, RunMeta, ValidationError, describe_error
+from bench.results.summary import summary_row
 from bench.secrets import redact
 
 AXES = (
@@ -56,14 +59,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} as JSON")
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no NaN or Infinity; store them as null so any reader can parse the file."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
@@ -132,7 +135,7 @@ def to_json(data: Any, indent: int | None = None) -> str:
     try:
         return json.dumps(data, indent=indent, default=_json_default, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(data), indent=indent, default=_json_default, allow_nan=False)
+        return json.dumps(finite(data), indent=indent, default=_json_default, allow_nan=False)
 
 
 def atomic_write_json(
@@ -146,16 +149,6 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.load(f)
 
 
-def status_counts(records: Iterable[dict[str, Any]], planned: int | None = None) -> dict[str, int]:
-    """How many records have each status; with `planned`, also how many planned cells have none."""
-    counts: dict[str, int] = {}
-    for rec in records:
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-    if planned is not None:
-        counts["not_run"] = planned - sum(counts.values())
-    return counts
-
-
 @dataclass(frozen=True)
 class Skipped:
     """A file in a run directory that is not what tfbench writes there (a cell record), and why."""
@@ -167,39 +160,41 @@ class Skipped:
         return f"{self.path}: {self.reason}"
 
 
-def read_cell(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def read_cell(path: Path) -> tuple[CellRecord | None, str | None]:
     """The cell record stored in `path`, or None and why the file is not one.
 
     The store writes atomically, so a file that fails here was put there (or damaged) by
-    something else: it is named and skipped, never taken for a result.
+    something else: it is named and skipped, never taken for a result. The reason names the
+    first fields that are not as tfbench writes them.
     """
     try:
-        record = read_json(path)
+        data = read_json(path)
     except UnicodeDecodeError:
         return None, "not JSON: not UTF-8 text"
+    except RecursionError:
+        return None, "not JSON: nested too deeply"
     except ValueError as exc:
         return None, f"not JSON: {exc}"
     except OSError as exc:
         return None, f"cannot be read: {exc.strerror or exc}"
-    if (
-        not isinstance(record, dict)
-        or not isinstance(record.get("cell_id"), str)
-        or not isinstance(record.get("status"), str)
-        or not isinstance(record.get("cell"), dict)
-    ):
+    if not isinstance(data, dict) or not all(k in data for k in ("cell_id", "status", "cell")):
         return None, "not a tfbench cell record"
-    if path.name != f"{record['cell_id']}.json":
-        return None, f"cell_id {record['cell_id']} does not match the file name"
+    try:
+        record = CellRecord.model_validate(data)
+    except ValidationError as exc:
+        return None, describe_error(exc, "not a tfbench cell record")
+    if path.name != f"{record.cell_id}.json":
+        return None, f"cell_id {record.cell_id} does not match the file name"
     return record, None
 
 
-def scan_cells(cells_dir: Path) -> tuple[list[dict[str, Any]], list[Skipped]]:
+def scan_cells(cells_dir: Path) -> tuple[list[CellRecord], list[Skipped]]:
     """Every cell record in a cells/ directory (by file name), and the files skipped, each with why.
 
     Hidden files are the temporaries of atomic writes cut short; they are not results and are
     left to the run that owns them. A missing directory holds no records.
     """
-    records: list[dict[str, Any]] = []
+    records: list[CellRecord] = []
     skipped: list[Skipped] = []
     try:
         entries = sorted(p for p in cells_dir.iterdir() if not p.name.startswith("."))
@@ -215,6 +210,94 @@ def scan_cells(cells_dir: Path) -> tuple[list[dict[str, Any]], list[Skipped]]:
         else:
             records.append(record)
     return records, skipped
+
+
+def read_meta(run_path: Path) -> RunMeta | None:
+    """A run directory's run.json, or None when there is none or it is not one (for the run side,
+    which treats such a directory as no run: resume, merge)."""
+    try:
+        return load_meta(run_path / "run.json")
+    except RunFileError:
+        return None
+
+
+class RunFileError(UserError):
+    """A run.json or run directory that is not as tfbench writes it (exit 2, naming the file)."""
+
+
+def load_meta(path: Path) -> RunMeta:
+    """run.json validated; RunFileError naming the file and the field otherwise."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise RunFileError(
+            f"{path} cannot be read as JSON: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    if not isinstance(data, dict) or "run_id" not in data:
+        raise RunFileError(f"{path} is not a tfbench run.json (no run_id)")
+    try:
+        return RunMeta.model_validate(data)
+    except ValidationError as exc:
+        what = (
+            f"the results in {path} are not as tfbench writes them (changed by hand or by another program?)"
+        )
+        raise RunFileError(describe_error(exc, what)) from None
+
+
+@dataclass
+class Run:
+    """A run as read from its directory (or from a Hub dataset): run.json and every cell record."""
+
+    path: Path
+    meta: RunMeta
+    cells: dict[str, CellRecord]
+    skipped: list[Skipped] = field(default_factory=list)  # files in cells/ that are not records
+
+    @property
+    def run_id(self) -> str:
+        return self.meta.run_id or self.path.name
+
+    def records(self) -> list[CellRecord]:
+        """The records in plan order."""
+        return sorted(self.cells.values(), key=lambda r: (r.cell.index, r.cell_id))
+
+
+def open_run(path: str | os.PathLike[str]) -> Run:
+    """The one reader of a run directory `<output>/<run id>` (a merged sharded run has the same
+    layout). RunFileError (exit 2) when it is not one, saying what it is instead."""
+    p = Path(path)
+    if not p.exists():
+        raise RunFileError(f"{p}: no such run directory")
+    if not p.is_dir():
+        raise RunFileError(f"{p} is not a tfbench run directory but a file; give <output>/<run id>")
+    if not (p / "run.json").is_file():
+        if (p / "shards").is_dir():
+            raise RunFileError(
+                f"{p} is a sharded run whose shards have not been merged: run `tfbench merge {p}`"
+            )
+        inside = sorted(c.name for c in run_dirs_in(p))
+        hint = f"; it holds run directories ({', '.join(inside[:5])}): give one of them" if inside else ""
+        raise RunFileError(f"{p} is not a tfbench run directory: it has no run.json{hint}")
+    meta = load_meta(p / "run.json")
+    records, skipped = scan_cells(p / "cells")
+    return Run(p, meta, {r.cell_id: r for r in records}, skipped)
+
+
+def run_dirs_in(root: Path) -> list[Path]:
+    """The run directories directly under `root` (anything else there, lost+found, notes, a
+    directory without a run.json, is no run)."""
+    found = []
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return found
+    for child in children:
+        try:
+            if child.is_dir() and not child.name.startswith(".") and (child / "run.json").is_file():
+                found.append(child)
+        except OSError:
+            continue
+    return found
 
 
 class RunDir:
@@ -251,14 +334,14 @@ class RunDir:
     def drop_scratch(self, cell_id: str) -> None:
         shutil.rmtree(self.work / cell_id, ignore_errors=True)
 
-    def write_run(self, data: dict[str, Any]) -> None:
-        atomic_write_json(self.run_json, data)
+    def write_run(self, meta: RunMeta) -> None:
+        atomic_write_json(self.run_json, meta.to_dict())
 
-    def write_cell(self, record: dict[str, Any], durable: bool = True) -> None:
+    def write_cell(self, record: CellRecord, durable: bool = True) -> None:
         # One line: cell records are many and large (per-run timings), and read by programs.
-        atomic_write_json(self.cell_path(record["cell_id"]), record, durable=durable, indent=None)
+        atomic_write_json(self.cell_path(record.cell_id), record.to_dict(), durable=durable, indent=None)
 
-    def read_cells(self) -> list[dict[str, Any]]:
+    def read_cells(self) -> list[CellRecord]:
         return scan_cells(self.cells)[0]
 
     def quarantine(self, path: Path) -> Path:
@@ -272,79 +355,6 @@ class RunDir:
             os.rename(path, dest)
         return dest
 
-    def write_summary(self, records: Iterable[dict[str, Any]], durable: bool = True) -> None:
-        rows = [summary_row(self.run_id, r) for r in sorted(records, key=lambda r: r["cell"]["index"])]
+    def write_summary(self, records: Iterable[CellRecord], durable: bool = True) -> None:
+        rows = [summary_row(self.run_id, r) for r in sorted(records, key=lambda r: r.cell.index)]
         atomic_write_text(self.summary, "".join(to_json(row) + "\n" for row in rows), durable=durable)
-
-
-def summary_columns() -> list[str]:
-    cols = ["run_id", "cell_id", "name", "status", "reason", *AXES]
-    cols += [f"{m}_{s}" for m in METRICS for s in STAT_NAMES]
-    cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
-    cols += [*GPU_COLUMNS]
-    return cols
-
-
-def summary_row(run_id: str, record: dict[str, Any]) -> dict[str, Any]:
-    """One flat row with the same columns for every cell, so datasets/pandas infer one schema."""
-    cell = record["cell"]
-    stats = record.get("stats") or {}
-    row: dict[str, Any] = {
-        "run_id": run_id,
-        "cell_id": record["cell_id"],
-        "name": cell["name"],
-        "status": record["status"],
-        "reason": record.get("reason"),
-    }
-    for axis in AXES:
-        row[axis] = cell[axis]
-    for metric in METRICS:
-        mstats = stats.get(metric) or {}
-        for stat in STAT_NAMES:
-            value = mstats.get(stat)
-            row[f"{metric}_{stat}"] = (0 if value is None else value) if stat == "n" else value
-    memory = record.get("memory") or {}
-    row["peak_memory_bytes"] = memory.get("peak_bytes")
-    row["load_time_s"] = record.get("load_time_s")
-    row["warmup_time_s"] = record.get("warmup_time_s")
-    row["worker_pid"] = record.get("worker_pid")
-    row["attempt"] = record.get("attempt") or (0 if record["status"] == "skipped" else 1)
-    row["shard"] = record.get("shard")
-    row.update(gpu_row(record))
-    return row
-
-
-# GPU telemetry and roofline columns of summary.jsonl (null where not measured, e.g. on the CPU).
-GPU_COLUMNS = (
-    "energy_per_token_j_p50",
-    "energy_per_run_j_p50",
-    "gpu_util_pct_mean",
-    "power_w_mean",
-    "sm_clock_mhz_mean",
-    "nvml_used_peak_bytes",
-    "kv_cache_bytes",
-    "decode_mbu",
-    "prefill_mfu",
-)
-
-
-def gpu_row(record: dict[str, Any]) -> dict[str, Any]:
-    telemetry = record.get("gpu_telemetry") or {}
-    first = (telemetry.get("devices") or [{}])[0].get("metrics") or {}
-    roof = record.get("roofline") or {}
-    memory = record.get("memory") or {}
-
-    def mean(metric: str) -> Any:
-        return (first.get(metric) or {}).get("mean")
-
-    return {
-        "energy_per_token_j_p50": (telemetry.get("energy_per_token_j") or {}).get("p50"),
-        "energy_per_run_j_p50": (telemetry.get("energy_per_run_j") or {}).get("p50"),
-        "gpu_util_pct_mean": mean("gpu_util_pct"),
-        "power_w_mean": mean("power_w"),
-        "sm_clock_mhz_mean": mean("sm_clock_mhz"),
-        "nvml_used_peak_bytes": memory.get("nvml_used_peak_bytes"),
-        "kv_cache_bytes": memory.get("kv_cache_bytes", roof.get("kv_cache_bytes")),
-        "decode_mbu": roof.get("decode_mbu"),
-        "prefill_mfu": roof.get("prefill_mfu"),
-    }

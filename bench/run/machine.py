@@ -16,6 +16,9 @@ import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.errors import UserError
+from bench.plan.matrix import Capabilities
+
 TRACKED_PACKAGES = (
     "torch",
     "transformers",
@@ -179,3 +182,14 @@ def environment(accel: Accelerators) -> dict[str, Any]:
         "cuda_driver_version": accel.cuda_driver_version,
         "gpus": [asdict(g) for g in accel.gpus],
     }
+
+
+def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) -> Capabilities:
+    """What the plan may assume. A run on cuda needs a GPU here; a plan for cuda may be made anywhere."""
+    if config_device == "cuda" and not accel.cuda and for_run:
+        raise UserError(
+            f"device is cuda but no NVIDIA GPU is usable: {accel.reason}. "
+            "In Docker, pass the GPUs with `docker run --gpus all ...`; or set device: cpu."
+        )
+    device = config_device if config_device != "auto" else ("cuda" if accel.cuda else "cpu")
+    return Capabilities(device=device, flash_attn=is_installed("flash_attn"), kernels=is_installed("kernels"))

@@ -15,20 +15,20 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import UserError
+from bench.results.records import CellRecord, RunMeta, status_counts
 from bench.results.store import (
     RunDir,
     Skipped,
+    read_meta,
     scan_cells,
-    status_counts,
     storage_errors,
     to_json,
     write_new_text,
 )
-from bench.run.resume import RunLock, read_run
+from bench.run.resume import RunLock
 
 MERGE_LOCK = ".merge.lock"
 
@@ -40,7 +40,7 @@ class MergeError(UserError):
 @dataclass
 class Shards:
     run_path: Path
-    metas: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard name -> run.json
+    metas: dict[str, RunMeta] = field(default_factory=dict)  # shard name -> run.json
     verbatim: set[str] = field(default_factory=set)  # cells whose shard file is already in merged form
 
 
@@ -50,8 +50,8 @@ def read_shards(run_path: Path) -> Shards:
     if not root.is_dir():
         raise MergeError(f"{run_path} has no shards/ directory: it is not a sharded run")
     for path in sorted(root.iterdir()):
-        meta = read_run(path) if path.is_dir() else None
-        if meta is None or not meta.get("shard"):
+        meta = read_meta(path) if path.is_dir() else None
+        if meta is None or meta.shard is None or meta.identity is None or meta.plan is None:
             raise MergeError(f"{path} is not a shard of a tfbench run (no readable run.json with a shard)")
         shards.metas[path.name] = meta
     if not shards.metas:
@@ -63,24 +63,22 @@ def check(shards: Shards) -> list[str]:
     """Why these shards cannot be merged yet; an empty list when they can."""
     problems: list[str] = []
     metas = shards.metas
-    counts = {m["shard"]["count"] for m in metas.values()}
+    counts = {m.shard.count for m in metas.values() if m.shard}
     if len(counts) > 1:
         return [f"the shards disagree on the shard count: {sorted(counts)}"]
     (count,) = counts
-    present = {m["shard"]["index"] for m in metas.values()}
+    present = {m.shard.index for m in metas.values() if m.shard}
     missing = [f"{i}-of-{count}" for i in range(count) if i not in present]
     if missing:
         problems.append(f"shards not started: {', '.join(missing)}")
     for key, label in (("cells", "plan"), ("settings", "measurement settings"), ("hardware", "hardware")):
-        seen = {repr(m["identity"].get(key)) for m in metas.values()}
+        seen = {repr((m.identity or {}).get(key)) for m in metas.values()}
         if len(seen) > 1:
             problems.append(f"the shards ran different {label}: " + "; ".join(sorted(seen)))
-    ids = {m["run_id"] for m in metas.values()}
+    ids = {m.run_id for m in metas.values()}
     if len(ids) > 1:
         problems.append(f"the shards carry different run ids: {sorted(ids)}")
-    unfinished = [
-        f"{name} ({m.get('status')})" for name, m in sorted(metas.items()) if m.get("status") != "finished"
-    ]
+    unfinished = [f"{name} ({m.status})" for name, m in sorted(metas.items()) if m.status != "finished"]
     if unfinished:
         problems.append(
             "shards not finished: " + ", ".join(unfinished) + " (restart them with the same run id to resume)"
@@ -90,29 +88,29 @@ def check(shards: Shards) -> list[str]:
 
 def collect(
     shards: Shards, warn: Callable[[Skipped], None] | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[RunMeta, list[CellRecord]]:
     """The full plan and every cell record, checked: each planned cell exactly once.
 
     A file in a shard's cells/ that is not a cell record is passed to `warn` and left out (its
     cell then counts as missing, if it is planned).
     """
     first = next(iter(shards.metas.values()))
-    plan_cells = first["plan"]["cells"]
-    planned = {c["cell_id"] for c in plan_cells}
+    plan_cells = [c["cell_id"] for c in first.planned_cells()]
+    planned = set(plan_cells)
     owners: dict[str, list[str]] = {}
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, CellRecord] = {}
     for name in sorted(shards.metas):
         found, skipped = scan_cells(shards.run_path / "shards" / name / "cells")
         for item in skipped if warn is not None else ():
             warn(item)
         for rec in found:
-            cid = rec["cell_id"]
+            cid = rec.cell_id
             owners.setdefault(cid, []).append(name)
-            if rec.get("shard") == name:
+            if rec.shard == name:
                 shards.verbatim.add(cid)  # the file holds the record as merged: it can be linked
                 records[cid] = rec
             else:
-                records[cid] = {**rec, "shard": name}
+                records[cid] = rec.with_updates(shard=name)
     problems = []
     dup = {cid: names for cid, names in owners.items() if len(names) > 1}
     if dup:
@@ -126,19 +124,19 @@ def collect(
     missing = sorted(planned - set(owners))
     if missing:
         problems.append(f"{len(missing)} planned cells have no record: {', '.join(missing[:20])}")
-    unsettled = sorted(cid for cid, r in records.items() if r.get("status") == "running")
+    unsettled = sorted(cid for cid, r in records.items() if r.status == "running")
     if unsettled:
         problems.append(f"cells still marked running: {', '.join(unsettled)}")
     if problems:
         raise MergeError(f"cannot merge {shards.run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    return first, [records[c["cell_id"]] for c in plan_cells]
+    return first, [records[cid] for cid in plan_cells]
 
 
 def merge(
     run_path: Path,
     shards: Shards | None = None,
     warn: Callable[[Skipped], None] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[RunMeta, list[CellRecord]]:
     """Merge the shards under run_path into run_path; returns the merged run.json and cell records.
 
     `shards`: already read and checked by the caller (try_merge), so they are not read twice.
@@ -151,57 +149,62 @@ def merge(
             raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
     first, records = collect(shards, warn)
     rundir = RunDir(run_path.parent, run_path.name)
-    _replace_cells(rundir, records, first["run_id"], shards.verbatim)
+    records = _replace_cells(rundir, records, first.run_id, shards.verbatim)
     rundir.write_summary(records, durable=False)
     os.sync()  # the derived files reach the disk before run.json says the merge is done
     counts = status_counts(records)
-    metas = [
-        shards.metas[name] for name in sorted(shards.metas, key=lambda n: shards.metas[n]["shard"]["index"])
-    ]
-    merged = {
-        "run_id": first["run_id"],
-        "run_name": first.get("run_name"),
-        "schema_version": SCHEMA_VERSION,
-        "tfbench_version": __version__,
-        "status": "finished",
-        "started_at": min(m.get("started_at") or "" for m in metas),
-        "finished_at": max(m.get("finished_at") or "" for m in metas),
-        "counts": counts,
-        "shard_count": first["shard"]["count"],
-        "shards": [
-            {
-                "name": f"{m['shard']['index']}-of-{m['shard']['count']}",
-                "cells": len(m["shard"]["cell_ids"]),
-                "started_at": m.get("started_at"),
-                "finished_at": m.get("finished_at"),
-                "hostname": (m.get("environment") or {}).get("hostname"),
-                "counts": m.get("counts"),
-                "invocations": len(m.get("invocations") or []) or 1,
-            }
-            for m in metas
-        ],
-        "identity": {**first["identity"], "shard": None},
-        **{
-            k: first.get(k) for k in ("config_source", "config_as_given", "config", "plan", "measured_commit")
-        },
-        # Shards ran on identical hardware (checked); the rest of the environment is the first shard's.
-        "environment": first.get("environment"),
-    }
+    metas = sorted(shards.metas.values(), key=lambda m: m.shard.index if m.shard else 0)
+    given = first.to_dict()
+    merged = RunMeta.model_validate(
+        {
+            "run_id": first.run_id,
+            "run_name": first.run_name,
+            "schema_version": SCHEMA_VERSION,
+            "tfbench_version": __version__,
+            "status": "finished",
+            "started_at": min(m.started_at or "" for m in metas),
+            "finished_at": max(m.finished_at or "" for m in metas),
+            "counts": counts,
+            "shard_count": first.shard.count if first.shard else len(metas),
+            "shards": [
+                {
+                    "name": m.shard.name if m.shard else "?",
+                    "cells": len(m.shard.cell_ids) if m.shard else 0,
+                    "started_at": m.started_at,
+                    "finished_at": m.finished_at,
+                    "hostname": m.environment.hostname if m.environment else None,
+                    "counts": m.counts,
+                    "invocations": len(m.invocations) or 1,
+                }
+                for m in metas
+            ],
+            "identity": {**(first.identity or {}), "shard": None},
+            **{
+                k: given.get(k)
+                for k in ("config_source", "config_as_given", "config", "plan", "measured_commit")
+            },
+            # Shards ran on identical hardware (checked); the rest of the environment is the first shard's.
+            "environment": given.get("environment"),
+        }
+    )
     rundir.write_run(merged)
     return merged, records
 
 
-def _merged_form(rec: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _merged_form(rec: CellRecord, run_id: str) -> CellRecord:
     """A shard's record as the merged run holds it. The runner writes shard records in this form
     already; records written by earlier versions lack the shard and the log prefix."""
-    out = {**rec, "run_id": run_id}
-    log = out.get("log")
-    if log and not log.startswith("shards/"):
-        out["log"] = f"shards/{rec['shard']}/{log}"
-    return out
+    log = rec.log
+    if rec.run_id == run_id and (not log or log.startswith("shards/")):
+        return rec
+    return rec.with_updates(
+        run_id=run_id, log=f"shards/{rec.shard}/{log}" if log and not log.startswith("shards/") else log
+    )
 
 
-def _replace_cells(rundir: RunDir, records: list[dict[str, Any]], run_id: str, verbatim: set[str]) -> None:
+def _replace_cells(
+    rundir: RunDir, records: list[CellRecord], run_id: str, verbatim: set[str]
+) -> list[CellRecord]:
     """Build the merged cells/ whole in a hidden directory, then swap it in by renames: readers
     see the old cells/ or the new one, never a mix; a killed merge's leftovers go first.
 
@@ -209,37 +212,40 @@ def _replace_cells(rundir: RunDir, records: list[dict[str, Any]], run_id: str, v
     no cell data); safe because every write of a record replaces its file, never edits it in
     place. Other records, or a volume without hard links, get a plain copy: the merged run is
     derived from the shards and can always be merged again, so no per-file fsync either.
+    Returns the records as merged.
     """
     parent = rundir.path
     for stale in parent.glob(".cells-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging, old = parent / f".cells-new-{os.getpid()}", parent / f".cells-old-{os.getpid()}"
     linkable = True
+    out = []
     with storage_errors(staging):
         staging.mkdir()
-        for i, rec in enumerate(records):
+        for rec in records:
             merged = _merged_form(rec, run_id)
-            name = f"{rec['cell_id']}.json"
+            out.append(merged)
+            name = f"{rec.cell_id}.json"
             target = staging / name
-            if linkable and merged == rec and rec["cell_id"] in verbatim:
+            if linkable and merged is rec and rec.cell_id in verbatim:
                 try:
-                    os.link(rundir.root / "shards" / rec["shard"] / "cells" / name, target)
+                    os.link(rundir.root / "shards" / str(rec.shard) / "cells" / name, target)
                     continue
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC:
                         raise
                     linkable = False  # a volume without hard links: copy from now on
-            write_new_text(target, to_json(merged) + "\n")
-            records[i] = merged
+            write_new_text(target, to_json(merged.to_dict()) + "\n")
         if rundir.cells.exists():
             os.rename(rundir.cells, old)
         os.rename(staging, rundir.cells)
     shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 def try_merge(
     run_path: Path, warn: Callable[[Skipped], None] | None = None
-) -> tuple[dict[str, Any] | None, list[str]]:
+) -> tuple[RunMeta | None, list[str]]:
     """Merge if every shard has finished (the last one to finish does it); else say what is pending.
 
     The lock keeps two shards finishing together from writing the merged files at once.

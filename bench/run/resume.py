@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.plan.matrix import Plan
-from bench.results.store import RunDir, Skipped, atomic_write_json, read_json, scan_cells, storage_errors
+from bench.results.records import CellRecord, RunMeta
+from bench.results.store import RunDir, Skipped, atomic_write_json, read_meta, scan_cells, storage_errors
 
 # Run statuses that a later invocation may continue ("running" is what a killed runner leaves).
 UNFINISHED = ("running", "interrupted")
@@ -49,14 +50,6 @@ def identity(plan: Plan, settings: Mapping[str, Any], hardware: str, shard: str 
     }
 
 
-def hardware_signature(environment: Mapping[str, Any], device: str) -> str:
-    """The accelerator (GPU models, or the CPU model for a CPU run) that the numbers belong to."""
-    if device == "cuda":
-        names = [g.get("name", "?") for g in environment.get("gpus") or []]
-        return "cuda: " + ", ".join(names) if names else "cuda"
-    return f"cpu: {environment.get('cpu') or '?'}"
-
-
 def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     words = {
         "cells": "the plan (cells or what runs)",
@@ -72,24 +65,22 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     return out
 
 
-def charged_attempts(record: Mapping[str, Any] | None) -> int:
+def charged_attempts(record: CellRecord | None) -> int:
     """Attempts of a cell that count against max_attempts, its current record included."""
     if record is None:
         return 0
-    history = [h.get("status") for h in record.get("attempts") or []]
-    return sum(1 for s in [*history, record.get("status")] if s in CHARGED)
+    history = [h.status for h in record.attempts]
+    return sum(1 for s in [*history, record.status] if s in CHARGED)
 
 
-def lost_record(record: Mapping[str, Any]) -> dict[str, Any]:
+def lost_record(record: CellRecord) -> CellRecord:
     """A record left as "running" by a run that was killed: the attempt is lost."""
-    return {
-        **record,
-        "status": "lost",
-        "reason": "the run was killed while this cell ran; no result was written",
-    }
+    return record.with_updates(
+        status="lost", reason="the run was killed while this cell ran; no result was written"
+    )
 
 
-def settle_running(rundir: RunDir, record: Mapping[str, Any]) -> dict[str, Any]:
+def settle_running(rundir: RunDir, record: CellRecord) -> CellRecord:
     """What a "running" record left by an earlier invocation stands for.
 
     The attempt's scratch directory tells: the runner creates it just before it starts the
@@ -99,43 +90,43 @@ def settle_running(rundir: RunDir, record: Mapping[str, Any]) -> dict[str, Any]:
     cell's doing, so neither is charged. Otherwise the worker may have been running when the
     run died: the attempt is lost, and charged.
     """
-    scratch = rundir.work / f"{record.get('cell_id')}.{record.get('attempt') or 1}"
+    scratch = rundir.work / f"{record.cell_id}.{record.attempt or 1}"
     if not scratch.is_dir():
         reason = "the run stopped before this attempt's worker started"
     elif (scratch / "result.json").is_file():
         reason = "the run stopped after the worker finished, before its result was recorded"
     else:
         return lost_record(record)
-    return {**record, "status": "interrupted", "reason": reason}
+    return record.with_updates(status="interrupted", reason=reason)
 
 
-def needs_run(record: Mapping[str, Any] | None, max_attempts: int) -> bool:
+def needs_run(record: CellRecord | None, max_attempts: int) -> bool:
     """Whether a runnable cell with this latest record (None: never started) runs (again)."""
     if record is None:
         return True
-    status = record.get("status")
+    status = record.status
     if status in FINAL:
         return False
     if status == "running":
         record = lost_record(record)
-    if status == "failed" and (record.get("error") or {}).get("retryable") is False:
+    if status == "failed" and record.error is not None and record.error.retryable is False:
         return False  # a deterministic fault (a broken model) fails the same way every time
     return charged_attempts(record) < max_attempts
 
 
-def history_entry(record: Mapping[str, Any]) -> dict[str, Any]:
+def history_entry(record: CellRecord) -> dict[str, Any]:
     """The short form of a finished attempt, kept in the next attempt's record."""
     keys = ("attempt", "status", "reason", "started_at", "finished_at", "duration_s", "worker_pid")
-    return {k: record.get(k) for k in keys}
+    return {k: getattr(record, k) for k in keys}
 
 
-def previous_attempts(record: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def previous_attempts(record: CellRecord | None) -> list[dict[str, Any]]:
     """The history a new attempt of this cell carries: earlier attempts plus the latest one."""
     if record is None:
         return []
-    if record.get("status") == "running":
+    if record.status == "running":
         record = lost_record(record)
-    return [*(record.get("attempts") or []), history_entry(record)]
+    return [*(a.to_dict() for a in record.attempts), history_entry(record)]
 
 
 class RunLock:
@@ -181,14 +172,6 @@ def lock_path(run_path: Path) -> Path:
     return run_path / ".lock"
 
 
-def read_run(run_path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(run_path / "run.json")
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def unfinished_candidates(output: Path, run_name: str, key: Mapping[str, Any]) -> list[Path]:
     """Run directories in `output` this invocation may continue, newest first."""
     found: list[tuple[str, Path]] = []
@@ -199,26 +182,26 @@ def unfinished_candidates(output: Path, run_name: str, key: Mapping[str, Any]) -
     for path in entries:
         # Anything else in the output (lost+found, notes, a directory without a run) is no run.
         try:
-            meta = read_run(path) if path.is_dir() and not path.name.startswith(".") else None
+            meta = read_meta(path) if path.is_dir() and not path.name.startswith(".") else None
         except OSError:
             continue
         if (
-            meta
-            and meta.get("run_name") == run_name
-            and meta.get("status") in UNFINISHED
-            and meta.get("identity") == key
-            and not meta.get("shard")
+            meta is not None
+            and meta.run_name == run_name
+            and meta.status in UNFINISHED
+            and meta.identity == key
+            and not meta.shard
         ):
-            found.append((str(meta.get("started_at") or ""), path))
+            found.append((meta.started_at or "", path))
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def records_for(rundir: RunDir, cell_ids: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list[Skipped]]:
+def records_for(rundir: RunDir, cell_ids: Iterable[str]) -> tuple[dict[str, CellRecord], list[Skipped]]:
     """The latest record of each of these cells in a run directory, and the files in its cells/
     that are not cell records (the store writes atomically: such a file was put there)."""
     wanted = set(cell_ids)
     records, skipped = scan_cells(rundir.cells)
-    return {r["cell_id"]: r for r in records if r["cell_id"] in wanted}, skipped
+    return {r.cell_id: r for r in records if r.cell_id in wanted}, skipped
 
 
 @dataclass
@@ -227,15 +210,13 @@ class Selected:
 
     rundir: RunDir
     lock: RunLock
-    meta: dict[str, Any] | None = None  # run.json of the run being continued
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: RunMeta | None = None  # run.json of the run being continued
+    records: dict[str, CellRecord] = field(default_factory=dict)
     finished: bool = False  # an explicitly named run that is already finished: nothing to do
     skipped: list[Skipped] = field(default_factory=list)  # files in cells/ that are not records
 
 
-def _continue(
-    rundir: RunDir, lock: RunLock, meta: dict[str, Any], plan: Plan, finished: bool = False
-) -> Selected:
+def _continue(rundir: RunDir, lock: RunLock, meta: RunMeta, plan: Plan, finished: bool = False) -> Selected:
     records, skipped = records_for(rundir, (c.cell_id for c in plan.cells))
     return Selected(rundir, lock, meta, records, finished=finished, skipped=skipped)
 
@@ -261,7 +242,7 @@ def select_run(
         rundir = RunDir(output, run_id, shard)
         where = f"run {run_id}" + (f" shard {shard}" if shard else "")
         if rundir.path.exists():
-            meta = read_run(rundir.path)
+            meta = read_meta(rundir.path)
             if meta is None:
                 if any(not p.name.startswith(".") for p in rundir.path.iterdir()):
                     raise UserError(f"{rundir.path} exists and is not a tfbench run (no readable run.json)")
@@ -271,15 +252,15 @@ def select_run(
                 raise UserError(f"{where} in {output} is in use by another tfbench process")
             if meta is None:
                 return Selected(rundir, lock)
-            if meta.get("identity") != key:
+            if meta.identity != key:
                 lock.release()
-                diffs = identity_differences(meta.get("identity") or {}, key)
+                diffs = identity_differences(meta.identity or {}, key)
                 raise UserError(
                     f"{where} in {output} was started with a different "
                     + "; ".join(diffs or ["set-up (it predates resume)"])
                     + ". Numbers of both would not compare: choose another run id, or restore the set-up"
                 )
-            return _continue(rundir, lock, meta, plan, finished=meta.get("status") == "finished")
+            return _continue(rundir, lock, meta, plan, finished=meta.status == "finished")
         with storage_errors(rundir.path):
             rundir.path.mkdir(parents=True, exist_ok=True)
         lock = RunLock(lock_path(rundir.path))
@@ -289,8 +270,8 @@ def select_run(
     for path in unfinished_candidates(output, run_name, key):
         lock = RunLock(lock_path(path))
         if lock.acquire():
-            meta = read_run(path)
-            if meta is not None and meta.get("status") in UNFINISHED:  # re-read under the lock
+            meta = read_meta(path)
+            if meta is not None and meta.status in UNFINISHED:  # re-read under the lock
                 return _continue(RunDir(output, path.name), lock, meta, plan)
             lock.release()
     while True:

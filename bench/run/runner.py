@@ -26,11 +26,19 @@ from typing import Any
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
 from bench.plan.matrix import Cell, Plan
-from bench.results.store import RunDir, read_json, status_counts, storage_errors
+from bench.results.records import (
+    FAILED_STATUSES,
+    CellRecord,
+    RunMeta,
+    Settings,
+    ValidationError,
+    describe_error,
+    status_counts,
+)
+from bench.results.store import RunDir, read_json, storage_errors
 from bench.run.resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
 from bench.secrets import redact_file
 
-FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 LOG_TAIL_LINES = 30
 
 
@@ -123,21 +131,6 @@ def _signal_name(signum: int) -> str:
 
 
 @dataclass
-class Settings:
-    """Per-run settings the worker needs besides the cell."""
-
-    warmup_iterations: int
-    measurement_iterations: int
-    seed: int
-    trust_remote_code: bool
-    gpu_monitoring: bool
-    cell_timeout_s: float
-    max_attempts: int = 1
-    gpu_sample_interval_s: float = 0.05
-    cell_memory_limit_gb: float | None = None
-
-
-@dataclass
 class RunState:
     counts: dict[str, int] = field(default_factory=dict)
     stop_signal: int | None = None
@@ -161,9 +154,9 @@ class Runner:
         rundir: RunDir,
         plan: Plan,
         settings: Settings,
-        run_meta: dict[str, Any],
+        run_meta: RunMeta,
         reporter: Any,
-        previous: dict[str, dict[str, Any]] | None = None,
+        previous: dict[str, CellRecord] | None = None,
     ):
         self.rundir = rundir
         self.plan = plan
@@ -171,10 +164,10 @@ class Runner:
         self.run_meta = run_meta
         self.reporter = reporter
         # The latest record of each cell from earlier invocations of this run (resume).
-        self.records: dict[str, dict[str, Any]] = dict(previous or {})
+        self.records: dict[str, CellRecord] = dict(previous or {})
         self.state = RunState()
         self.current: Current | None = None
-        self.meta: dict[str, Any] = {}
+        self.meta: RunMeta | None = None
         self._held_log: Any = None
 
     # -- signals ----------------------------------------------------------------------------
@@ -238,16 +231,18 @@ class Runner:
         written = [
             rec
             for c in self.plan.cells
-            if (rec := self.records.get(c.cell_id)) is not None and rec["status"] != "running"
+            if (rec := self.records.get(c.cell_id)) is not None and rec.status != "running"
         ]
-        if self.meta:
+        if self.meta is not None:
             counts = status_counts(written, len(self.plan.cells))
-            self.meta.update(
-                finished_at=now_iso(),
-                status="interrupted",
-                interrupted_by="storage",
-                counts=counts,
-                storage_error={"path": exc.path, "error": exc.reason},
+            self.meta = self.meta.model_copy(
+                update={
+                    "finished_at": now_iso(),
+                    "status": "interrupted",
+                    "interrupted_by": "storage",
+                    "counts": counts,
+                    "storage_error": {"path": exc.path, "error": exc.reason},
+                }
             )
             with contextlib.suppress(StorageError):
                 self.rundir.write_run(self.meta)
@@ -256,13 +251,13 @@ class Runner:
             "writable, then start again with the same config and volume to continue (the run resumes)."
         )
 
-    def _final(self, record: dict[str, Any]) -> bool:
-        return record["status"] != "interrupted" and not needs_run(record, self.settings.max_attempts)
+    def _final(self, record: CellRecord) -> bool:
+        return record.status != "interrupted" and not needs_run(record, self.settings.max_attempts)
 
     def _execute(self) -> int:
         records = self.records
         for cid, rec in list(records.items()):
-            if rec["status"] == "running":
+            if rec.status == "running":
                 # Left by an invocation that stopped mid-attempt. Recorded before the scratch
                 # directories that tell what happened are removed.
                 self.rundir.write_cell(settled := settle_running(self.rundir, rec))
@@ -273,17 +268,18 @@ class Runner:
         shutil.rmtree(self.rundir.work, ignore_errors=True)
         self.rundir.create()
         remove_stale_temporaries(self.rundir)
-        meta = {
-            **self.run_meta,
-            "schema_version": SCHEMA_VERSION,
-            "tfbench_version": __version__,
-            "finished_at": None,
-            "status": "running",
-        }
-        meta.setdefault("started_at", now_iso())
+        meta = self.run_meta.model_copy(
+            update={
+                "schema_version": SCHEMA_VERSION,
+                "tfbench_version": __version__,
+                "finished_at": None,
+                "status": "running",
+                "started_at": self.run_meta.started_at or now_iso(),
+            }
+        )
         self.meta = meta
         self.rundir.write_run(meta)
-        done_before: list[tuple[Cell, dict[str, Any]]] = []
+        done_before: list[tuple[Cell, CellRecord]] = []
         for cell in self.plan.cells:
             rec = records.get(cell.cell_id)
             if not cell.runnable and rec is None:
@@ -299,13 +295,13 @@ class Runner:
         try:  # the live display must be closed whatever happens, or the terminal is left garbled
             for cell, rec in done_before:
                 # Cells finished by an earlier invocation count, but only skips get their line again.
-                self.reporter.cell_done(cell, rec, final=True, quiet=rec["status"] != "skipped")
+                self.reporter.cell_done(cell, rec, final=True, quiet=rec.status != "skipped")
             if todo:
                 # Start the fork server now, so its one-time imports are not charged to the first cell.
                 self.reporter.note("starting the worker server (imports torch and transformers once)")
                 t = time.perf_counter()
                 start_worker_server(lambda: self.state.stop_signal is not None)
-                meta["worker_server_start_s"] = time.perf_counter() - t
+                meta.worker_server_start_s = time.perf_counter() - t
             while todo and self.state.stop_signal is None:
                 for cell in todo:
                     if self.state.stop_signal is not None:
@@ -317,7 +313,7 @@ class Runner:
                     c
                     for c in todo
                     if (rec := records.get(c.cell_id)) is not None
-                    and rec["status"] in FAILED_STATUSES
+                    and rec.status in FAILED_STATUSES
                     and not self._final(rec)
                 ]
         finally:
@@ -326,13 +322,11 @@ class Runner:
         self.rundir.write_summary(mine)
         counts = self.state.counts = status_counts(mine, len(self.plan.cells))
         interrupted = self.state.stop_signal is not None
-        meta.update(
-            finished_at=now_iso(),
-            status="interrupted" if interrupted else "finished",
-            counts=counts,
-        )
+        meta.finished_at = now_iso()
+        meta.status = "interrupted" if interrupted else "finished"
+        meta.counts = counts
         if interrupted:
-            meta["interrupted_by"] = _signal_name(self.state.stop_signal)
+            meta.interrupted_by = _signal_name(self.state.stop_signal)
         self.rundir.write_run(meta)
         with contextlib.suppress(OSError):
             self.rundir.work.rmdir()
@@ -340,7 +334,7 @@ class Runner:
             return 128 + int(self.state.stop_signal)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
 
-    def _attempt(self, cell: Cell, previous: dict[str, Any] | None) -> dict[str, Any]:
+    def _attempt(self, cell: Cell, previous: CellRecord | None) -> CellRecord:
         """One attempt at a cell: announced on disk first, so a kill at any instant leaves a trace."""
         history = previous_attempts(previous)
         attempt = len(history) + 1
@@ -353,7 +347,7 @@ class Runner:
             rec = self._run_cell(cell, attempt)
         finally:
             self._release_log()
-        rec.update(attempt=attempt, attempts=history)
+        rec = rec.with_updates(attempt=attempt, attempts=history)
         self.rundir.write_cell(rec)
         self.current = None
         # Only now: until the outcome is on disk, the scratch tells a restart what happened.
@@ -388,30 +382,25 @@ class Runner:
             reason = "the cell was not measured"  # a measured cell's worker reports its own
         return {"available": False, "reason": reason}
 
-    def _record(self, cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
+    def _record(self, cell: Cell, status: str, **extra: Any) -> CellRecord:
         shard = {"shard": self.rundir.shard} if self.rundir.shard else {}
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "run_id": self.rundir.run_id,
-            **shard,
-            "cell_id": cell.cell_id,
-            "status": status,
-            "reason": extra.pop("reason", None),
-            "error": extra.pop("error", None),
-            "cell": cell.to_dict(),
-            "settings": {
-                "warmup_iterations": self.settings.warmup_iterations,
-                "measurement_iterations": self.settings.measurement_iterations,
-                "seed": self.settings.seed,
-                "gpu_monitoring": self.settings.gpu_monitoring,
-                "cell_timeout_s": self.settings.cell_timeout_s,
-                "cell_memory_limit_gb": self.settings.cell_memory_limit_gb,
-            },
-            "gpu_telemetry": self._telemetry(cell),
-            **extra,
-        }
+        return CellRecord.model_validate(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "run_id": self.rundir.run_id,
+                **shard,
+                "cell_id": cell.cell_id,
+                "status": status,
+                "reason": extra.pop("reason", None),
+                "error": extra.pop("error", None),
+                "cell": cell.to_dict(),
+                "settings": self.settings.recorded(),
+                "gpu_telemetry": self._telemetry(cell),
+                **extra,
+            }
+        )
 
-    def _run_cell(self, cell: Cell, attempt: int = 1) -> dict[str, Any]:
+    def _run_cell(self, cell: Cell, attempt: int = 1) -> CellRecord:
         ctx = worker_context()
         # A scratch directory per attempt: a worker of a killed earlier attempt may still be
         # exiting, and must not write into this one.
@@ -482,7 +471,7 @@ class Runner:
         t_exit: float,
         started_at: str,
         ooms_before: int | None,
-    ) -> dict[str, Any]:
+    ) -> CellRecord:
         timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
         # Relative to the run's directory, also in a shard: the merged run then holds the same record.
         base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.root)), **timing}
@@ -522,7 +511,13 @@ class Runner:
                 reason = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()[:500]
                 error["log_tail"] = log_tail(log_path)
             result.pop("worker_pid", None)
-            return self._record(cell, status, reason=reason, error=error, **base, **result)
+            try:
+                return self._record(cell, status, reason=reason, error=error, **base, **result)
+            except ValidationError as exc:  # the worker's result file is the boundary: checked here
+                why = describe_error(exc, "the worker's result is not a valid cell record")
+                return self._record(
+                    cell, "failed", reason=why, error={"kind": "result", "message": why}, **base
+                )
         # No result: the worker died before it could write one.
         code = proc.exitcode
         if code is not None and code < 0:

@@ -1,6 +1,6 @@
 """Roofline figures of a cell: decode MBU and prefill MFU, from model arithmetic and a table of known GPUs.
 
-DESIGN.md: decode MBU = (weight bytes + KV-cache bytes read per step) / tpot / peak memory bandwidth;
+As the README ("Roofline: decode MBU and prefill MFU") defines them: decode MBU = (weight bytes + KV-cache bytes read per step) / tpot / peak memory bandwidth;
 prefill MFU = (2 * parameters * prompt tokens + attention FLOPs) / ttft / peak FLOP/s.
 Pure functions; torch is imported only inside model_facts(), so planning and reports stay light.
 

@@ -1,0 +1,347 @@
+"""Self-contained HTML reports of a run and of a comparison: a summary table and the figures
+embedded as PNG data URIs (no script, stylesheet, font or image to fetch)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.analysis.compare import DEFAULT_ALPHA, LABELS, NOT_TESTED, Comparison, compare_runs
+from bench.errors import UserError
+from bench.output.compare import fmt_ratio, headline, metric_columns, threshold_text
+from bench.output.compare_plots import compare_figures
+from bench.output.plots import (
+    file_name,
+    ok_records,
+    percentiles,
+    png_bytes,
+    render,
+    run_figures,
+    shape_label,
+    write_png,
+)
+from bench.output.tables import fmt_bytes, fmt_rate
+from bench.results.records import CellRecord, CellSpec
+from bench.results.store import Run, open_run
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; vertical-align: top; }
+th { background: #f3f3f3; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.name, td.id { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
+td.id { color: #888; }
+.ok, .improvement { color: #1a7f1a; } .regression, .failed, .oom, .timeout, .lost { color: #c62828; }
+.skipped, .unchanged, .not-run { color: #777; } .interrupted, .insufficient-data, .flagged { color: #b26a00; }
+td.regression, td.improvement { font-weight: bold; }
+.meta { color: #555; } .warning { color: #b26a00; } .empty { color: #777; font-style: italic; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.85em; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape("" if text is None else str(text), quote=True)
+
+
+def _cls(text: Any) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", str(text).lower()).strip("-")
+
+
+def _table(headers: list[str], rows: list[str]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)  # headers are built here: already HTML
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+def write_html(
+    title: str,
+    summary_html: str,
+    figures: Mapping[str, Figure | bytes],
+    path: str | os.PathLike[str],
+) -> Path:
+    """One self-contained HTML file: the title (escaped), the summary (an HTML fragment as
+    run_summary_html / compare_summary_html build it, with its text escaped) and the figures as
+    base64 PNG data URIs. No external asset: no scripts, stylesheets, fonts or images to fetch."""
+    out = Path(path)
+    if out.parent:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{_e(title)}</h1>",
+        summary_html,
+        "<h2>Figures</h2>",
+    ]
+    if not figures:
+        parts.append('<p class="empty">No figures: no cell was measured.</p>')
+    for name, fig in figures.items():
+        data = base64.b64encode(png_bytes(fig)).decode("ascii")
+        parts.append(
+            f'<figure id="{_e(file_name(name))}"><img alt="{_e(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(name)}</figcaption></figure>"
+        )
+    parts += ["</body>", "</html>", ""]
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
+def _ms(p: dict[str, float] | None, key: str) -> str:
+    return "-" if p is None else f"{p[key] * 1e3:.2f}"
+
+
+def _run_meta_html(run: Run) -> str:
+    meta = run.meta
+    cfg = meta.config
+    pkgs = meta.packages()
+    items = [
+        ("run id", run.run_id),
+        ("status", meta.status),
+        ("hardware", meta.hardware),
+        ("model", cfg.get("model")),
+        ("dtype", cfg.get("dtype")),
+        ("started", meta.started_at),
+        ("finished", meta.finished_at),
+        ("measured commit", meta.commit_sha),
+        *((k, pkgs.get(k)) for k in ("torch", "transformers", "tfbench") if pkgs.get(k)),
+    ]
+    return '<p class="meta">' + " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in items if v) + "</p>"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One line of the run's cell table: a record, or a planned cell without one."""
+
+    index: int
+    cell_id: str
+    name: str
+    shape: str
+    status: str
+    reason: str
+    record: CellRecord | None = None
+
+
+def _rows(run: Run) -> list[_Row]:
+    rows = [
+        _Row(r.cell.index, r.cell_id, r.name, shape_label(r.cell), r.status, _reason(r), r)
+        for r in run.records()
+    ]
+    for cell in run.meta.planned_cells():  # a run that stopped early: planned cells without a record
+        cid = cell.get("cell_id")
+        if isinstance(cid, str) and cid not in run.cells:
+            spec = CellSpec.model_validate(cell)
+            why = "no record: the run ended before this cell"
+            rows.append(_Row(spec.index, cid, spec.name, shape_label(spec), "not run", why))
+    return sorted(rows, key=lambda r: (r.index, r.cell_id))
+
+
+def _reason(r: CellRecord) -> str:
+    if r.reason:
+        return r.reason
+    return r.error.message or "" if r.error is not None else ""
+
+
+def run_summary_html(run: Run) -> str:
+    """The run's summary as an HTML fragment: what ran where, every cell, and the unmeasured ones with reasons."""
+    every = _rows(run)
+    counts = Counter(r.status for r in every)
+    parts = [_run_meta_html(run)]
+    parts.append(
+        "<p>"
+        + _e(
+            f"{len(every)} cells: "
+            + ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: -x[1]))
+        )
+        + "</p>"
+    )
+    if not ok_records(run):
+        parts.append('<p class="empty">No cell of this run was measured (status ok): nothing to plot.</p>')
+    headers = ["#", "cell", "shape", "status"]
+    headers += [f"{h}<br><small>ms</small>" for h in ("e2e p50", "e2e p95", "ttft p50", "tpot p50")]
+    headers += ["tok/s<br><small>p50</small>", "peak mem", "n", "cell id"]
+    rows = []
+    for row in every:
+        r = row.record
+        if r is not None and r.ok:
+            e2e = percentiles(r, "e2e_latency")
+            tput = percentiles(r, "e2e_throughput")
+            nums = [
+                _ms(e2e, "p50"),
+                _ms(e2e, "p95"),
+                _ms(percentiles(r, "ttft"), "p50"),
+                _ms(percentiles(r, "tpot"), "p50"),
+                fmt_rate(tput["p50"] if tput else None),
+                fmt_bytes(r.peak_memory_bytes),
+                str(len(r.pooled("e2e_latency")) or (e2e or {}).get("n", 0)),
+            ]
+        else:
+            nums = ["-"] * 7
+        rows.append(
+            f"<tr><td class=num>{_e(row.index)}</td><td class=name>{_e(row.name)}</td>"
+            f"<td class=name>{_e(row.shape)}</td><td class={_cls(row.status)}>{_e(row.status)}</td>"
+            + "".join(f"<td class=num>{_e(v)}</td>" for v in nums)
+            + f"<td class=id>{_e(row.cell_id[:8])}</td></tr>"
+        )
+    parts += ["<h2>Cells</h2>", _table(headers, rows)]
+    unmeasured = [r for r in every if r.status != "ok"]
+    if unmeasured:
+        rows = [
+            f"<tr><td class=name>{_e(r.name)}</td><td class=name>{_e(r.shape)}</td>"
+            f"<td class={_cls(r.status)}>{_e(r.status)}</td>"
+            f"<td>{_e(r.reason)}</td>"
+            f"<td class=id>{_e(r.cell_id[:8])}</td></tr>"
+            for r in unmeasured
+        ]
+        parts += [
+            f"<h2>Cells without measurements ({len(unmeasured)})</h2>",
+            _table(["cell", "shape", "status", "reason", "cell id"], rows),
+        ]
+    return "\n".join(parts)
+
+
+def compare_summary_html(cmp: Comparison) -> str:
+    """The comparison as an HTML fragment: headline, warnings, ratios per cell and metric, cells not compared."""
+
+    def describe(info: dict[str, Any]) -> str:
+        pkgs = info.get("packages") or {}
+        extra = [f"commit {str(info['measured_commit'])[:12]}"] if info.get("measured_commit") else []
+        extra += [f"{k} {pkgs[k]}" for k in ("transformers", "torch") if pkgs.get(k)]
+        if info.get("hardware"):
+            extra.append(str(info["hardware"]))
+        return f"<b>{_e(info.get('run_id'))}</b>" + (f" ({_e(', '.join(extra))})" if extra else "")
+
+    parts = [
+        f"<p><b>{_e(headline(cmp))}</b></p>",
+        f'<p class="meta">BASE {describe(cmp.base)} &rarr; NEW {describe(cmp.new)}</p>',
+    ]
+    parts += [f'<p class="warning">warning: {_e(w)}</p>' for w in cmp.warnings]
+    if cmp.notes:
+        parts.append(f'<p class="meta">differences: {_e("; ".join(cmp.notes))}</p>')
+    columns = metric_columns(cmp)
+    if cmp.cells:
+        headers = ["cell", "verdict", *(_e(LABELS[m]) for m in columns), "cell id"]
+        rows = []
+        for c in cmp.cells:
+            tds = []
+            for m in columns:
+                mc = c.metrics.get(m)
+                cls = "num"
+                if mc is not None:
+                    cls += " " + _cls(mc.verdict)
+                    if mc.verdict == NOT_TESTED and mc.beyond_threshold:
+                        cls += " flagged"
+                title = f' title="{_e(mc.note)}"' if mc is not None and mc.note else ""
+                tds.append(f'<td class="{cls}"{title}>{_e(fmt_ratio(mc))}</td>')
+            rows.append(
+                f"<tr><td class=name>{_e(c.name)}</td><td class={_cls(c.verdict)}>{_e(c.verdict)}</td>"
+                + "".join(tds)
+                + f"<td class=id>{_e(c.cell_id[:8])}</td></tr>"
+            )
+        parts += [f"<h2>Compared cells ({len(cmp.cells)})</h2>", _table(headers, rows)]
+    others = [("only in BASE", s) for s in cmp.only_base] + [("only in NEW", s) for s in cmp.only_new]
+    others += [("not compared", s) for s in cmp.not_compared]
+    if others:
+        rows = [
+            f"<tr><td class=name>{_e(s.name)}</td><td>{_e(why)}</td>"
+            f"<td class={_cls(s.base_status or 'absent')}>{_e(s.base_status or 'absent')}</td>"
+            f"<td class={_cls(s.new_status or 'absent')}>{_e(s.new_status or 'absent')}</td>"
+            f"<td>{_e(s.new_reason or s.base_reason or '')}</td><td class=id>{_e(s.cell_id[:8])}</td></tr>"
+            for why, s in others
+        ]
+        parts += [
+            f"<h2>Cells not compared ({len(others)})</h2>",
+            _table(["cell", "why", "BASE", "NEW", "reason", "cell id"], rows),
+        ]
+    if not cmp.cells and not others:
+        parts.append('<p class="empty">No cells in either run.</p>')
+    parts.append(
+        '<p class="meta">'
+        + _e(
+            f"Ratios are NEW/BASE medians with a 95% interval [low, high]; a verdict needs p < {cmp.alpha:g} "
+            f"and a change beyond {threshold_text(cmp)}. Latencies: above 1 is slower; throughputs: below 1 "
+            f"is slower. Peak memory is one value per run: its ratio is not tested. Method: {cmp.method}."
+        )
+        + "</p>"
+    )
+    return "\n".join(parts)
+
+
+def _write(
+    title: str, summary: str, figures: Mapping[str, Figure], html_path: Any, png_dir: Any
+) -> list[Path]:
+    pngs = render(figures) if figures and (html_path is not None or png_dir is not None) else {}
+    written: list[Path] = []
+    # A file where a directory belongs, a NUL, no permission: the path given is wrong (exit 2).
+    try:
+        if png_dir is not None:
+            written += write_png(pngs, png_dir)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--png {str(png_dir)!r}: cannot write there: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    try:
+        if html_path is not None:
+            written.append(write_html(title, summary, pngs, html_path))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"--html {str(html_path)!r}: cannot write there: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return written
+
+
+def write_run_report(
+    run: Run, html: str | os.PathLike[str] | None, png_dir: str | os.PathLike[str] | None
+) -> list[Path]:
+    """The run's figures as PNGs in png_dir and/or its HTML report at html; the paths written."""
+    figures = run_figures(run) if (html is not None or png_dir is not None) else {}
+    return _write(f"tfbench run {run.run_id}", run_summary_html(run), figures, html, png_dir)
+
+
+def report_run(
+    run_dir: str | os.PathLike[str],
+    html: str | os.PathLike[str] | None = None,
+    png_dir: str | os.PathLike[str] | None = None,
+) -> list[Path]:
+    """`tfbench report RUN_DIR [--html FILE] [--png DIR]`: PNGs first, then the HTML; UserError if not a run."""
+    return write_run_report(open_run(run_dir), html, png_dir)
+
+
+def write_compare_report(
+    cmp: Comparison, html: str | os.PathLike[str] | None, png_dir: str | os.PathLike[str] | None
+) -> list[Path]:
+    """A comparison's figures (one per metric) as PNGs and/or its HTML report; the paths written."""
+    figures = compare_figures(cmp) if (html is not None or png_dir is not None) else {}
+    title = f"tfbench compare {cmp.base['run_id']} -> {cmp.new['run_id']}"
+    return _write(title, compare_summary_html(cmp), figures, html, png_dir)
+
+
+def report_compare(
+    base_dir: str | os.PathLike[str],
+    new_dir: str | os.PathLike[str],
+    html: str | os.PathLike[str] | None = None,
+    png_dir: str | os.PathLike[str] | None = None,
+    thresholds: dict[str, float] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> list[Path]:
+    """`tfbench compare BASE NEW --html FILE --png DIR`: compare_runs, then write_compare_report."""
+    cmp = compare_runs(open_run(base_dir), open_run(new_dir), thresholds, alpha)
+    return write_compare_report(cmp, html, png_dir)

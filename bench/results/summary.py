@@ -1,0 +1,94 @@
+"""summary.jsonl: one flat row per cell with the same columns in every row, so that pandas and
+datasets infer one schema (and a Hub dataset's "summarized" config reads every run alike)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.results.records import METRICS, STAT_NAMES, CellRecord
+
+AXES = (
+    "model",
+    "dtype",
+    "device",
+    "attn_implementation",
+    "compile",
+    "kernelize",
+    "continuous_batching",
+    "batch_size",
+    "sequence_length",
+    "num_tokens_to_generate",
+)
+
+# GPU telemetry and roofline columns (null where not measured, e.g. on the CPU).
+GPU_COLUMNS = (
+    "energy_per_token_j_p50",
+    "energy_per_run_j_p50",
+    "gpu_util_pct_mean",
+    "power_w_mean",
+    "sm_clock_mhz_mean",
+    "nvml_used_peak_bytes",
+    "kv_cache_bytes",
+    "decode_mbu",
+    "prefill_mfu",
+)
+
+
+def summary_columns() -> list[str]:
+    cols = ["run_id", "cell_id", "name", "status", "reason", *AXES]
+    cols += [f"{m}_{s}" for m in METRICS for s in STAT_NAMES]
+    cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
+    cols += [*GPU_COLUMNS]
+    return cols
+
+
+def stat_columns(record: CellRecord) -> dict[str, Any]:
+    """<metric>_<stat> for every metric and statistic (n is 0, never null, when not measured)."""
+    row: dict[str, Any] = {}
+    for metric in METRICS:
+        stats = record.stats.get(metric)
+        for stat in STAT_NAMES:
+            value = getattr(stats, stat, None) if stats is not None else None
+            row[f"{metric}_{stat}"] = (0 if value is None else value) if stat == "n" else value
+    return row
+
+
+def summary_row(run_id: str, record: CellRecord) -> dict[str, Any]:
+    """One flat row with the same columns for every cell."""
+    cell = record.cell
+    row: dict[str, Any] = {
+        "run_id": run_id,
+        "cell_id": record.cell_id,
+        "name": cell.name,
+        "status": record.status,
+        "reason": record.reason,
+    }
+    for axis in AXES:
+        row[axis] = getattr(cell, axis)
+    row.update(stat_columns(record))
+    row["peak_memory_bytes"] = record.peak_memory_bytes
+    row["load_time_s"] = record.load_time_s
+    row["warmup_time_s"] = record.warmup_time_s
+    row["worker_pid"] = record.worker_pid
+    row["attempt"] = record.attempt or (0 if record.status == "skipped" else 1)
+    row["shard"] = record.shard
+    row.update(gpu_row(record))
+    return row
+
+
+def gpu_row(record: CellRecord) -> dict[str, Any]:
+    telemetry = record.gpu_telemetry
+    roof = record.roofline
+    memory = record.memory
+    kv = memory.kv_cache_bytes if memory is not None else None
+    return {
+        "energy_per_token_j_p50": getattr(telemetry and telemetry.energy_per_token_j, "p50", None),
+        "energy_per_run_j_p50": getattr(telemetry and telemetry.energy_per_run_j, "p50", None),
+        "gpu_util_pct_mean": telemetry.mean("gpu_util_pct") if telemetry else None,
+        "power_w_mean": telemetry.mean("power_w") if telemetry else None,
+        "sm_clock_mhz_mean": telemetry.mean("sm_clock_mhz") if telemetry else None,
+        "nvml_used_peak_bytes": memory.nvml_used_peak_bytes if memory is not None else None,
+        "kv_cache_bytes": kv if kv is not None else (roof.kv_cache_bytes if roof is not None else None),
+        "decode_mbu": roof.decode_mbu if roof is not None else None,
+        "prefill_mfu": roof.prefill_mfu if roof is not None else None,
+    }

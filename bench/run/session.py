@@ -1,0 +1,347 @@
+"""`tfbench run` as a whole: prepare a job per config (plan, shard, identity, run id), check every
+one before anything runs, claim or resume each run directory, run its cells, then merge (the last
+shard to finish) and push.
+
+The command line only parses; everything a run does between "these configs" and "this exit code"
+is here. Nothing imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import __version__
+from bench.config.schema import ALLOWED, NAME_RE, LoadedConfig
+from bench.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, UserError
+from bench.output.logs import JsonReporter, warn_skipped
+from bench.output.tables import ProgressReporter, print_summary
+from bench.plan.matrix import Plan, build_plan
+from bench.plan.shard import Shard, shard_plan
+from bench.results.records import (
+    FAILED_STATUSES,
+    CellRecord,
+    Environment,
+    RunMeta,
+    Settings,
+    hardware_label,
+    status_counts,
+)
+from bench.results.store import atomic_write_json, read_meta
+from bench.run.machine import Accelerators, capabilities, detect_accelerators, environment, measured_commit
+from bench.run.merge import try_merge
+from bench.run.resume import Selected, identity, select_run
+from bench.run.runner import Runner, new_run_id, now_iso
+
+DEFAULT_OUTPUT = "results"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the command line asked for besides the configs."""
+
+    run_id: str | None = None  # --run-id or TFBENCH_RUN_ID
+    run_id_source: str = "TFBENCH_RUN_ID"
+    shard: Shard | None = None
+    shard_source: str = "TFBENCH_SHARD"
+
+
+@dataclass
+class Job:
+    """One config's run as prepared before anything runs: its plan, where it goes, how it resumes."""
+
+    loaded: LoadedConfig
+    full: Plan  # the whole matrix (what a shard's merge checks against)
+    plan: Plan  # the cells this process runs (a shard's share, or all)
+    output: Path
+    run_id: str | None
+    settings: Settings
+    key: dict[str, Any]
+    shard: Shard | None = None
+    selected: Selected | None = None
+
+
+def origin(lc: LoadedConfig, key: str) -> str:
+    return f" [{key} from {lc.origins[key]}]" if key in lc.origins else ""
+
+
+def check_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".tfbench-write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"output directory {output} is not writable: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise UserError(f"output directory {str(output)!r} is not a usable path: {exc}") from None
+
+
+def job_run_id(request: RunRequest, index: int, total: int) -> str | None:
+    explicit = request.run_id
+    if not explicit:
+        return None
+    if not NAME_RE.match(explicit):
+        raise UserError(f"{request.run_id_source} = {explicit!r}: {ALLOWED['run_name']}")
+    return explicit if total == 1 else f"{explicit}-{index + 1}"
+
+
+def prepare(
+    configs: Sequence[LoadedConfig], request: RunRequest, accel: Accelerators, env: dict[str, Any]
+) -> list[Job]:
+    """A job per config. Every config is checked before the first cell runs: a bad line 3 must
+    not cost lines 1-2; a refused run creates nothing."""
+    shard = request.shard
+    jobs: list[Job] = []
+    for i, lc in enumerate(configs):
+        cfg = lc.config
+        try:
+            caps = capabilities(cfg.device, accel)
+        except UserError as exc:
+            raise UserError(f"{exc}{origin(lc, 'device')}") from None
+        full = build_plan(cfg, caps)
+        iterations = cfg.warmup_iterations + cfg.measurement_iterations
+        plan = shard_plan(full, shard, iterations) if shard else full
+        output = Path(cfg.output or DEFAULT_OUTPUT)
+        run_id = job_run_id(request, i, len(configs))  # before the output is made: a bad id creates nothing
+        if cfg.push_to_hub:
+            from bench.hub.push import check_push_config
+
+            try:  # a token and a reachable Hub, before any model loads
+                check_push_config(cfg.push_to_hub)
+            except UserError as exc:
+                raise UserError(f"{exc}{origin(lc, 'push_to_hub')}") from None
+        if shard and run_id is None:
+            raise UserError(
+                f"shard {shard} ({request.shard_source}): a sharded run needs TFBENCH_RUN_ID (or --run-id), "
+                "the same on every shard, so that the shards write one run"
+            )
+        settings = Settings.from_config(cfg)
+        hardware = hardware_label(Environment.model_validate(env), caps.device)
+        key = identity(full, settings.measured(), hardware, shard and shard.name)
+        jobs.append(Job(lc, full, plan, output, run_id, settings, key, shard))
+    for job in jobs:
+        check_output(job.output)
+    return jobs
+
+
+def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, err: Any, log: Any) -> int:
+    """Run every config, in order; the worst exit code (an interruption stops at once)."""
+    accel = detect_accelerators()
+    env = environment(accel)
+    jobs = prepare(configs, request, accel, env)
+    # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
+    try:
+        for job in jobs:
+            name, output = job.loaded.config.run_name, job.output
+            job.selected = select_run(
+                output,
+                job.run_id,
+                job.shard and job.shard.name,
+                name,
+                job.key,
+                job.plan,
+                lambda name=name, output=output: new_run_id(name, output),
+            )
+        commit = measured_commit()
+        worst = EXIT_OK
+        for job in jobs:
+            assert job.selected is not None
+            code = run_job(job, env, commit, out, err, log)
+            job.selected.lock.release()
+            if code not in (EXIT_OK, EXIT_CELL_FAILED):
+                return code  # interrupted: stop here, later configs are not started
+            worst = max(worst, code)
+        return worst
+    finally:
+        for job in jobs:
+            if job.selected is not None:
+                job.selected.lock.release()
+
+
+def exit_code(records: Sequence[CellRecord]) -> int:
+    return EXIT_CELL_FAILED if any(r.status in FAILED_STATUSES for r in records) else EXIT_OK
+
+
+def run_meta(job: Job, env: dict[str, Any], commit: Any) -> RunMeta:
+    """run.json of a new run, or of the continued one with this invocation added."""
+    sel, shard, cfg = job.selected, job.shard, job.loaded.config
+    assert sel is not None
+    invocation = {"started_at": now_iso(), "hostname": env.get("hostname"), "pid": os.getpid()}
+    if sel.meta is not None:
+        meta = sel.meta.to_dict()
+        meta["invocations"] = [*(meta.get("invocations") or []), invocation]
+    else:
+        meta = {
+            "run_id": sel.rundir.run_id,
+            "run_name": cfg.run_name,
+            "started_at": invocation["started_at"],
+            "invocations": [invocation],
+        }
+    meta.update(
+        config_source=job.loaded.source,
+        config_as_given=job.loaded.given,
+        config_origins=job.loaded.origins,
+        config=cfg.as_given(),
+        plan=job.full.to_dict(),  # the whole matrix, also for a shard: the merge checks against it
+        identity=job.key,
+        environment=env,
+        measured_commit=commit,
+        shard=None
+        if shard is None
+        else {
+            "index": shard.index,
+            "count": shard.count,
+            "name": shard.name,
+            "cell_ids": [c.cell_id for c in job.plan.cells],
+        },
+    )
+    return RunMeta.model_validate(meta)
+
+
+def set_aside(job: Job, log: Any) -> None:
+    """Name every file in the run's cells/ that is not a record; move aside the ones that sit where
+    a planned cell's record belongs, before that cell runs again and its record is written there."""
+    sel = job.selected
+    assert sel is not None
+    planned = {sel.rundir.cell_path(c.cell_id) for c in job.plan.cells}
+    for skipped in sel.skipped:
+        if sel.finished or skipped.path not in planned:
+            warn_skipped(log, skipped)
+            continue
+        dest = sel.rundir.quarantine(skipped.path)
+        warn_skipped(log, skipped, f"moved to {dest}; the cell is done again")
+
+
+def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log: Any) -> int:
+    """One config's run: its cells, then merge-if-last and push; the exit code."""
+    sel, shard, plan, cfg = job.selected, job.shard, job.plan, job.loaded.config
+    assert sel is not None
+    rundir = sel.rundir
+    run_id = rundir.run_id
+    label = run_id + (f" shard {shard}" if shard else "")
+    device = plan.capabilities.device
+    set_aside(job, log)
+    if sel.finished:
+        records = list(sel.records.values()) or rundir.read_cells()
+        log.emit(
+            "run_already_finished",
+            run_id=run_id,
+            shard=shard and shard.name,
+            path=str(rundir.path),
+            message=f"run {label} already finished ({rundir.path}); nothing to do. "
+            "Choose another run id (or none) for a new run.",
+        )
+        code = exit_code(records)
+    else:
+        settled = sum(1 for r in sel.records.values() if r.status in ("ok", "skipped"))
+        continued = sel.meta is not None
+        log.emit(
+            "run_continued" if continued else "run_started",
+            run_id=run_id,
+            shard=shard and shard.name,
+            path=str(rundir.path),
+            cells=len(plan.cells),
+            runnable=len(plan.runnable),
+            skipped=len(plan.skipped),
+            already_done=settled,
+            message=f"tfbench {__version__}: run {label} {'continues' if continued else 'starts'}: "
+            f"{cfg.model} on {device}, {len(plan.runnable)} cells to run, {len(plan.skipped)} skipped"
+            + (f", {settled} already done" if continued else "")
+            + f" -> {rundir.path}",
+        )
+        reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
+        runner = Runner(
+            rundir, plan, job.settings, run_meta(job, env, commit), reporter, previous=sel.records
+        )
+        code = runner.execute()
+        records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]
+    counts = status_counts(records)
+    if log.human:
+        print_summary(out, records, title=f"{label}: {cfg.model} on {device}")
+    text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if v)
+    log.emit(
+        "run_finished" if code in (EXIT_OK, EXIT_CELL_FAILED) else "run_interrupted",
+        run_id=run_id,
+        shard=shard and shard.name,
+        path=str(rundir.path),
+        counts=counts,
+        exit_code=code,
+        message=f"results: {rundir.path}  ({text})",
+    )
+    if code not in (EXIT_OK, EXIT_CELL_FAILED):
+        return code  # interrupted: the run continues later, and is pushed when it is finished
+    pushed = True
+    if shard:
+        merged = merge_if_last(job, log)
+        if merged and cfg.push_to_hub:
+            pushed = push_once(job.output / run_id, cfg.push_to_hub, cfg.push_private, log)
+    elif cfg.push_to_hub:
+        pushed = push_once(rundir.path, cfg.push_to_hub, cfg.push_private, log)
+    return code if pushed else EXIT_PUSH_FAILED
+
+
+def merge_if_last(job: Job, log: Any) -> bool:
+    """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
+    assert job.selected is not None and job.shard is not None
+    run_id, shard = job.selected.rundir.run_id, job.shard
+    run_path = job.output / run_id
+    merged, pending = try_merge(run_path, lambda skipped: warn_skipped(log, skipped))
+    if merged is not None:
+        log.emit(
+            "run_merged",
+            run_id=run_id,
+            path=str(run_path),
+            counts=merged.counts,
+            message=f"all {shard.count} shards finished; merged into {run_path}",
+        )
+        return True
+    log.emit(
+        "merge_pending",
+        run_id=run_id,
+        pending=pending,
+        message=f"shard {shard} done; not merged yet: " + "; ".join(pending),
+    )
+    return False
+
+
+def push_once(run_path: Path, repo_id: str, private: bool, log: Any) -> bool:
+    """Upload a finished run (once: run.json remembers it); False when the upload failed for good.
+
+    A failed upload never touches the local results; the message says how to push later.
+    """
+    from bench.hub.push import PushError, push_run
+
+    meta = read_meta(run_path)
+    done = (meta.pushed if meta is not None else None) or {}
+    if done.get("repo") == repo_id:
+        log.emit(
+            "push_skipped", repo=repo_id, message=f"already pushed to {repo_id}: {done.get('commit_url')}"
+        )
+        return True
+    log.emit("push_started", repo=repo_id, message=f"pushing {run_path} to the Hub dataset {repo_id}")
+    try:
+        result = push_run(
+            run_path,
+            repo_id,
+            private=private,
+            log=log,
+            warn=lambda skipped: warn_skipped(log, skipped, "not uploaded"),
+        )
+    except PushError as exc:
+        log.emit("push_failed", level="error", repo=repo_id, exit_code=EXIT_PUSH_FAILED, message=str(exc))
+        return False
+    if meta is not None:
+        pushed = {"repo": repo_id, "commit_url": result.commit_url, "at": now_iso()}
+        atomic_write_json(run_path / "run.json", {**meta.to_dict(), "pushed": pushed})
+    log.emit(
+        "push_done",
+        repo=repo_id,
+        commit_url=result.commit_url,
+        attempts=result.attempts,
+        message=f"pushed to {result.repo_url} in one commit ({result.commit_url})",
+    )
+    return True
