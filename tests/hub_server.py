@@ -13,6 +13,8 @@ dataset repo and commit small files to it (read from the installed library's sou
 Every request is recorded (method, path, headers, body). `fail(status, times, ...)` answers the
 next matching requests with an error before serving normally; `fail(status)` with times=None
 answers that way for ever. Committed files are stored decoded, per repository.
+
+`SilentHub` is a Hub that accepts connections and never answers (for the request timeouts).
 """
 
 from __future__ import annotations
@@ -362,3 +364,49 @@ def serve(monkeypatch: Any, token: str, check_token: bool = False) -> Iterator[F
         server.sleeps = sleeps  # type: ignore[attr-defined]
         yield server
     close_session()
+
+
+class SilentHub:
+    """A Hub that hangs: listens on 127.0.0.1 (a free port), accepts every connection, reads
+    nothing and never answers. The connections stay open until the server stops.
+
+    Start with `with SilentHub() as hub:`; `hub.accepted()` counts the connections it took.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)  # the accept loop looks at the stop flag this often
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-hub", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # the listener was closed
+                return
+            with self._lock:
+                self._connections.append(connection)
+
+    def accepted(self) -> int:
+        with self._lock:
+            return len(self._connections)
+
+    def __enter__(self) -> SilentHub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()

@@ -104,7 +104,7 @@ def test_packages_import_only_from_the_layers_below():
 
 def test_no_module_imports_another_modules_private_names():
     wrong = []
-    for module, path in MODULES.items():
+    for path in MODULES.values():
         for line, target, names in _imports(path):
             for name in names:
                 if name.startswith("_") and not name.startswith("__"):

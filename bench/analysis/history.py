@@ -61,7 +61,9 @@ for a run whose full file is missing) at that commit with hf_hub_download (HEAD 
 `/datasets/{repo}/resolve/{sha}/{path}`), into the Hugging Face cache (`cache_dir`), so files
 already downloaded are not fetched again. The token is the `token` argument or HF_TOKEN, never a
 stored login (as for pushes); without one the repo is read anonymously. HF_HUB_OFFLINE=1 is a
-UserError before any request.
+UserError before any request. Every request has the connect and read timeouts of bench.hub.http;
+the listing is tried 3 times (hf_hub_download retries its own requests), and a Hub that does not
+answer is a UserError naming the endpoint and the timeout.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ from bench.analysis.compare import (
 )
 from bench.analysis.ranktest import DEFAULT_ALPHA, rank_test
 from bench.errors import UserError
+from bench.hub.http import describe_timeout, use_timeouts, with_retries
 from bench.hub.push import (
     _CELL_FIELDS,
     CONFIG_FULL,
@@ -563,8 +566,11 @@ def _hub_error(
     )
 
     secret = token if isinstance(token, str) else None
+    timeout = describe_timeout(exc, f"the Hub at {endpoint}")
     if isinstance(exc, OfflineModeIsEnabled):
         why = "HF_HUB_OFFLINE=1 forbids reaching the Hub"
+    elif timeout is not None:
+        why = timeout
     elif isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError)):
         auth = "HF_TOKEN has no access to it" if secret else "no HF_TOKEN is set"
         why = f"no such dataset repo at {endpoint}, or it is private and {auth}"
@@ -657,10 +663,11 @@ def _download(
     except ImportError:  # pragma: no cover - an older layout: the default bars
         quiet = None
 
+    use_timeouts()
     secret = _hub_token(token)
     api = HfApi(endpoint=endpoint, token=secret, library_name="tfbench", library_version=__version__)
     try:
-        info = api.dataset_info(repo, revision=revision)
+        info = with_retries(lambda: api.dataset_info(repo, revision=revision), f"listing {repo}")
         files = select([s.rfilename for s in info.siblings or []])
         if not files:
             raise UserError(

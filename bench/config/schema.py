@@ -39,6 +39,8 @@ NON_FIELD_ENV = {
     "TFBENCH_SHARD_COUNT",
     "TFBENCH_LOG_FORMAT",
     "TFBENCH_BRANCH",
+    "TFBENCH_HUB_CONNECT_TIMEOUT_S",
+    "TFBENCH_HUB_READ_TIMEOUT_S",
 }
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"

@@ -23,9 +23,10 @@ The prose tfbench generates sits between two HTML comments and is the only prose
 
 The token comes from the `token` argument or the HF_TOKEN environment variable, never from a
 stored login, and never appears in a message: every error text is scrubbed of it. Nothing under
-the run directory is written. Failures that may pass (HTTP 408, 429, 5xx, a dropped connection,
-a gateway's non-JSON answer) are retried with exponential backoff; the last failure raises
-PushError, which says how to push the same results later.
+the run directory is written. Every request has a connect and a read timeout (bench.hub.http).
+Failures that may pass (HTTP 408, 429, 5xx, a timeout, a dropped connection, a gateway's non-JSON
+answer) are retried with exponential backoff; the last failure raises PushError, which says how
+to push the same results later.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import yaml
 
 from bench import __version__
 from bench.errors import UserError
+from bench.hub.http import describe_timeout, hub_timeouts, use_timeouts
 from bench.results.records import METRICS, RUN_METRICS, STAT_NAMES, CellRecord, Environment, hardware_label
 from bench.results.store import Skipped, open_run
 from bench.results.summary import GPU_COLUMNS, gpu_row, summary_columns, summary_row
@@ -317,10 +319,12 @@ def check_push_config(
 ) -> str:
     """Everything a push needs that can be checked before a run starts; returns the repo id.
 
-    Raises PushConfigError (exit 2) for a malformed repo id, a missing HF_TOKEN or HF_HUB_OFFLINE=1.
+    Raises PushConfigError (exit 2) for a malformed repo id, a missing HF_TOKEN or HF_HUB_OFFLINE=1,
+    UserError (exit 2) for a bad TFBENCH_HUB_CONNECT_TIMEOUT_S or TFBENCH_HUB_READ_TIMEOUT_S.
     """
     repo = check_repo_id(repo_id)
     resolve_token(token, environ)
+    hub_timeouts(environ)
     if offline_mode():
         raise PushConfigError(
             f"cannot push to {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) forbids reaching the Hub; "
@@ -710,6 +714,9 @@ def _classify(exc: BaseException) -> _Failure:
         return _Failure(status, retryable, server.strip(), retry_after)
     if isinstance(exc, OfflineModeIsEnabled):
         return _Failure(None, False, "HF_HUB_OFFLINE=1 forbids reaching the Hub")
+    timeout = describe_timeout(exc)
+    if timeout is not None:  # retried like a 5xx
+        return _Failure(None, True, timeout)
     if isinstance(exc, httpx2.TransportError):
         return _Failure(None, True, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, json.JSONDecodeError):  # a gateway's HTML error page where JSON was expected
@@ -772,9 +779,11 @@ def push_run(
     visibility). `token` defaults to HF_TOKEN; `endpoint` to HF_ENDPOINT / huggingface.co.
     Transient failures are tried again `retries` times, after backoff, 2*backoff, 4*backoff, ...
     seconds (at most 60; a Retry-After the Hub sends is honoured), each wait scaled by a random
-    factor in [0.5, 1]. The card on the Hub is read and updated (fetch_card=False: a generated card
-    replaces it, prose and all). Raises PushConfigError (exit 2) before any request for what a person must
-    fix, PushError when the Hub could not be reached or refused the push.
+    factor in [0.5, 1]; a request that timed out (TFBENCH_HUB_CONNECT_TIMEOUT_S,
+    TFBENCH_HUB_READ_TIMEOUT_S) counts as transient. The card on the Hub is read and updated
+    (fetch_card=False: a generated card replaces it, prose and all). Raises PushConfigError
+    (exit 2) before any request for what a person must fix, PushError when the Hub could not be
+    reached or refused the push.
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -788,6 +797,7 @@ def push_run(
             f"cannot push run {path.name} to {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) forbids "
             f"reaching the Hub. The results stay in {path}; unset it and push with: {later}"
         )
+    use_timeouts(environ)
     skipped: list[Skipped] = []
     run, _, _ = load_run(path, skipped)
     for item in skipped if warn is not None else ():
