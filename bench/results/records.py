@@ -131,6 +131,8 @@ class TimedRun(_Open):
     energy_j: float | None = None
     energy_per_token_j: float | None = None
     requests: list[RequestTiming] | None = None
+    process: int | None = None  # which of the cell's worker processes ran it (None: the only one)
+    pid: int | None = None
 
     def value(self, metric: str) -> float | None:
         """The run's value of a metric; a per-request metric as the median over its requests
@@ -239,6 +241,22 @@ class CellSpec(_Open):
         return self.model_dump(mode="python", exclude_unset=True, by_alias=True)
 
 
+class ProcessInfo(_Open):
+    """One of the worker processes that measured a cell: its own load, warm-up and timed runs."""
+
+    index: int
+    pid: int | None = None
+    attempt: int | None = None
+    runs: int = 0
+    load_time_s: float | None = None
+    warmup_time_s: float | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    compile_cache: str | None = None  # "fresh", or "reused" from an earlier process of this cell
+    isolation: dict[str, Any] | None = None
+
+
 class CellRecord(_Open):
     """One cell of a run: what it is (the plan's Cell), how it ended, and what it measured."""
 
@@ -265,8 +283,9 @@ class CellRecord(_Open):
     roofline: Roofline | None = None
     load_time_s: float | None = None
     warmup_time_s: float | None = None
+    processes: list[ProcessInfo] = Field(default_factory=list)
 
-    @field_validator("runs", "attempts", mode="before")
+    @field_validator("runs", "attempts", "processes", mode="before")
     @classmethod
     def _no_list(cls, value: Any) -> Any:
         return [] if value is None else value  # a record of a cell that measured nothing
@@ -296,6 +315,19 @@ class CellRecord(_Open):
     def samples(self, metric: str) -> list[float]:
         """One positive value per timed run (continuous batching: the median over its requests)."""
         return [v for run in self.runs if (v := run.value(metric)) is not None]
+
+    def process_medians(self, metric: str) -> list[float]:
+        """The median of each worker process's runs (runs without a process tag: one process)."""
+        groups: dict[int, list[float]] = {}
+        for run in self.runs:
+            value = run.value(metric)
+            if value is not None:
+                groups.setdefault(run.process or 0, []).append(value)
+        return [statistics.median(groups[k]) for k in sorted(groups)]
+
+    @property
+    def process_count(self) -> int:
+        return len({run.process or 0 for run in self.runs}) if self.runs else len(self.processes)
 
     def pooled(self, metric: str) -> list[float]:
         """Every value of a metric: one per run, or one per request where runs hold requests."""
