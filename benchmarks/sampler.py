@@ -200,7 +200,7 @@ def llama_workload(target_s: float, device: str) -> Any:
     import torch
 
     from bench.worker import models
-    from bench.worker.cell import exact_greedy_config
+    from bench.worker.generate import exact_greedy_config
 
     torch.set_num_threads(1)
     net, tok = models.load("synthetic:llama-tiny", None, {}, "float32", device, "sdpa", False, 0)

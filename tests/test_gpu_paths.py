@@ -63,11 +63,11 @@ def test_gpu_monitoring_off_says_so(tmp_path):
 
 
 def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch):
-    from bench.worker import cell as worker
+    from bench.worker import generate
 
     fake = FakeNVML(n=1)
     monkeypatch.setattr(
-        worker, "make_sampler", lambda task, device: monitor.Sampler([0], interval_s=0.01, nvml=fake)
+        generate, "make_sampler", lambda task, device: monitor.Sampler([0], interval_s=0.01, nvml=fake)
     )
     joules = [2.0, 3.0, 5.0]
     calls = []
@@ -79,10 +79,10 @@ def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch):
         return len(calls)
 
     task = {"warmup_iterations": 1, "measurement_iterations": 3, "gpu_monitoring": True}
-    results, _, telemetry = worker.warm_then_measure(one_run, task, "cpu", lambda *a: None)
+    results, _, telemetry = generate.warm_then_measure(one_run, task, "cpu", lambda *a: None)
     assert results == [2, 3, 4] and telemetry["available"]
     runs = [{} for _ in results]
-    worker.add_energy(telemetry, runs, tokens_per_run=10)
+    generate.add_energy(telemetry, runs, tokens_per_run=10)
     assert [r["energy_j"] for r in runs] == pytest.approx(joules)
     assert [r["energy_per_token_j"] for r in runs] == pytest.approx([0.2, 0.3, 0.5])
     assert telemetry["energy_per_token_j"]["p50"] == pytest.approx(0.3)
