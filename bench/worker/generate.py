@@ -15,7 +15,8 @@ import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from bench.results.stats import run_metrics, summarize, summarize_runs
-from bench.worker import telemetry as monitor
+from bench.worker.energy import energy_per_run, joules_per_token
+from bench.worker.telemetry import Sampler
 from bench.worker.timing import HostClock, make_clock
 
 
@@ -68,14 +69,13 @@ def check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
-def make_sampler(task: dict[str, Any], device: str) -> monitor.Sampler:
+def make_sampler(task: dict[str, Any], device: str) -> Sampler:
     """The GPU telemetry sampler of a cell: a no-op (recording why) unless the cell runs on a GPU."""
     if not task.get("gpu_monitoring", True) or device != "cuda":
-        return monitor.Sampler("cpu")
+        return Sampler("cpu")
     uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
-    # A separate process: at 50 ms it disturbs the timed runs no more than a thread, and at
-    # short intervals far less, since it never takes this process's GIL (benchmarks/sampler.py).
-    return monitor.Sampler([uuid], interval_s=task.get("gpu_sample_interval_s", 0.05), mode="process")
+    # The sampler reads NVML in a process of its own: it never takes this process's GIL.
+    return Sampler([uuid], interval_s=task.get("gpu_sample_interval_s", 0.05))
 
 
 def warm_then_measure(
@@ -109,8 +109,8 @@ def add_energy(telemetry: dict[str, Any], runs: list[dict[str, Any]], tokens_per
     """Joules per timed run and per generated token, into the runs and the telemetry's statistics."""
     if not telemetry.get("available"):
         return
-    energy = monitor.energy_per_run(telemetry, len(runs))
-    per_token = monitor.joules_per_token(energy, tokens_per_run)
+    energy = energy_per_run(telemetry, len(runs))
+    per_token = joules_per_token(energy, tokens_per_run)
     for run, e, t in zip(runs, energy, per_token):
         run["energy_j"], run["energy_per_token_j"] = e, t
     telemetry["energy_per_run_j"] = summarize([e for e in energy if e is not None])
