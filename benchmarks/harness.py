@@ -44,7 +44,7 @@ BARE_LOOP = r"""
 import json, statistics, sys, time
 import torch
 from bench.worker import models
-from bench.worker.cell import exact_greedy_config
+from bench.worker.generate import exact_greedy_config
 cfg = json.loads(sys.argv[1])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))
@@ -74,7 +74,7 @@ import torch
 from transformers import LogitsProcessorList
 from bench.worker import models
 from bench.worker.timing import HostClock
-from bench.worker.cell import TokenClockProcessor, exact_greedy_config
+from bench.worker.generate import TokenClockProcessor, exact_greedy_config
 cfg, pairs = json.loads(sys.argv[1]), int(sys.argv[2])
 net, tok = models.load(cfg["model"], None, {}, cfg["dtype"], "cpu", cfg["attn_implementation"], False, 0)
 ids = torch.tensor(models.prompt_ids(tok, cfg["batch_size"], cfg["sequence_length"]))

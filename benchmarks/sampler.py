@@ -1,20 +1,23 @@
-"""How much GPU telemetry sampling (bench/monitor.py) disturbs a timed workload: none vs thread vs process.
+"""How much GPU telemetry sampling (bench/worker/telemetry.py) disturbs a timed workload: none vs process.
 
-For each sampler setting (thread and process at 50 ms and 5 ms, and none as an A/A control) the
-benchmark times --pairs adjacent pairs of units of work, one without a sampler and one with it
-(the sampler starts before and stops after the timed unit), in random order, settings shuffled.
-Slowdown = p10 of the units with the sampler / p10 of all units without one (noise on a shared
-host only ever slows a unit down, and every unit holds several samples, so a low quantile keeps
-the sampler's cost and sheds the noise); the median of the per-pair ratios is shown too, both
-with bootstrap 95% intervals. The goal is < 1%.
+The worker reads NVML in a sampler process of its own (telemetry.Sampler). For each setting (the
+sampler process at 50 ms and at 5 ms, and none as an A/A control) the benchmark times --pairs
+adjacent pairs of units of work, one without a sampler and one with it (the sampler starts before
+and stops after the timed unit), in random order, settings shuffled. Slowdown = p10 of the units
+with the sampler / p10 of all units without one (noise on a shared host only ever slows a unit
+down, and every unit holds several samples, so a low quantile keeps the sampler's cost and sheds
+the noise); the median of the per-pair ratios is shown too, both with bootstrap 95% intervals. The
+goal is < 1%.
 
 NVML: the real pynvml when it finds a GPU (or --nvml real), else a stand-in (--nvml stand-in)
 whose every call costs --call-us of CPU (default 30 us, an assumed middle of the 20-50 us a real
-NVML query takes; not measurable on a host without a driver), in two variants (--gil):
-- hold: all of it pure Python holding the GIL: the worst case;
+NVML query takes; not measurable on a host without a driver), in two variants (--gil), which
+change how the sampler process spends its CPU (it never shares the workload's GIL):
+- hold: all of it pure Python holding the GIL;
 - release: as pynvml's ctypes calls do, 1 us of Python (pynvml 13's wrapper measured 0.7-1.1 us
   per call with a no-op C function behind it) and the rest in C with the GIL released (hashlib
   on a buffer sized to take that long), so the GIL changes hands twice per call.
+The sampler process loads the stand-in by name (STAND_IN), with the settings in the environment.
 One sample is 8 calls per GPU (utilization, memory, power, energy, 2 clocks, temperature, clock
 event reasons).
 
@@ -23,8 +26,7 @@ Workloads (--workload):
   thread: host-bound like a small model's decode on a GPU. On a GPU host, --device cuda runs it on
   the GPU (synchronized), the real case of a cell.
 - python: a pure-Python loop, the most GIL-bound case. On the 2-vCPU VM this was written on, its
-  unit times were bimodal (host effects) and even ran faster with a sampler thread: use it on a
-  quiet host only.
+  unit times were bimodal (host effects): use it on a quiet host only.
 
     python benchmarks/sampler.py [--pairs 40] [--workload llama python] [--nvml auto|real|stand-in]
                                  [--gil hold release] [--call-us 30] [--device cpu|cuda] [--json out.json]
@@ -51,13 +53,11 @@ if str(ROOT) not in sys.path:
 
 from bench.worker.telemetry import Sampler  # noqa: E402
 
-STAND_IN = "benchmarks.sampler:stand_in"  # what the sampler process imports in process mode
+STAND_IN = "benchmarks.sampler:stand_in"  # what the sampler process (and the marks' side) imports
 NONE: tuple[str, float | None] = ("none", None)
 SETTINGS: list[tuple[str, float | None]] = [
     NONE,  # an A/A control: the noise floor of the method
-    ("thread", 0.05),
     ("process", 0.05),
-    ("thread", 0.005),
     ("process", 0.005),
 ]
 
@@ -200,7 +200,7 @@ def llama_workload(target_s: float, device: str) -> Any:
     import torch
 
     from bench.worker import models
-    from bench.worker.cell import exact_greedy_config
+    from bench.worker.generate import exact_greedy_config
 
     torch.set_num_threads(1)
     net, tok = models.load("synthetic:llama-tiny", None, {}, "float32", device, "sdpa", False, 0)
@@ -232,18 +232,14 @@ def llama_workload(target_s: float, device: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def run_setting(
-    workload: Any, setting: tuple[str, float | None], nvml: Any, nvml_spec: str | None
-) -> tuple[float, Any]:
+def run_setting(workload: Any, setting: tuple[str, float | None], nvml_spec: str | None) -> tuple[float, Any]:
     """One timed unit under one setting; the sampler starts before and stops after the timed region."""
-    mode, interval = setting
+    _, interval = setting
     if interval is None:
         t0 = time.perf_counter()
         workload()
         return time.perf_counter() - t0, None
-    sampler = Sampler(
-        [0], interval_s=interval, mode=mode, nvml=nvml if mode == "thread" else nvml_spec
-    ).start()
+    sampler = Sampler([0], interval_s=interval, nvml=nvml_spec).start()
     if not sampler.available:
         sys.exit(f"sampler unavailable: {sampler.reason}")
     t0 = time.perf_counter()
@@ -253,7 +249,7 @@ def run_setting(
     return t, {**out["overhead"], "interval": out["interval_actual_s"]}
 
 
-def measure(workload: Any, pairs: int, nvml: Any, nvml_spec: str | None, seed: int) -> dict[str, Any]:
+def measure(workload: Any, pairs: int, nvml_spec: str | None, seed: int) -> dict[str, Any]:
     """Per setting, `pairs` adjacent (no sampler, sampler) units in random order: ratios within a pair
     are free of the drift between minutes that a shared machine shows."""
     rng = random.Random(seed)
@@ -266,10 +262,10 @@ def measure(workload: Any, pairs: int, nvml: Any, nvml_spec: str | None, seed: i
         for setting in order:
             first_none = rng.random() < 0.5
             if first_none:
-                base, _ = run_setting(workload, NONE, nvml, nvml_spec)
-            t, ov = run_setting(workload, setting, nvml, nvml_spec)
+                base, _ = run_setting(workload, NONE, nvml_spec)
+            t, ov = run_setting(workload, setting, nvml_spec)
             if not first_none:
-                base, _ = run_setting(workload, NONE, nvml, nvml_spec)
+                base, _ = run_setting(workload, NONE, nvml_spec)
             r = res[label(setting)]
             r["ratios"].append(t / base)
             r["times"].append(t)
@@ -353,7 +349,7 @@ def main() -> None:
     args = ap.parse_args()
 
     use_real = args.nvml == "real" or (args.nvml == "auto" and real_nvml_works())
-    variants: list[tuple[str, Any, str | None]] = []
+    variants: list[tuple[str, str | None, str | None]] = []
     if use_real:
         variants.append(("real pynvml (GPU 0)", None, None))
     else:
@@ -368,8 +364,8 @@ def main() -> None:
         "units. Slowdown: p10 of the units with the sampler / p10 of all units without one (host noise only "
         "ever slows a unit down, and every unit holds several samples, so the low quantile keeps the "
         "sampler's cost and drops the noise); also the median of the per-pair ratios; both with bootstrap "
-        "95% intervals; '< 1%?' judges the p10 ratio. Sampler CPU duty: the sampler's CPU time / wall time "
-        "(thread: inside the worker's process; process: its own). Sweep: wall time of one sample of all "
+        "95% intervals; '< 1%?' judges the p10 ratio. Sampler CPU duty: the sampler process's CPU time / "
+        "wall time. Sweep: wall time of one sample of all "
         "metrics. Samples/s: 1 / median time between samples, of asked.\n"
     )
     print(
@@ -381,13 +377,10 @@ def main() -> None:
     raw: dict[str, Any] = {}
     workloads: dict[str, Any] = {}
     for what, gil, spec in variants:
-        if gil is None:
-            nvml: Any = None
-        else:
+        if gil is not None:  # the sampler process inherits the stand-in's settings
             os.environ.update(
                 TFBENCH_STANDIN_CALL_US=str(args.call_us), TFBENCH_STANDIN_GIL=gil, TFBENCH_STANDIN_GPUS="1"
             )
-            nvml = stand_in()
         for name in args.workload:
             if name not in workloads:
                 workloads[name] = (
@@ -396,7 +389,7 @@ def main() -> None:
                     else llama_workload(args.unit_s, args.device)
                 )
             shown = name if name == "python" else f"llama-tiny generate ({args.device}, 1 thread)"
-            res = measure(workloads[name], args.pairs, nvml, spec, seed=len(name))
+            res = measure(workloads[name], args.pairs, spec, seed=len(name))
             raw[f"{what} / {shown}"] = res
             for row in rows(shown, res, rng):
                 print(f"| {what} {row}", flush=True)

@@ -1,6 +1,6 @@
 """The GPU measurement paths as the CPU can exercise them: telemetry degrades with a reason, the
 roofline record carries the model's arithmetic, and the worker's energy accounting works against
-a stand-in NVML (the same fake as tests/test_monitor.py) whose energy counter moves per run."""
+a stand-in NVML (tests/fake_nvml.py, as in tests/test_monitor.py) whose energy counter moves per run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from bench.worker import telemetry as monitor
+from bench.worker.telemetry import Sampler
 
 from .conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
-from .test_monitor import FakeNVML
+from .fake_nvml import FakeSetup
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +62,12 @@ def test_gpu_monitoring_off_says_so(tmp_path):
     assert record["gpu_telemetry"] == {"available": False, "reason": "gpu_monitoring is off"}
 
 
-def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch):
-    from bench.worker import cell as worker
+def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch, tmp_path):
+    from bench.worker import generate
 
-    fake = FakeNVML(n=1)
+    setup = FakeSetup(monkeypatch, tmp_path, n=1)
     monkeypatch.setattr(
-        worker, "make_sampler", lambda task, device: monitor.Sampler([0], interval_s=0.01, nvml=fake)
+        generate, "make_sampler", lambda task, device: Sampler([0], interval_s=0.01, nvml=setup.spec)
     )
     joules = [2.0, 3.0, 5.0]
     calls = []
@@ -75,14 +75,16 @@ def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch):
     def one_run():
         calls.append(1)
         if len(calls) > 1:  # the warm-up call uses energy too, outside every timed run
-            fake.energy[0] += joules[len(calls) - 2] * 1000.0  # mJ
+            # The worker's own copy of the fake: the one its marks read.
+            setup.worker_copy().energy[0] += joules[len(calls) - 2] * 1000.0  # mJ
         return len(calls)
 
     task = {"warmup_iterations": 1, "measurement_iterations": 3, "gpu_monitoring": True}
-    results, _, telemetry = worker.warm_then_measure(one_run, task, "cpu", lambda *a: None)
-    assert results == [2, 3, 4] and telemetry["available"]
+    results, _, telemetry = generate.warm_then_measure(one_run, task, "cpu", lambda *a: None)
+    assert results == [2, 3, 4] and telemetry["available"], telemetry
+    assert telemetry["mode"] == "process" and telemetry["n_samples"] >= 2
     runs = [{} for _ in results]
-    worker.add_energy(telemetry, runs, tokens_per_run=10)
+    generate.add_energy(telemetry, runs, tokens_per_run=10)
     assert [r["energy_j"] for r in runs] == pytest.approx(joules)
     assert [r["energy_per_token_j"] for r in runs] == pytest.approx([0.2, 0.3, 0.5])
     assert telemetry["energy_per_token_j"]["p50"] == pytest.approx(0.3)

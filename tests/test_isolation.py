@@ -6,10 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT, cells_by_id, clean_env, only_run_dir, run_entrypoint, write_config
 
 PARENT_CHECK = """
 import sys
+
+import pytest
 from bench.cli import main
 rc = main(["run", "--config", sys.argv[1], "--output", sys.argv[2]])
 leaked = sorted(m for m in ("torch", "transformers", "flash_attn") if m in sys.modules)
@@ -102,3 +106,15 @@ def test_run_json_records_config_sources(tmp_path):
     assert run["config_origins"]["measurement_iterations"] == "flag --measurement-iterations"
     assert run["config_origins"]["seed"] == "env TFBENCH_SEED"
     assert run["config_origins"]["model"].startswith("file ")
+
+
+@pytest.mark.slow
+def test_a_compiled_cell_leaves_no_semaphore_behind(tmp_path):
+    """torch.compile makes a multiprocessing lock in the worker (tqdm's), which leaves through
+    os._exit: that must not leave a named semaphore for the runner's resource tracker to report."""
+    config = write_config(tmp_path, compile="default")
+    proc = run_entrypoint(config, tmp_path / "out", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = cells_by_id(only_run_dir(tmp_path / "out")).values()
+    assert record["status"] == "ok" and record["compiled_graphs"] >= 1, record.get("reason")
+    assert "leaked semaphore" not in proc.stdout + proc.stderr, proc.stderr[-3000:]

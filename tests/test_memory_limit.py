@@ -124,7 +124,7 @@ def test_run_with_a_memory_limit(tmp_path, source):
 def test_is_oom_knows_every_allocator_failure():
     import torch
 
-    from bench.worker.cell import is_oom
+    from bench.worker.diagnose import is_oom
 
     cpu = RuntimeError(
         "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "

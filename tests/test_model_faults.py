@@ -212,7 +212,7 @@ def test_no_half_written_files(faulty_models_run):
 
 def test_trust_remote_code_is_only_ever_the_config_value():
     """No call in the package passes trust_remote_code=True or any value but the one it was given."""
-    for path in sorted((ROOT / "bench").glob("*.py")):
+    for path in sorted((ROOT / "bench").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
                 value = ast.unparse(node.value)

@@ -1,169 +1,37 @@
-"""The GPU telemetry sampler (bench/monitor.py), against a fake NVML and the real pynvml of this machine.
+"""The GPU telemetry sampler (bench/worker/telemetry.py and nvml.py), against a fake NVML and the
+real pynvml of this machine.
 
-The fake implements the NVML functions the sampler uses, returns changing values, and can refuse
-some of them (NotSupported) on some devices. Process mode gets the fake through a factory path
-("tests.test_monitor:make_fake"), which the sampler process imports and calls itself.
+The sampler reads NVML in a process of its own, which loads the fake of tests/fake_nvml.py by name;
+the worker side (this process) loads its own copy for the energy counter at marks. A test describes
+the fake once (FakeSetup) and both copies follow it; what the sampler process called comes back
+through a file its copy writes at shutdown.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from bench.worker import telemetry as monitor
-from bench.worker.telemetry import (
-    Sampler,
-    Unavailable,
-    decode_clock_reasons,
-    energy_between,
-    energy_per_run,
-    joules_per_token,
-    resolve_devices,
-    sampler_for_device,
-)
+from bench.worker.energy import energy_between, energy_per_run, joules_per_token, run_labels
+from bench.worker.nvml import Unavailable, resolve_devices
+from bench.worker.telemetry import Sampler, decode_clock_reasons, sampler_for_device
 
-# --------------------------------------------------------------------------------------------
-# A fake pynvml
+from .fake_nvml import MIGS, NO_TEMPERATURE, UUIDS, FakeNVML, FakeSetup
+
+(MIG,) = MIGS
 
 
-class FakeNVMLError(Exception):
-    value = 999
-    text = "Unknown Error"
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """fake(**settings): a FakeSetup (see tests/fake_nvml.py) for this test."""
 
-    def __str__(self) -> str:
-        return self.text
+    def make(**kwargs: Any) -> FakeSetup:
+        return FakeSetup(monkeypatch, tmp_path, **kwargs)
 
-
-class NVMLError_NotSupported(FakeNVMLError):
-    value, text = 3, "Not Supported"
-
-
-class NVMLError_FunctionNotFound(FakeNVMLError):
-    value, text = 13, "Function Not Found"
-
-
-class NVMLError_DriverNotLoaded(FakeNVMLError):
-    value, text = 9, "Driver Not Loaded"
-
-
-class NVMLError_InvalidArgument(FakeNVMLError):
-    value, text = 2, "Invalid Argument"
-
-
-UUIDS = [
-    "GPU-aaaaaaaa-0000-0000-0000-000000000000",
-    "GPU-bbbbbbbb-0000-0000-0000-000000000001",
-    "GPU-cccccccc-0000-0000-0000-000000000002",
-    "GPU-cccccccd-0000-0000-0000-000000000003",
-]
-
-
-class FakeNVML:
-    NVMLError = FakeNVMLError
-    NVMLError_NotSupported = NVMLError_NotSupported
-    NVML_CLOCK_SM = 1
-    NVML_CLOCK_MEM = 2
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(
-        self,
-        n: int = 2,
-        unsupported: dict[int, set[str]] | None = None,
-        init_error: Exception | None = None,
-        reasons: tuple[int, ...] = (0x1, 0x4 | 0x20),
-        flaky: set[str] | None = None,
-        names: list[str] | None = None,
-    ):
-        self.n = n
-        self.unsupported = unsupported or {}
-        self.init_error = init_error
-        self.reasons = reasons
-        self.flaky = flaky or set()
-        self.names = names or ["NVIDIA H100 80GB HBM3"] * n
-        self.energy = [1_000_000.0 * (i + 1) for i in range(n)]  # mJ; tests move it by hand
-        self.power_mw = [300_000 - 150_000 * (i % 2) for i in range(n)]  # constant: 300 W, 150 W
-        self.calls: Counter[tuple[str, int]] = Counter()
-        self.inits = 0
-
-    def _call(self, fn: str, h: int) -> int:
-        self.calls[(fn, h)] += 1
-        if fn in self.unsupported.get(h, ()):
-            raise NVMLError_NotSupported()
-        k = self.calls[(fn, h)]
-        if fn in self.flaky and k % 3 == 0:
-            raise FakeNVMLError()
-        return k
-
-    def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise self.init_error
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.inits -= 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return self.n
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
-        if not 0 <= i < self.n:
-            raise NVMLError_InvalidArgument()
-        return i
-
-    def nvmlDeviceGetUUID(self, h: int) -> str:
-        return UUIDS[h]
-
-    def nvmlDeviceGetName(self, h: int) -> bytes:
-        return self.names[h].encode()  # old pynvml returned bytes
-
-    def nvmlDeviceGetUtilizationRates(self, h: int) -> Any:
-        k = self._call("nvmlDeviceGetUtilizationRates", h)
-        return SimpleNamespace(gpu=(k * 10) % 101, memory=40 + k % 5)
-
-    def nvmlDeviceGetMemoryInfo(self, h: int) -> Any:
-        k = self._call("nvmlDeviceGetMemoryInfo", h)
-        return SimpleNamespace(total=80 << 30, used=(1 << 30) + k, free=0)
-
-    def nvmlDeviceGetPowerUsage(self, h: int) -> int:
-        self._call("nvmlDeviceGetPowerUsage", h)
-        return self.power_mw[h]
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: int) -> float:
-        self._call("nvmlDeviceGetTotalEnergyConsumption", h)
-        return self.energy[h]
-
-    def nvmlDeviceGetClockInfo(self, h: int, kind: int) -> int:
-        k = self._call(f"nvmlDeviceGetClockInfo[{kind}]", h)
-        return (1980 - k % 3) if kind == self.NVML_CLOCK_SM else 2619
-
-    def nvmlDeviceGetTemperature(self, h: int, sensor: int) -> int:
-        k = self._call("nvmlDeviceGetTemperature", h)
-        return 60 + k % 5
-
-    def nvmlDeviceGetTemperatureV(self, h: int, sensor: int) -> int:
-        k = self._call("nvmlDeviceGetTemperatureV", h)
-        return 60 + k % 5
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h: int) -> int:
-        k = self._call("nvmlDeviceGetCurrentClocksEventReasons", h)
-        return self.reasons[k % len(self.reasons)]
-
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: int) -> int:
-        k = self._call("nvmlDeviceGetCurrentClocksThrottleReasons", h)
-        return self.reasons[k % len(self.reasons)]
-
-
-NO_TEMPERATURE = {"nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV"}
-
-
-def make_fake() -> FakeNVML:
-    """The fake the sampler process builds for itself (process mode): GPU 1 has no temperature sensor."""
-    return FakeNVML(n=2, unsupported={1: set(NO_TEMPERATURE)})
+    return make
 
 
 def run_for(sampler: Sampler, seconds: float) -> dict[str, Any]:
@@ -197,10 +65,10 @@ def test_decode_clock_reasons() -> None:
     assert decode_clock_reasons(0x201) == ["gpu_idle", "unknown_0x200"]
 
 
-def test_thread_sampler_samples_at_the_interval() -> None:
-    fake = FakeNVML(n=1)
-    out = run_for(Sampler([0], interval_s=0.01, nvml=fake), 0.3)
-    assert out["available"] and out["mode"] == "thread"
+def test_sampler_samples_at_the_interval(fake) -> None:
+    setup = fake(n=1)
+    out = run_for(Sampler([0], interval_s=0.01, nvml=setup.spec), 0.3)
+    assert out["available"] and out["mode"] == "process"
     assert 10 <= out["n_samples"] <= 40, out["n_samples"]  # ~31 expected: first + 29 ticks + last
     assert 0.005 <= out["interval_actual_s"] <= 0.03
     dev = out["devices"][0]
@@ -213,13 +81,16 @@ def test_thread_sampler_samples_at_the_interval() -> None:
     assert dev["throttle_reasons_seen"] == ["gpu_idle", "sw_power_cap", "sw_thermal_slowdown"]
     assert abs(dev["throttle_reason_fraction"]["gpu_idle"] - 0.5) < 0.1
     assert dev["unsupported"] == {} and dev["errors"] == {}
-    assert out["overhead"]["sweep_us_mean"] > 0
-    assert fake.inits == 0  # nvmlShutdown balanced nvmlInit
+    assert out["overhead"]["sweep_us_mean"] > 0 and out["overhead"]["sampler_cpu_s"] >= 0
+    # nvmlShutdown balanced nvmlInit, in the worker and in the sampler process.
+    assert setup.worker_copy().inits == 0 and setup.sampler_inits() == 0
+    assert setup.sampler_calls()[("nvmlDeviceGetPowerUsage", 0)] == out["n_samples"]
     json.dumps(out, allow_nan=False)  # the summary goes into a result file as it is
 
 
-def test_stop_wakes_the_thread_promptly() -> None:
-    s = Sampler([0], interval_s=10.0, nvml=FakeNVML(n=1)).start()
+def test_stop_wakes_the_sampler_process_promptly(fake) -> None:
+    s = Sampler([0], interval_s=10.0, nvml=fake(n=1).spec).start()
+    assert s.available, s.reason
     t0 = time.perf_counter()
     out = s.stop()
     assert time.perf_counter() - t0 < 1.0
@@ -227,14 +98,16 @@ def test_stop_wakes_the_thread_promptly() -> None:
     assert s.stop() is out  # idempotent
 
 
-def test_energy_between_marks_comes_from_the_counter() -> None:
-    fake = FakeNVML(n=2)
-    s = Sampler([0, 1], interval_s=0.5, nvml=fake).start()
+def test_energy_between_marks_comes_from_the_counter(fake) -> None:
+    setup = fake(n=2)
+    s = Sampler([0, 1], interval_s=0.5, nvml=setup.spec).start()
+    assert s.available, s.reason
+    worker = setup.worker_copy()  # the marks read the worker's own counters
     for i in range(3):
         with s.around_run(i):
-            fake.energy[0] += 100_000 * (i + 1)  # 100, 200, 300 J on GPU 0
-            fake.energy[1] += 50_000 * (i + 1)  # 50, 100, 150 J on GPU 1
-        fake.energy[0] += 7_000  # between runs: 7 J on GPU 0, not part of any run
+            worker.energy[0] += 100_000 * (i + 1)  # 100, 200, 300 J on GPU 0
+            worker.energy[1] += 50_000 * (i + 1)  # 50, 100, 150 J on GPU 1
+        worker.energy[0] += 7_000  # between runs: 7 J on GPU 0, not part of any run
     out = s.stop()
     assert energy_per_run(out, 3) == pytest.approx([150.0, 300.0, 450.0])
     assert joules_per_token(energy_per_run(out, 3), 10) == pytest.approx([15.0, 30.0, 45.0])
@@ -248,10 +121,11 @@ def test_energy_between_marks_comes_from_the_counter() -> None:
     assert energy_between(out["marks"], "run_0_start", "nope")["total_j"] is None
 
 
-def test_unsupported_metrics_are_null_and_read_once() -> None:
+def test_unsupported_metrics_are_null_and_read_once(fake) -> None:
     energy_and_temp = {"nvmlDeviceGetTotalEnergyConsumption", *NO_TEMPERATURE}
-    fake = FakeNVML(n=2, unsupported={1: energy_and_temp})
-    s = Sampler([0, 1], interval_s=0.01, nvml=fake).start()
+    setup = fake(n=2, unsupported={1: energy_and_temp})
+    s = Sampler([0, 1], interval_s=0.01, nvml=setup.spec).start()
+    assert s.available, s.reason
     for i in range(2):
         with s.around_run(i):
             time.sleep(0.05)
@@ -263,11 +137,14 @@ def test_unsupported_metrics_are_null_and_read_once() -> None:
     assert d1["metrics"]["temperature_c"] is None
     assert d1["unsupported"] == {"energy": "Not Supported", "temperature": "Not Supported"}
     assert d1["metrics"]["power_w"]["mean"] == 150.0  # the rest of GPU 1 is still sampled
-    # Tried once (each temperature function once), never again however many samples and marks.
-    assert fake.calls[("nvmlDeviceGetTemperature", 1)] == 1
-    assert fake.calls[("nvmlDeviceGetTemperatureV", 1)] == 1
-    assert fake.calls[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 2  # the start reading + the first sample
-    assert fake.calls[("nvmlDeviceGetTemperature", 0)] == out["n_samples"]
+    # Tried once (each temperature function once), never again however many samples and marks:
+    # the sampler process by its first sample, the worker by its reading at start.
+    calls = setup.sampler_calls()
+    assert calls[("nvmlDeviceGetTemperature", 1)] == 1
+    assert calls[("nvmlDeviceGetTemperatureV", 1)] == 1
+    assert calls[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 1
+    assert setup.worker_copy().calls[("nvmlDeviceGetTotalEnergyConsumption", 1)] == 1
+    assert calls[("nvmlDeviceGetTemperature", 0)] == out["n_samples"]
     # GPU 1 has no counter: its energy is the power integral (constant 150 W, so exact).
     assert d1["energy_source"] == "power_integral"
     assert d1["energy_j_total"] == pytest.approx(150.0 * out["duration_s"], rel=1e-6)
@@ -275,32 +152,36 @@ def test_unsupported_metrics_are_null_and_read_once() -> None:
     assert run0["source"] == "mixed" and run0["devices"][0] == 0.0
     assert run0["devices"][1] == pytest.approx(150.0 * run0["seconds"], rel=1e-6)
     assert energy_per_run(out, 2)[1] == pytest.approx(
-        150.0 * energy_between(out["marks"], *monitor.run_labels(1))["seconds"]
+        150.0 * energy_between(out["marks"], *run_labels(1))["seconds"]
     )
     json.dumps(out, allow_nan=False)
 
 
-def test_clock_event_reasons_fall_back_to_throttle_reasons() -> None:
-    fake = FakeNVML(n=2, reasons=(0x8, 0x40), unsupported={0: {"nvmlDeviceGetCurrentClocksEventReasons"}})
-    fake.nvmlDeviceGetCurrentClocksEventReasons = None  # type: ignore[method-assign]  # an older binding
-    out = run_for(Sampler([0, 1], interval_s=0.01, nvml=fake), 0.05)
+def test_clock_event_reasons_fall_back_to_throttle_reasons(fake) -> None:
+    setup = fake(
+        n=2,
+        reasons=(0x8, 0x40),
+        unsupported={0: {"nvmlDeviceGetCurrentClocksEventReasons"}},
+        missing={"nvmlDeviceGetCurrentClocksEventReasons"},  # an older binding
+    )
+    out = run_for(Sampler([0, 1], interval_s=0.01, nvml=setup.spec), 0.05)
     for dev in out["devices"]:
         assert dev["throttle_reasons_seen"] == ["hw_slowdown", "hw_thermal_slowdown"]
         assert "clock_event_reasons" not in dev["unsupported"]
-    assert fake.calls[("nvmlDeviceGetCurrentClocksThrottleReasons", 0)] == out["n_samples"]
+    assert setup.sampler_calls()[("nvmlDeviceGetCurrentClocksThrottleReasons", 0)] == out["n_samples"]
 
 
-def test_transient_errors_null_one_value_and_are_counted() -> None:
-    fake = FakeNVML(n=1, flaky={"nvmlDeviceGetPowerUsage"})
-    out = run_for(Sampler([0], interval_s=0.01, nvml=fake), 0.1)
+def test_transient_errors_null_one_value_and_are_counted(fake) -> None:
+    setup = fake(n=1, flaky={"nvmlDeviceGetPowerUsage"})
+    out = run_for(Sampler([0], interval_s=0.01, nvml=setup.spec), 0.1)
     dev = out["devices"][0]
     assert dev["errors"]["power"] == out["n_samples"] // 3
     assert dev["metrics"]["power_w"]["n"] == out["n_samples"] - out["n_samples"] // 3
     assert "power" not in dev["unsupported"]
 
 
-def test_keep_samples() -> None:
-    out = run_for(Sampler([0], interval_s=0.01, nvml=FakeNVML(n=1), keep_samples=True), 0.05)
+def test_keep_samples(fake) -> None:
+    out = run_for(Sampler([0], interval_s=0.01, nvml=fake(n=1).spec, keep_samples=True), 0.05)
     samples = out["samples"]
     assert len(samples["t"]) == out["n_samples"] == len(samples["devices"][0]["power_mw"])
     assert samples["t"] == sorted(samples["t"])
@@ -322,6 +203,8 @@ def test_keep_samples() -> None:
         (None, ["GPU-cccccccc-0000-0000-0000-000000000002"], [2]),
         (None, ["cccccccd-0000-0000-0000-000000000003"], [3]),  # torch's uuid form
         ("1", [UUIDS[3]], [3]),  # a UUID names the GPU whatever CUDA_VISIBLE_DEVICES says
+        (None, [MIG], [1]),  # a MIG instance: its parent GPU
+        (f"{MIG},0", [0, 1], [1, 0]),
     ],
 )
 def test_cuda_visible_devices_mapping(cvd: str | None, devices: list[Any], expected: list[int]) -> None:
@@ -338,6 +221,8 @@ def test_cuda_visible_devices_mapping(cvd: str | None, devices: list[Any], expec
         ("GPU-ccccccc", [0], "leaves 0 GPU(s)"),  # matches both cccccccc... and cccccccd...: ambiguous
         (None, [4], "CUDA device 4 not found: NVML sees 4 GPU(s)"),
         (None, ["GPU-ffff"], "no GPU with UUID 'GPU-ffff'"),
+        (None, ["MIG-ffff"], "no GPU with UUID 'MIG-ffff'"),
+        ("MIG-ffff,0", [0], "leaves 0 GPU(s)"),
     ],
 )
 def test_devices_not_found(cvd: str | None, devices: list[Any], message: str) -> None:
@@ -346,13 +231,14 @@ def test_devices_not_found(cvd: str | None, devices: list[Any], message: str) ->
         resolve_devices(FakeNVML(n=4), devices, environ)
 
 
-def test_sampler_samples_the_gpu_cuda_visible_devices_names() -> None:
-    fake = FakeNVML(n=4)
-    out = run_for(Sampler([0], interval_s=0.01, nvml=fake, environ={"CUDA_VISIBLE_DEVICES": "2"}), 0.03)
+def test_sampler_samples_the_gpu_cuda_visible_devices_names(fake) -> None:
+    setup = fake(n=4)
+    out = run_for(Sampler([0], interval_s=0.01, nvml=setup.spec, environ={"CUDA_VISIBLE_DEVICES": "2"}), 0.03)
     assert out["devices"][0]["index"] == 2 and out["devices"][0]["uuid"] == UUIDS[2]
     assert out["devices"][0]["requested"] == 0
-    assert fake.calls[("nvmlDeviceGetPowerUsage", 2)] == out["n_samples"]
-    assert fake.calls[("nvmlDeviceGetPowerUsage", 0)] == 0
+    calls = setup.sampler_calls()
+    assert calls[("nvmlDeviceGetPowerUsage", 2)] == out["n_samples"]
+    assert calls[("nvmlDeviceGetPowerUsage", 0)] == 0
 
 
 def test_mixed_gpu_models_warn_about_cuda_order() -> None:
@@ -364,17 +250,16 @@ def test_mixed_gpu_models_warn_about_cuda_order() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Process mode
+# The sampler process: how it is found, fails to start, dies
 
 
-def test_process_mode_with_a_fake_from_a_factory_path() -> None:
-    parent_fake_holder: dict[str, FakeNVML] = {}
-    s = Sampler([0, 1], interval_s=0.01, mode="process", nvml="tests.test_monitor:make_fake").start()
+def test_a_factory_path_builds_the_fake_in_each_process(fake) -> None:
+    setup = fake(n=2, unsupported={1: set(NO_TEMPERATURE)})
+    s = Sampler([0, 1], interval_s=0.01, nvml=setup.spec).start()
     assert s.available, s.reason
-    parent_fake_holder["fake"] = s._nv  # the worker's own copy, which marks read
     for i in range(2):
         with s.around_run(i):
-            parent_fake_holder["fake"].energy[0] += 40_000
+            setup.worker_copy().energy[0] += 40_000
             time.sleep(0.05)
     out = s.stop()
     assert out["available"] and out["mode"] == "process"
@@ -384,16 +269,47 @@ def test_process_mode_with_a_fake_from_a_factory_path() -> None:
     assert d1["metrics"]["temperature_c"] is None and d1["unsupported"] == {"temperature": "Not Supported"}
     assert d1["metrics"]["power_w"]["mean"] == 150.0
     assert energy_per_run(out, 2) == pytest.approx([40.0, 40.0])
-    assert out["overhead"]["sampler_cpu_s"] >= 0
+    # The samples are the sampler process's: the worker's copy read only names, UUIDs and counters.
+    assert setup.worker_copy().calls[("nvmlDeviceGetPowerUsage", 0)] == 0
     json.dumps(out, allow_nan=False)
 
 
-def test_process_mode_needs_an_importable_nvml() -> None:
-    out = run_for(Sampler([0], mode="process", nvml=FakeNVML(n=1)), 0)
+def test_the_sampler_process_needs_an_importable_nvml() -> None:
+    out = run_for(Sampler([0], nvml=FakeNVML(n=1)), 0)
     assert out == {
         "available": False,
-        "reason": "process mode needs nvml as an importable module or a 'pkg.mod:attr' path",
+        "reason": "the sampler process needs nvml as an importable module or a 'pkg.mod:attr' path",
     }
+
+
+def test_a_sampler_process_that_fails_to_start_leaves_a_reason(fake) -> None:
+    setup = fake(n=1, sampler_init_error="NVMLError_DriverNotLoaded")
+    s = Sampler([0], interval_s=0.01, nvml=setup.spec).start()
+    assert not s.available
+    with s.around_run(0):
+        setup.worker_copy().energy[0] += 1_000
+    out = s.stop()
+    assert out == {
+        "available": False,
+        "reason": "the sampler process did not start: NVMLError_DriverNotLoaded: Driver Not Loaded",
+    }
+    assert setup.worker_copy().inits == 0  # the worker shut its NVML down again
+    assert energy_per_run(out, 1) == [None]
+
+
+def test_the_counter_energy_survives_the_sampler_process_dying(fake) -> None:
+    setup = fake(n=2, sampler_dies_at_power_read=2)  # its first sample is the last
+    s = Sampler([0, 1], interval_s=0.01, nvml=setup.spec).start()
+    assert s.available, s.reason
+    with s.around_run(0):
+        setup.worker_copy().energy[1] += 12_500
+    time.sleep(0.05)
+    out = s.stop()
+    assert out["available"] and out["n_samples"] == 0
+    assert "the sampler process ended without samples (exit code 9)" in out["warnings"]
+    assert energy_per_run(out, 1) == pytest.approx([12.5])
+    assert out["devices"][1]["metrics"]["power_w"] is None
+    json.dumps(out, allow_nan=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,22 +317,21 @@ def test_process_mode_needs_an_importable_nvml() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "reason"),
+    ("devices", "settings", "reason"),
     [
-        ({"devices": "cpu"}, "the cell runs on the CPU (no GPU to sample)"),
+        ("cpu", None, "the cell runs on the CPU (no GPU to sample)"),
+        ([0], "tfbench_no_such_nvml_module", "tfbench_no_such_nvml_module could not be imported"),
         (
-            {"devices": [0], "nvml": "tfbench_no_such_nvml_module"},
-            "tfbench_no_such_nvml_module could not be imported",
-        ),
-        (
-            {"devices": [0], "nvml": FakeNVML(init_error=NVMLError_DriverNotLoaded())},
+            [0],
+            {"init_error": "NVMLError_DriverNotLoaded"},
             "NVML could not be initialized: Driver Not Loaded",
         ),
-        ({"devices": [5], "nvml": FakeNVML(n=2)}, "CUDA device 5 not found: NVML sees 2 GPU(s)"),
+        ([5], {"n": 2}, "CUDA device 5 not found: NVML sees 2 GPU(s)"),
     ],
 )
-def test_degrades_to_a_no_op_with_a_reason(kwargs: dict[str, Any], reason: str) -> None:
-    s = Sampler(**kwargs).start()
+def test_degrades_to_a_no_op_with_a_reason(fake, devices: Any, settings: Any, reason: str) -> None:
+    nvml = fake(**settings).spec if isinstance(settings, dict) else settings
+    s = Sampler(devices, nvml=nvml).start()
     assert not s.available
     with s.around_run(0):
         pass
@@ -425,18 +340,18 @@ def test_degrades_to_a_no_op_with_a_reason(kwargs: dict[str, Any], reason: str) 
     assert energy_per_run(out, 2) == [None, None]
 
 
-def test_sampler_for_device() -> None:
+def test_sampler_for_device(fake) -> None:
     assert sampler_for_device("cpu").start().stop()["reason"].startswith("the cell runs on the CPU")
-    out = run_for(sampler_for_device("cuda:1", nvml=FakeNVML(n=2), interval_s=0.01), 0.02)
+    spec = fake(n=2).spec
+    out = run_for(sampler_for_device("cuda:1", nvml=spec, interval_s=0.01), 0.02)
     assert out["devices"][0]["index"] == 1
-    out = run_for(Sampler(0, nvml=FakeNVML(n=2), interval_s=0.01), 0.02)  # one device as a bare int
+    out = run_for(Sampler(0, nvml=spec, interval_s=0.01), 0.02)  # one device as a bare int
     assert out["devices"][0]["index"] == 0
 
 
-@pytest.mark.parametrize("mode", ["thread", "process"])
-def test_real_pynvml_never_raises(mode: str) -> None:
+def test_real_pynvml_never_raises() -> None:
     """Here there is no NVIDIA driver: the sampler says so; on a GPU host it samples GPU 0."""
-    s = Sampler([0], interval_s=0.01, mode=mode).start()
+    s = Sampler([0], interval_s=0.01).start()
     time.sleep(0.03)
     s.mark("x")
     out = s.stop()
@@ -446,19 +361,3 @@ def test_real_pynvml_never_raises(mode: str) -> None:
         assert out["reason"].startswith(("NVML could not be initialized", "pynvml could not be imported")), (
             out
         )
-
-
-def test_process_mode_keeps_the_counter_energy_when_the_sampler_process_dies() -> None:
-    s = Sampler([0, 1], interval_s=0.01, mode="process", nvml="tests.test_monitor:make_fake").start()
-    assert s.available, s.reason
-    with s.around_run(0):
-        s._nv.energy[1] += 12_500
-    assert s._proc is not None
-    s._proc.kill()
-    s._proc.wait()
-    out = s.stop()
-    assert out["available"] and out["n_samples"] == 0
-    assert any("ended without samples" in w for w in out["warnings"])
-    assert energy_per_run(out, 1) == pytest.approx([12.5])
-    assert out["devices"][1]["metrics"]["power_w"] is None
-    json.dumps(out, allow_nan=False)

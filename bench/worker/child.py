@@ -5,6 +5,7 @@ as a process target without importing torch (the worker module is preloaded in t
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import resource
 import signal
@@ -65,10 +66,26 @@ def _fail_early(task: dict[str, Any], exc: BaseException, what: str) -> None:
     os._exit(0)
 
 
+def _anonymous_locks() -> None:
+    """Make the multiprocessing locks that libraries create in this worker anonymous semaphores.
+
+    A process started by a fork server takes the server's start method as its default, and under
+    it every multiprocessing lock is a named semaphore registered with the runner's resource
+    tracker, whose descriptor the worker inherits. tqdm makes one (torch.compile draws a progress
+    bar while it traces a graph); the worker leaves through os._exit or is killed, so no finalizer
+    ever unlinks it, and the tracker warns of "leaked semaphore objects" when the runner exits.
+    Under "fork" a lock's semaphore is unlinked as soon as it is made: there is nothing to leak,
+    whichever way the worker ends. Libraries that start processes name their context themselves
+    (torch's compile workers run as subprocesses, its autotuning spawns).
+    """
+    multiprocessing.set_start_method("fork", force=True)
+
+
 def main(task: dict[str, Any], conn: Any, guard: Any) -> None:
     entered = time.perf_counter()
     os.setsid()  # own process group: a timeout kills the worker and every compile helper it started
     _die_with_runner(guard)
+    _anonymous_locks()
     log_fd = os.open(task["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
