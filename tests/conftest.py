@@ -27,6 +27,7 @@ TINY = {
     "attn_implementation": "sdpa",
     "cell_timeout_s": 120,
     "max_attempts": 1,  # tests of retries set it themselves
+    "processes": 1,  # one worker per cell keeps the suite fast; tests of replication set it themselves
 }
 
 

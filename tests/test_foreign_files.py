@@ -33,7 +33,7 @@ def _running(run_dir: Path, cell_id: str) -> bool:
         status = json.loads((run_dir / "cells" / f"{cell_id}.json").read_text())["status"]
     except (OSError, ValueError):
         return False
-    return status == "running" and (run_dir / "work" / f"{cell_id}.1").is_dir()
+    return status == "running" and (run_dir / "work" / f"{cell_id}.1.0").is_dir()
 
 
 @pytest.fixture(scope="module")

@@ -216,7 +216,7 @@ def test_cell_running_when_the_runner_was_killed_is_lost_then_retried_within_att
             and _runs(output)
             and _status(_runs(output)[0], cell["cell_id"]) == "running"
             # its worker started (the scratch is made just before): a kill can now cost the attempt
-            and (_runs(output)[0] / "work" / f"{cell['cell_id']}.1").is_dir()
+            and (_runs(output)[0] / "work" / f"{cell['cell_id']}.1.0").is_dir()
         )
     )
     proc.kill()  # power loss: no handler runs

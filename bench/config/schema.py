@@ -23,6 +23,8 @@ from bench.errors import ConfigError, ConfigNotFoundError
 from bench.secrets import looks_like_token
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+# Worker processes per cell when the config does not say (README, "Processes"; BENCHMARKS.md).
+DEFAULT_PROCESSES = 4
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
@@ -78,7 +80,11 @@ ALLOWED: dict[str, str] = {
     "sequence_length": "a positive integer or a list of distinct positive integers",
     "num_tokens_to_generate": "a positive integer or a list of distinct positive integers",
     "warmup_iterations": "an integer >= 0",
-    "measurement_iterations": "an integer >= 1",
+    "measurement_iterations": "an integer >= 1: timed runs per cell, shared out between its processes",
+    "processes": "an integer >= 1: fresh worker processes per cell, each with its own warm-up; "
+    f"null: {DEFAULT_PROCESSES} (fewer when measurement_iterations is smaller)",
+    "process_order": "round-robin (process k of every cell, then process k + 1) or shuffled "
+    "(each round in an order drawn from seed)",
     "coverage": "an integer from 0 to 4, or null to use the explicit axes",
     "attn_implementation": "one or a list of " + ", ".join(ATTN_IMPLEMENTATIONS),
     "compile": "null (no compile) or one of " + ", ".join(COMPILE_MODES) + ", or a list of these",
@@ -116,6 +122,8 @@ class BenchConfig(BaseModel):
     num_tokens_to_generate: list[PositiveInt] = [128]
     warmup_iterations: Annotated[StrictInt, Field(ge=0)] = 5
     measurement_iterations: Annotated[StrictInt, Field(ge=1)] = 20
+    processes: Annotated[StrictInt, Field(ge=1)] | None = None
+    process_order: Literal["round-robin", "shuffled"] = "round-robin"
     coverage: Annotated[StrictInt, Field(ge=0, le=4)] | None = None
     attn_implementation: list[Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]] = ["sdpa"]
     compile: list[CompileMode] = [None]
@@ -240,6 +248,15 @@ class BenchConfig(BaseModel):
                         )
                     elif (message := _override_problem(value, preset.config[key])) is not None:
                         problems.append((f"model_config.{key}", value, message))
+        if self.processes is not None and self.processes > self.measurement_iterations:
+            problems.append(
+                (
+                    "processes",
+                    self.processes,
+                    f"each process needs at least one timed run, and measurement_iterations is "
+                    f"{self.measurement_iterations}",
+                )
+            )
         compile_options_set = self.compile_fullgraph or self.compile_dynamic is not None
         if compile_options_set and self.coverage is None and all(mode is None for mode in self.compile):
             problems.append(
@@ -250,6 +267,13 @@ class BenchConfig(BaseModel):
                 )
             )
         return problems
+
+    @property
+    def worker_processes(self) -> int:
+        """The processes each cell is measured in: as given, else the default (at most one per run)."""
+        if self.processes is not None:
+            return self.processes
+        return min(DEFAULT_PROCESSES, self.measurement_iterations)
 
     def as_given(self) -> dict[str, Any]:
         """The config as a plain dict with file field names (for run.json)."""
@@ -469,15 +493,17 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
 
 
 def check_fault_spec(spec: str | None) -> None:
-    """TFBENCH_FAULT=<cell id prefix or *>:<kind>[,...]; a typo must not silently inject nothing."""
+    """TFBENCH_FAULT=<cell id prefix or *>[@<process>]:<kind>[,...]; a typo must not silently inject nothing."""
     if not spec:
         return
     for item in spec.split(","):
         target, sep, kind = item.strip().partition(":")
-        if not sep or not target or kind not in FAULT_KINDS:
+        target, at, which = target.partition("@")
+        if not sep or not target or kind not in FAULT_KINDS or (at and not which.isdigit()):
             raise ConfigError(
                 [
-                    f"TFBENCH_FAULT = {spec!r}: {item.strip()!r} is not <cell id prefix or *>:<kind>; "
+                    f"TFBENCH_FAULT = {spec!r}: {item.strip()!r} is not "
+                    "<cell id prefix or *>[@<process>]:<kind>; "
                     f"kinds: {', '.join(FAULT_KINDS)}"
                 ],
                 "environment",

@@ -137,6 +137,10 @@ def summary_column_type(name: str) -> ColumnType:
         for stat in STAT_NAMES:
             if name == f"{metric}_{stat}":
                 return INT if stat == "n" else FLOAT
+    if name.endswith("_process_p50s"):
+        return ("list", FLOAT)
+    if name == "processes":
+        return INT
     if name.endswith(("_bytes", "_count", "_pid")):
         return INT
     if name.endswith(("_s", "_j", "_w", "_pct", "_mhz", "_mean", "_p50", "_p90", "_mbu", "_mfu")):

@@ -89,9 +89,16 @@ class JsonReporter:
     def start(self, plan: Plan) -> None:
         self.total = len(plan.cells)
 
-    def cell_started(self, cell: Cell, attempt: int = 1) -> None:
+    def cell_started(self, cell: Cell, attempt: int = 1, process: int = 0, processes: int = 1) -> None:
         self._phase = None
-        self.log.emit("cell_started", run_id=self.run_id, attempt=attempt, **cell_fields(cell))
+        self.log.emit(
+            "cell_started",
+            run_id=self.run_id,
+            attempt=attempt,
+            process=process,
+            processes=processes,
+            **cell_fields(cell),
+        )
 
     def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
         if self._phase == (cell.cell_id, phase):  # one line per phase, not one per iteration

@@ -267,9 +267,10 @@ class ProgressReporter:
         self.progress.start()
         self.task_id = self.progress.add_task(self.label or "cells", total=len(plan.cells), current="")
 
-    def cell_started(self, cell: Cell, attempt: int = 1) -> None:
+    def cell_started(self, cell: Cell, attempt: int = 1, process: int = 0, processes: int = 1) -> None:
         again = f" (attempt {attempt})" if attempt > 1 else ""
-        self.progress.update(self.task_id, current=f"{escape(cell.name)} · starting{again}")
+        which = f" process {process + 1}/{processes}" if processes > 1 else ""
+        self.progress.update(self.task_id, current=f"{escape(cell.name)} ·{which} starting{again}")
 
     def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
         text = {"load": "loading model", "done": "writing result"}.get(phase, phase)

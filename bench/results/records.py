@@ -44,7 +44,8 @@ UNITS = {
 HIGHER_IS_BETTER = frozenset({"e2e_throughput", "decode_throughput", "prefill_throughput"})
 STAT_NAMES = ("n", "mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 
-Status = Literal["ok", "skipped", "failed", "oom", "timeout", "interrupted", "lost", "running"]
+# partial: some of the cell's worker processes are measured, the others still to run.
+Status = Literal["ok", "skipped", "failed", "oom", "timeout", "interrupted", "lost", "running", "partial"]
 FAILED_STATUSES = ("failed", "oom", "timeout", "lost")
 
 
@@ -71,11 +72,14 @@ class Settings(BaseModel):
     max_attempts: int = 1
     gpu_sample_interval_s: float = 0.05
     cell_memory_limit_gb: float | None = None
+    processes: int = 1
+    process_order: str = "round-robin"
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
         """The settings of a validated BenchConfig (any object with the same field names)."""
-        return cls(**{name: getattr(config, name) for name in cls.model_fields})
+        values = {name: getattr(config, name) for name in cls.model_fields if name != "processes"}
+        return cls(**values, processes=config.worker_processes)
 
     def measured(self) -> dict[str, Any]:
         """What changes the numbers of a cell without changing its id (part of a run's identity)."""
@@ -83,11 +87,17 @@ class Settings(BaseModel):
             "warmup_iterations": self.warmup_iterations,
             "measurement_iterations": self.measurement_iterations,
             "seed": self.seed,
+            "processes": self.processes,
         }
+
+    def runs_of(self, process: int) -> int:
+        """Timed runs of process k: measurement_iterations shared out as evenly as it goes."""
+        base, extra = divmod(self.measurement_iterations, self.processes)
+        return base + (1 if process < extra else 0)
 
     def recorded(self) -> dict[str, Any]:
         """What every cell record carries of the settings."""
-        keep = ("gpu_monitoring", "cell_timeout_s", "cell_memory_limit_gb")
+        keep = ("gpu_monitoring", "cell_timeout_s", "cell_memory_limit_gb", "process_order")
         return {**self.measured(), **{k: getattr(self, k) for k in keep}}
 
 

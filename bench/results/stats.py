@@ -64,3 +64,58 @@ def summarize_runs(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float 
             values = [run.get(metric) for run in runs]
         out[metric] = summarize(values)
     return out
+
+
+def gaps(times: Sequence[float]) -> list[float]:
+    """The inter-token latencies of one sequence: each gap between consecutive token times."""
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def cell_stats(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Statistics of every metric over a cell's raw runs, as the record stores them.
+
+    Plain generate: one value per run, itl over every token gap. Continuous batching (runs hold
+    requests): e2e latency and throughput per run, ttft, tpot and itl per request; prefill and
+    decode of different requests interleave, so no batch-level split of those exists.
+    Where the runs come from several worker processes (a `process` key), each metric also gets
+    the median of each process (`process_p50s`) and the between-process coefficient of variation
+    (`process_cv`: the standard deviation of the log process medians).
+    """
+    if any(isinstance(r.get("requests"), list) for r in runs):
+        reqs = [q for r in runs for q in r.get("requests") or []]
+        out = {
+            "e2e_latency": summarize([r.get("e2e_latency") for r in runs]),
+            "ttft": summarize([q.get("ttft") for q in reqs]),
+            "tpot": summarize([q.get("tpot") for q in reqs]),
+            "itl": summarize([g for q in reqs for g in gaps(q.get("token_times") or [])]),
+            "e2e_throughput": summarize([r.get("e2e_throughput") for r in runs]),
+            "decode_throughput": summarize([]),
+            "prefill_throughput": summarize([]),
+        }
+    else:
+        out = summarize_runs([{**r, "itl": gaps(r.get("token_times") or [])} for r in runs])
+    processes = sorted({r.get("process") or 0 for r in runs})
+    if len(processes) > 1:
+        for metric in METRICS:
+            if metric == "itl":
+                continue
+            medians = []
+            for k in processes:
+                values = [v for r in runs if (r.get("process") or 0) == k for v in _run_values(r, metric)]
+                if values:
+                    medians.append(float(np.median(values)))
+            out[metric]["process_p50s"] = medians
+            positive = [m for m in medians if m > 0]
+            out[metric]["process_cv"] = (
+                float(np.std(np.log(positive), ddof=1)) if len(positive) > 1 else None
+            )
+    return out
+
+
+def _run_values(run: dict[str, Any], metric: str) -> list[float]:
+    """A run's value of a metric; per-request metrics as the median over the run's requests."""
+    value = run.get(metric)
+    if value is None and isinstance(run.get("requests"), list):
+        per_request = [q.get(metric) for q in run["requests"] if q.get(metric) is not None]
+        return [float(np.median(per_request))] if per_request else []
+    return [] if value is None else [float(value)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.results.records import METRICS, STAT_NAMES, CellRecord
+from bench.results.records import METRICS, RUN_METRICS, STAT_NAMES, CellRecord
 
 AXES = (
     "model",
@@ -37,9 +37,15 @@ GPU_COLUMNS = (
 def summary_columns() -> list[str]:
     cols = ["run_id", "cell_id", "name", "status", "reason", *AXES]
     cols += [f"{m}_{s}" for m in METRICS for s in STAT_NAMES]
+    # The process is the unit of the noise: each one's median, and their spread (CV of the log).
+    cols += ["processes"]
+    cols += [f"{m}_{s}" for m in RUN_METRICS for s in PROCESS_STATS]
     cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
     cols += [*GPU_COLUMNS]
     return cols
+
+
+PROCESS_STATS = ("process_p50s", "process_cv")
 
 
 def stat_columns(record: CellRecord) -> dict[str, Any]:
@@ -50,6 +56,14 @@ def stat_columns(record: CellRecord) -> dict[str, Any]:
         for stat in STAT_NAMES:
             value = getattr(stats, stat, None) if stats is not None else None
             row[f"{metric}_{stat}"] = (0 if value is None else value) if stat == "n" else value
+    row["processes"] = record.process_count
+    for metric in RUN_METRICS:
+        extra = (record.stats.get(metric).model_extra or {}) if metric in record.stats else {}
+        p50s = extra.get("process_p50s")
+        if p50s is None:  # one process (or a record of an earlier version): its median is the p50
+            p50s = [p] if (p := record.stat(metric, "p50")) is not None and record.process_count == 1 else []
+        row[f"{metric}_process_p50s"] = p50s
+        row[f"{metric}_process_cv"] = extra.get("process_cv")
     return row
 
 

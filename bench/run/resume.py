@@ -90,7 +90,9 @@ def settle_running(rundir: RunDir, record: CellRecord) -> CellRecord:
     cell's doing, so neither is charged. Otherwise the worker may have been running when the
     run died: the attempt is lost, and charged.
     """
-    scratch = rundir.work / f"{record.cell_id}.{record.attempt or 1}"
+    process = (record.model_extra or {}).get("process_in_flight")
+    name = f"{record.cell_id}.{record.attempt or 1}" + (f".{process}" if process is not None else "")
+    scratch = rundir.work / name
     if not scratch.is_dir():
         reason = "the run stopped before this attempt's worker started"
     elif (scratch / "result.json").is_file():

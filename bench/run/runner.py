@@ -1,21 +1,21 @@
-"""The parent: runs each cell of a plan in a fresh worker process, in order, and records the outcome.
+"""The parent: runs every cell of a plan in fresh worker processes and records the outcome.
 
-It never imports torch nor initializes CUDA. Workers are forked from a fork server that has
-preloaded torch and transformers (imports only), so a fresh process costs a fraction of a
-second instead of the seconds a new interpreter needs. The parent enforces the cell timeout
-by killing the worker's whole process group, tells crashes, out-of-memory, timeouts and
-Python errors apart, and turns SIGINT/SIGTERM into an orderly stop.
+Each cell is measured in `processes` workers (bench.run.workers), each with its own warm-up and
+its share of the timed runs. The processes of different cells are interleaved in time: process 0
+of every cell, then process 1 of every cell, ... (round-robin; `process_order: shuffled` draws
+each round's order from the seed, recorded in run.json), so that a slow drift of the machine
+spreads over every cell instead of landing on one. A cell's record is written after each of its
+processes (status "partial" until the last is in), so a kill costs at most the process that ran.
+A cell whose process fails gets its next attempt after every other cell had its turn; the
+processes it already measured are kept. SIGINT/SIGTERM stop the run in order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import multiprocessing.connection
-import os
+import random
 import shutil
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from typing import Any
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
 from bench.plan.matrix import Cell, Plan
+from bench.results.assemble import add_process, finish
 from bench.results.records import (
     FAILED_STATUSES,
     CellRecord,
@@ -35,15 +36,28 @@ from bench.results.records import (
     describe_error,
     status_counts,
 )
-from bench.results.store import RunDir, read_json, storage_errors
+from bench.results.store import RunDir, storage_errors
 from bench.run.resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
+from bench.run.workers import judge, now_iso, run_worker, signal_name, start_worker_server
 from bench.secrets import redact_file
 
-LOG_TAIL_LINES = 30
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+# Record keys that hold what a cell's processes measured so far (kept across its attempts).
+MEASURED_KEYS = (
+    "runs",
+    "processes",
+    "parameters",
+    "inputs",
+    "compiled_graphs",
+    "effective_attn_implementation",
+    "worker_environment",
+    "continuous_batching_config",
+    "setup_time_s",
+    "load_time_s",
+    "warmup_time_s",
+    "gpu_telemetry",
+    "memory",
+    "roofline",
+)
 
 
 def new_run_id(run_name: str, output: Path, clock: Callable[[], datetime] | None = None) -> str:
@@ -55,81 +69,6 @@ def new_run_id(run_name: str, output: Path, clock: Callable[[], datetime] | None
     return run_id
 
 
-_CONTEXT: Any = None
-
-
-def worker_context() -> Any:
-    """The fork-server context, created once per parent process."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        # torch.cuda.is_available() in the server would create driver state that forked
-        # children inherit; ask NVML instead (it creates none).
-        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["bench.worker.cell"])
-        _CONTEXT = ctx
-    return _CONTEXT
-
-
-def start_worker_server(stop: Callable[[], bool] = lambda: False) -> bool:
-    """Start the fork server and wait until its preload is done (one trivial child proves it).
-
-    The preload takes seconds (longer on a slow disk), and the start blocks in a read that a
-    signal handler cannot cut short; so it runs in a thread, and this returns False as soon as
-    `stop()` says so. The server, a child of this process, ends when this process exits.
-    """
-    from bench.worker.child import ping
-
-    def check() -> None:
-        proc = worker_context().Process(target=ping, name="tfbench-server-check")
-        proc.start()
-        proc.join()
-
-    thread = threading.Thread(target=check, name="tfbench-server-start", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        if stop():
-            return False
-        thread.join(0.05)
-    return True
-
-
-def oom_kill_count() -> int | None:
-    """The cgroup's OOM-kill counter, to tell an OOM kill from another SIGKILL; None if unknown."""
-    for path, key in (
-        ("/sys/fs/cgroup/memory.events", "oom_kill"),
-        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-    ):
-        try:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 @dataclass
 class RunState:
     counts: dict[str, int] = field(default_factory=dict)
@@ -138,12 +77,31 @@ class RunState:
 
 @dataclass
 class Current:
-    """The attempt in progress, for the record a failing results volume leaves it."""
+    """The worker process in progress, for the record a failing results volume leaves it."""
 
     cell: Cell
     attempt: int
+    process: int
     history: list[dict[str, Any]]
+    measured: dict[str, Any]
     announced: bool = False  # its "running" record is on disk
+
+    @property
+    def scratch(self) -> str:
+        return scratch_name(self.cell.cell_id, self.attempt, self.process)
+
+
+def scratch_name(cell_id: str, attempt: int, process: int) -> str:
+    """A scratch directory per worker: one of a killed earlier attempt may still be exiting."""
+    return f"{cell_id}.{attempt}.{process}"
+
+
+def measured_part(record: CellRecord | None) -> dict[str, Any]:
+    """What the processes of a cell measured so far, from its latest record."""
+    if record is None or not record.processes:
+        return {}
+    data = record.to_dict()
+    return {k: data[k] for k in MEASURED_KEYS if k in data}
 
 
 class Runner:
@@ -205,7 +163,7 @@ class Runner:
         self._release_log()
         cur, self.current = self.current, None
         if cur is not None:
-            cid, scratch = cur.cell.cell_id, f"{cur.cell.cell_id}.{cur.attempt}"
+            cid, scratch = cur.cell.cell_id, cur.scratch
             reason = f"the results volume failed ({exc.reason}) while writing {exc.path}"
             rec = self._record(
                 cur.cell,
@@ -214,6 +172,7 @@ class Runner:
                 attempt=cur.attempt,
                 attempts=cur.history,
                 finished_at=now_iso(),
+                **cur.measured,
             )
             try:
                 self.rundir.write_cell(rec)
@@ -224,7 +183,7 @@ class Runner:
                     # The worker is gone without a result; without its scratch a restart knows
                     # no worker of this attempt can have brought the run down.
                     self.rundir.drop_scratch(scratch)
-                if cur.announced and cur.attempt == 1:
+                if cur.announced and cur.attempt == 1 and not cur.measured:
                     # The "running" record holds no history yet: without it the cell starts afresh.
                     with contextlib.suppress(OSError):
                         self.rundir.cell_path(cid).unlink()
@@ -253,6 +212,23 @@ class Runner:
 
     def _final(self, record: CellRecord) -> bool:
         return record.status != "interrupted" and not needs_run(record, self.settings.max_attempts)
+
+    def _missing(self, cell: Cell) -> list[int]:
+        rec = self.records.get(cell.cell_id)
+        done = {p.index for p in rec.processes} if rec is not None else set()
+        return [k for k in range(self.settings.processes) if k not in done]
+
+    def _rounds(self, cells: list[Cell]) -> list[list[tuple[Cell, int]]]:
+        """The (cell, process) units still to run, round by round: process k of every cell, then k + 1."""
+        order = random.Random(self.settings.seed) if self.settings.process_order == "shuffled" else None
+        rounds: list[list[tuple[Cell, int]]] = []
+        pending = {c.cell_id: self._missing(c) for c in cells}
+        while any(pending.values()):
+            this = [(c, pending[c.cell_id].pop(0)) for c in cells if pending[c.cell_id]]
+            if order is not None:
+                order.shuffle(this)
+            rounds.append(this)
+        return rounds
 
     def _execute(self) -> int:
         records = self.records
@@ -303,12 +279,19 @@ class Runner:
                 start_worker_server(lambda: self.state.stop_signal is not None)
                 meta.worker_server_start_s = time.perf_counter() - t
             while todo and self.state.stop_signal is None:
-                for cell in todo:
-                    if self.state.stop_signal is not None:
-                        break
-                    records[cell.cell_id] = rec = self._attempt(cell, records.get(cell.cell_id))
-                    self.reporter.cell_done(cell, rec, final=self._final(rec))
-                # Failed cells get their next attempt after every other cell had its first.
+                stopped: set[str] = set()  # cells whose process failed in this pass
+                for units in self._rounds(todo):
+                    for cell, process in units:
+                        if self.state.stop_signal is not None:
+                            break
+                        if cell.cell_id in stopped:
+                            continue
+                        records[cell.cell_id] = rec = self._unit(cell, process, records.get(cell.cell_id))
+                        if rec.status != "partial":
+                            self.reporter.cell_done(cell, rec, final=self._final(rec))
+                        if rec.status not in ("ok", "partial"):
+                            stopped.add(cell.cell_id)
+                # Failed cells get their next attempt after every other cell had its turn.
                 todo = [
                     c
                     for c in todo
@@ -318,6 +301,7 @@ class Runner:
                 ]
         finally:
             self.reporter.stop()
+        self._drop_caches()
         mine = [records[c.cell_id] for c in self.plan.cells if c.cell_id in records]
         self.rundir.write_summary(mine)
         counts = self.state.counts = status_counts(mine, len(self.plan.cells))
@@ -326,32 +310,45 @@ class Runner:
         meta.status = "interrupted" if interrupted else "finished"
         meta.counts = counts
         if interrupted:
-            meta.interrupted_by = _signal_name(self.state.stop_signal)
+            meta.interrupted_by = signal_name(self.state.stop_signal or 0)
         self.rundir.write_run(meta)
         with contextlib.suppress(OSError):
             self.rundir.work.rmdir()
         if interrupted:
-            return 128 + int(self.state.stop_signal)
+            return 128 + int(self.state.stop_signal or 0)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK
 
-    def _attempt(self, cell: Cell, previous: CellRecord | None) -> CellRecord:
-        """One attempt at a cell: announced on disk first, so a kill at any instant leaves a trace."""
-        history = previous_attempts(previous)
-        attempt = len(history) + 1
-        running = self._record(cell, "running", attempt=attempt, attempts=history, started_at=now_iso())
-        self.current = Current(cell, attempt, history)
+    def _drop_caches(self) -> None:
+        for cache in self.rundir.work.glob("*.cache"):
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def _unit(self, cell: Cell, process: int, previous: CellRecord | None) -> CellRecord:
+        """One worker process of a cell: announced on disk first, so a kill at any instant leaves a trace.
+
+        A cell's attempt lasts while its processes succeed; a process that fails ends the attempt,
+        and the next one measures only the processes still missing."""
+        if previous is None or previous.status == "partial":
+            history = [a.to_dict() for a in previous.attempts] if previous is not None else []
+            attempt = previous.attempt or 1 if previous is not None else 1
+        else:
+            history = previous_attempts(previous)
+            attempt = len(history) + 1
+        measured = measured_part(previous)
+        extra = {"started_at": now_iso(), "process_in_flight": process}
+        running = self._record(cell, "running", attempt=attempt, attempts=history, **measured, **extra)
+        self.current = Current(cell, attempt, process, history, measured)
         self.rundir.write_cell(running)
         self.current.announced = True
-        self.reporter.cell_started(cell, attempt)
+        self.reporter.cell_started(cell, attempt, process, self.settings.processes)
         try:
-            rec = self._run_cell(cell, attempt)
+            rec = self._run_process(cell, attempt, process, measured)
         finally:
             self._release_log()
         rec = rec.with_updates(attempt=attempt, attempts=history)
         self.rundir.write_cell(rec)
         self.current = None
         # Only now: until the outcome is on disk, the scratch tells a restart what happened.
-        self.rundir.drop_scratch(f"{cell.cell_id}.{attempt}")
+        self.rundir.drop_scratch(scratch_name(cell.cell_id, attempt, process))
         return rec
 
     def _hold_log(self, log_path: Path, header: str) -> None:
@@ -400,20 +397,24 @@ class Runner:
             }
         )
 
-    def _run_cell(self, cell: Cell, attempt: int = 1) -> CellRecord:
-        ctx = worker_context()
-        # A scratch directory per attempt: a worker of a killed earlier attempt may still be
-        # exiting, and must not write into this one.
-        scratch_name = f"{cell.cell_id}.{attempt}"
+    def _run_process(self, cell: Cell, attempt: int, process: int, measured: dict[str, Any]) -> CellRecord:
+        processes = self.settings.processes
         log_path = self.rundir.log_path(cell.cell_id)
-        self._hold_log(log_path, f"=== tfbench: cell {cell.cell_id} attempt {attempt} at {now_iso()} ===\n")
+        header = f"=== tfbench: cell {cell.cell_id} process {process + 1}/{processes} attempt {attempt} at {now_iso()} ===\n"
+        self._hold_log(log_path, header)
+        cache = self.rundir.work / f"{cell.cell_id}.cache"
+        reused = cache.is_dir() and any(cache.iterdir())
+        with storage_errors(cache):
+            cache.mkdir(parents=True, exist_ok=True)
         # Made last before the worker starts: on a restart, no scratch means no worker ran.
-        scratch = self.rundir.scratch(scratch_name)
+        scratch = self.rundir.scratch(scratch_name(cell.cell_id, attempt, process))
         result_path = scratch / "result.json"
         task = {
             "cell": cell.to_dict(),
+            "process": process,
+            "processes": processes,
             "warmup_iterations": self.settings.warmup_iterations,
-            "measurement_iterations": self.settings.measurement_iterations,
+            "measurement_iterations": self.settings.runs_of(process),
             "seed": self.settings.seed,
             "trust_remote_code": self.settings.trust_remote_code,
             "gpu_monitoring": self.settings.gpu_monitoring,
@@ -421,138 +422,46 @@ class Runner:
             "cell_memory_limit_gb": self.settings.cell_memory_limit_gb,
             "log_path": str(log_path),
             "scratch_dir": str(scratch),
+            "cache_dir": str(cache),
             "result_path": str(result_path),
         }
-        receiver, sender = ctx.Pipe(duplex=False)
-        # Never written: the worker watches it and ends itself when this process is gone.
-        guard_r, guard_w = ctx.Pipe(duplex=False)
-        ooms_before = oom_kill_count()
-        started_at = now_iso()
-        from bench.worker.child import main as child_main
-
-        proc = ctx.Process(target=child_main, args=(task, sender, guard_r), name=f"tfbench-{cell.cell_id}")
-        t_start = time.perf_counter()
-        proc.start()
-        sender.close()
-        guard_r.close()
-        deadline = t_start + self.settings.cell_timeout_s
-        ended_by: str | None = None  # "timeout" or "interrupted" when the parent stopped it
-        while True:
-            ready = multiprocessing.connection.wait([receiver, proc.sentinel], timeout=0.2)
-            if receiver in ready:
-                self._drain(receiver, cell)
-            if proc.sentinel in ready:
-                break
-            if self.state.stop_signal is not None:
-                ended_by = "interrupted"
-            elif time.perf_counter() > deadline:
-                ended_by = "timeout"
-            if ended_by:
-                self._kill(proc)
-                break
-        proc.join()
-        t_exit = time.perf_counter()
+        ended = run_worker(
+            task,
+            f"tfbench-{cell.cell_id}-{process}",
+            self.settings.cell_timeout_s,
+            lambda: self.state.stop_signal is not None,
+            lambda name, i, total: self.reporter.cell_phase(cell, name, i, total),
+        )
         self._release_log()
         redact_file(log_path)  # the worker wrote its log through inherited fds, unfiltered
-        receiver.close()
-        guard_w.close()
-        return self._classify(
-            cell, proc, ended_by, result_path, log_path, t_start, t_exit, started_at, ooms_before
-        )
-
-    def _classify(
-        self,
-        cell: Cell,
-        proc: Any,
-        ended_by: str | None,
-        result_path: Path,
-        log_path: Path,
-        t_start: float,
-        t_exit: float,
-        started_at: str,
-        ooms_before: int | None,
-    ) -> CellRecord:
-        timing = {"started_at": started_at, "finished_at": now_iso(), "duration_s": t_exit - t_start}
         # Relative to the run's directory, also in a shard: the merged run then holds the same record.
-        base = {"worker_pid": proc.pid, "log": str(log_path.relative_to(self.rundir.root)), **timing}
-        result = None
-        if result_path.exists():
-            try:
-                result = read_json(result_path)
-            except (OSError, ValueError) as exc:
-                result = None
-                base["result_read_error"] = str(exc)
-
-        if ended_by == "timeout":
+        log_name = str(log_path.relative_to(self.rundir.root))
+        outcome = judge(
+            ended, result_path, log_path, log_name, self.settings.cell_timeout_s, self.state.stop_signal
+        )
+        fields = {**outcome.fields, "compile_cache": "reused" if reused else "fresh"}
+        if outcome.status != "ok" or outcome.result is None:
+            extra = dict(outcome.result or {})
+            for key in ("runs", "stats", "processes"):
+                extra.pop(key, None)  # a failed process's partial numbers never join the cell's
             return self._record(
                 cell,
-                "timeout",
-                reason=f"no result within cell_timeout_s={self.settings.cell_timeout_s:g} s; the worker's process group was killed",
-                error={"kind": "timeout", "log_tail": log_tail(log_path)},
-                **base,
+                outcome.status,
+                reason=outcome.reason,
+                error=outcome.error,
+                **measured,
+                **outcome.fields,
+                **{k: v for k, v in extra.items() if k not in measured and k not in outcome.fields},
             )
-        if ended_by == "interrupted":
-            return self._record(
-                cell,
-                "interrupted",
-                reason=f"stopped by {_signal_name(self.state.stop_signal or 0)}",
-                **base,
-            )
-        if result is not None and "status" in result:
-            entered, finished = result.pop("entered_at", None), result.pop("finished_at", None)
-            if entered is not None and finished is not None:
-                # Process isolation cost: fork and start-up before the worker ran, exit after it wrote.
-                spawn_s, exit_s = entered - t_start, t_exit - finished
-                base["isolation"] = {"spawn_s": spawn_s, "exit_s": exit_s, "overhead_s": spawn_s + exit_s}
-            status = result.pop("status")
-            error = result.pop("error", None)
-            reason = None
-            if error:
-                reason = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()[:500]
-                error["log_tail"] = log_tail(log_path)
-            result.pop("worker_pid", None)
-            try:
-                return self._record(cell, status, reason=reason, error=error, **base, **result)
-            except ValidationError as exc:  # the worker's result file is the boundary: checked here
-                why = describe_error(exc, "the worker's result is not a valid cell record")
-                return self._record(
-                    cell, "failed", reason=why, error={"kind": "result", "message": why}, **base
-                )
-        # No result: the worker died before it could write one.
-        code = proc.exitcode
-        if code is not None and code < 0:
-            sig = -code
-            killed_by_oom = (
-                sig == signal.SIGKILL and ooms_before is not None and (oom_kill_count() or 0) > ooms_before
-            )
-            status = "oom" if killed_by_oom else "failed"
-            reason = (
-                f"the worker was killed by the kernel's OOM killer ({_signal_name(sig)})"
-                if killed_by_oom
-                else f"the worker crashed with {_signal_name(sig)}"
-            )
-            kind = "oom" if killed_by_oom else "crash"
-            error = {"kind": kind, "signal": _signal_name(sig), "log_tail": log_tail(log_path)}
-        else:
-            status = "failed"
-            reason = f"the worker exited with code {code} without a result"
-            error = {"kind": "crash", "exit_code": code, "log_tail": log_tail(log_path)}
-        return self._record(cell, status, reason=reason, error=error, **base)
-
-    def _drain(self, receiver: Any, cell: Cell) -> None:
+        measured = add_process(measured, process, outcome.result, {**fields, "attempt": attempt})
+        complete = len(measured["processes"]) >= processes
+        if complete:
+            measured = finish(measured)
+        status = "ok" if complete else "partial"
         try:
-            while receiver.poll():
-                msg = receiver.recv()
-                if msg and msg[0] == "phase":
-                    _, name, i, total = msg
-                    self.reporter.cell_phase(cell, name, i, total)
-        except (EOFError, OSError):
-            pass
-
-    @staticmethod
-    def _kill(proc: Any) -> None:
-        # The worker leads its own process group (setsid): kill the group, then the worker itself
-        # in case it had not reached setsid yet.
-        for kill in (lambda: os.killpg(proc.pid, signal.SIGKILL), proc.kill):
-            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-                kill()
+            return self._record(cell, status, **outcome.fields, **measured)
+        except ValidationError as exc:  # the worker's result file is the boundary: checked here
+            why = describe_error(exc, "the worker's result is not a valid cell record")
+            return self._record(
+                cell, "failed", reason=why, error={"kind": "result", "message": why}, **outcome.fields
+            )

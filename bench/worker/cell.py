@@ -88,8 +88,9 @@ def worker_environment(device: str) -> dict[str, Any]:
     return env
 
 
-def inject_fault(cell: dict[str, Any], spec: str | None) -> None:
-    """Fail on purpose, to exercise the runner's fault handling: TFBENCH_FAULT=<cell id prefix|*>:<kind>,...
+def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> None:
+    """Fail on purpose, to exercise the runner's fault handling:
+    TFBENCH_FAULT=<cell id prefix|*>[@<process>]:<kind>,... (@k: only the cell's process k).
 
     Kinds: raise (a Python error), oom (a real failed allocation), segv, kill (SIGKILL),
     exit (exit code 7 without a result), hang (sleeps, with a child process in its group).
@@ -98,7 +99,10 @@ def inject_fault(cell: dict[str, Any], spec: str | None) -> None:
         return
     for item in spec.split(","):
         target, _, kind = item.strip().partition(":")
+        target, at, which = target.partition("@")
         if not (target == "*" or cell["cell_id"].startswith(target)):
+            continue
+        if at and int(which) != process:
             continue
         if kind == "raise":
             raise RuntimeError("fault injected by TFBENCH_FAULT")
@@ -148,7 +152,7 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
         net = kernelize(net, mode=mode, device=device)
     _synchronize(device)
     load_time = time.perf_counter() - t
-    inject_fault(cell, os.environ.get("TFBENCH_FAULT"))
+    inject_fault(cell, os.environ.get("TFBENCH_FAULT"), task.get("process", 0))
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
     rows = models.prompt_ids(tokenizer, cell["batch_size"], cell["sequence_length"])
@@ -170,6 +174,9 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
     ]
     if nvml_peak and all(v is not None for v in nvml_peak):
         out["memory"]["nvml_used_peak_bytes"] = max(nvml_peak)  # the whole device, any process
+    # Which of the cell's processes ran each timed run: the unit of the noise model.
+    for run in out["runs"]:
+        run["process"], run["pid"] = task.get("process", 0), os.getpid()
     out["warmup_check"] = warmup_check(out["runs"])
     out["roofline"] = cell_roofline(net, cell, out["stats"])
     if out["roofline"].get("kv_cache_bytes") is not None:
@@ -252,9 +259,11 @@ def failure(exc: BaseException, task: dict[str, Any]) -> tuple[str, dict[str, An
 
 def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
     """Measure the cell, write its result file, leave through os._exit (never returns)."""
-    # Each cell compiles into its own cache: nothing carries over between cells.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(task["scratch_dir"], "inductor")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(task["scratch_dir"], "triton")
+    # Each cell compiles into its own cache: nothing carries over between cells. The processes of
+    # one cell share theirs (cache_dir), so that later ones need not recompile from scratch.
+    cache = task.get("cache_dir") or task["scratch_dir"]
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
 
     def phase(name: str, i: int, total: int) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):

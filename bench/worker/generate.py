@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from bench.results.stats import run_metrics, summarize, summarize_runs
+from bench.results.stats import cell_stats, run_metrics, summarize
 from bench.worker.energy import energy_per_run, joules_per_token
 from bench.worker.telemetry import Sampler
 from bench.worker.timing import HostClock, make_clock
@@ -170,7 +170,7 @@ def measure_generate(
     graphs = _compiled_graphs()
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
-    stats = summarize_runs([{**r, "itl": _gaps(r["token_times"])} for r in runs])
+    stats = cell_stats(runs)
     return {
         "runs": runs,
         "stats": stats,
@@ -251,17 +251,7 @@ def measure_continuous_batching(
     graphs = _compiled_graphs()
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but continuous batching compiled nothing")
-    reqs = [r for run in runs for r in run["requests"]]
-    stats = {
-        "e2e_latency": summarize([r["e2e_latency"] for r in runs]),
-        "ttft": summarize([r["ttft"] for r in reqs]),
-        "tpot": summarize([r["tpot"] for r in reqs]),
-        "itl": summarize([g for r in reqs for g in _gaps(r["token_times"])]),
-        "e2e_throughput": summarize([r["e2e_throughput"] for r in runs]),
-        # Prefill and decode of different requests interleave: no batch-level split exists.
-        "decode_throughput": summarize([]),
-        "prefill_throughput": summarize([]),
-    }
+    stats = cell_stats(runs)
     resolved = manager.continuous_batching_config
     return {
         "runs": runs,
@@ -274,10 +264,6 @@ def measure_continuous_batching(
         "compiled_graphs": graphs,
         "continuous_batching_config": {k: _plain(v) for k, v in vars(resolved).items()},
     }
-
-
-def _gaps(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
 
 
 def _plain(value: Any) -> Any:
