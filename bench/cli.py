@@ -114,8 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
     )
+    compare.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="the machine's drift from `tfbench calibrate` (default: calibration.json beside NEW, then BASE)",
+    )
     compare.add_argument("--html", metavar="FILE", help="also write an HTML report with the ratio plots")
     compare.add_argument("--png", metavar="DIR", help="also write the ratio plots as PNG files")
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="learn how much this machine drifts between runs, from 3+ runs of one config (for compare)",
+    )
+    calibrate.add_argument(
+        "runs", nargs="+", metavar="RUN_DIR", help="runs of the same config, same hardware"
+    )
+    calibrate.add_argument(
+        "--write", metavar="FILE", help="where to keep it (default: calibration.json beside the runs)"
+    )
 
     report = sub.add_parser("report", help="a run's summary table, and plots as HTML or PNG")
     report.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id>")
@@ -295,7 +311,9 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
     from bench.output.compare import to_json, to_markdown, to_table
 
     base, new = _load_run(args.base, log), _load_run(args.new, log)
-    cmp = compare_runs(base, new, _thresholds(args.threshold), args.alpha)
+    cmp = compare_runs(
+        base, new, _thresholds(args.threshold), args.alpha, _drift(base, new, args.calibration)
+    )
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(cmp), indent=1) + "\n")
     elif args.format == "markdown":
@@ -308,6 +326,88 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
         for path in write_compare_report(cmp, args.html, args.png):
             sys.stderr.write(f"wrote {path}\n")
     return exit_code(cmp, strict=args.strict)
+
+
+def _drift(base: Run, new: Run, given: str | None) -> Any:
+    """Each metric's drift from the calibration of the runs' hardware, or None (compare decides)."""
+    from bench.analysis.calibrate import MetricCalibration
+    from bench.results import calibration
+
+    if given is not None:
+        if not Path(given).is_file():
+            raise UserError(
+                f"--calibration {given!r}: no such file (make one with `tfbench calibrate RUN...`)"
+            )
+        found: tuple[Path, Any] | None = (Path(given), calibration.load(Path(given)))
+    else:
+        near = [r.path.parent for r in (new, base) if not str(r.path).startswith("hub:")]
+        found = calibration.find(near)
+    if found is None:
+        return None
+    path, cal = found
+    entry = cal.hardware.get(new.meta.hardware)
+    if entry is None:
+        return None
+    source = f"calibrated ({path}, {len(entry.runs)} runs, {entry.measured_at or 'undated'})"
+    return {
+        metric: MetricCalibration(
+            metric, d.run_var, d.cell_var, int(d.df), d.process_var, int(d.process_df), d.cells
+        ).drift(source)
+        for metric, d in entry.metrics.items()
+    }
+
+
+def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
+    from bench.analysis.calibrate import calibrate
+    from bench.analysis.noise import CannotEstimate
+    from bench.results import calibration
+    from bench.run.workers import now_iso
+
+    runs = [_load_run(path, log) for path in args.runs]
+    try:
+        hardware, metrics, notes = calibrate(runs)
+    except CannotEstimate as exc:
+        raise UserError(f"cannot calibrate from {len(runs)} runs: {exc}") from None
+    target = Path(args.write) if args.write else runs[0].path.parent / calibration.FILE_NAME
+    entry = {
+        "measured_at": now_iso(),
+        "runs": [r.run_id for r in runs],
+        "tfbench_version": __version__,
+        "metrics": {
+            m.metric: {
+                "run_var": m.run_var,
+                "cell_var": m.cell_var,
+                "df": m.df,
+                "process_var": m.process_var,
+                "process_df": m.process_df,
+                "cells": m.cells,
+            }
+            for m in metrics
+        },
+    }
+    try:
+        calibration.save(target, hardware, entry)
+    except OSError as exc:
+        raise UserError(f"--write {str(target)!r}: cannot write there: {exc.strerror or exc}") from None
+    rows = [
+        [
+            m.metric,
+            f"{m.run_var**0.5:.2%}",
+            f"{m.cell_var**0.5:.2%}",
+            f"{(m.process_var or 0) ** 0.5:.2%}",
+            str(m.cells),
+        ]
+        for m in metrics
+    ]
+    from bench.output.tables import aligned_lines
+
+    lines = [f"{hardware}: drift between {len(runs)} runs (standard deviations of the log level)"]
+    lines += aligned_lines(
+        ("metric", "run", "cell x run", "between processes", "cells"), rows, {1, 2, 3, 4}, rule=True
+    )
+    lines += [f"note: {n}" for n in notes] + [f"written to {target}"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
@@ -442,6 +542,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_push(args, log)
         if args.command == "compare":
             return cmd_compare(args, out, log)
+        if args.command == "calibrate":
+            return cmd_calibrate(args, log)
         if args.command == "report":
             return cmd_report(args, out, log)
         if args.command == "history":

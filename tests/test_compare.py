@@ -17,13 +17,14 @@ from rich.console import Console
 from bench.analysis import compare as cmpmod
 from bench.analysis.compare import (
     IMPROVEMENT,
-    INSUFFICIENT,
+    INCONCLUSIVE,
     NOT_TESTED,
     REGRESSION,
     UNCHANGED,
     compare_runs,
     exit_code,
 )
+from bench.analysis.noise import Drift
 from bench.analysis.ranktest import exact_cdf, rank_test
 from bench.errors import UserError
 from bench.output.compare import to_json, to_markdown, to_table
@@ -94,11 +95,14 @@ def record(
     peak_bytes: int = 3 * 2**30,
     status: str = "ok",
     reason: str | None = None,
+    processes: int = 4,
+    between: float = 0.01,
 ) -> dict[str, Any]:
-    """A cell record as the worker writes it: raw runs, stats over them, memory.
+    """A cell record as the runner writes it: raw runs from `processes` workers, stats, memory.
 
-    Each run's ttft and tpot carry independent log-normal noise (sd `noise`); e2e, the per-token
-    times and the throughputs follow from them exactly as bench.stats defines them.
+    Each process has its own log-normal offset (sd `between`), each run independent log-normal
+    noise (sd `noise`) on its ttft and tpot; e2e, the per-token times and the throughputs follow
+    from them exactly as bench.stats defines them. Run i belongs to process i * processes // n.
     """
     rec: dict[str, Any] = {
         "schema_version": 1,
@@ -112,25 +116,34 @@ def record(
         return rec
     batch = axes["batch_size"]
     runs = []
-    for _ in range(n):
+    offsets = [math.exp(rng.normal(0, between)) for _ in range(processes)]
+    for i in range(n):
+        process = i * processes // n
+        ttft_factor_run, tpot_factor_run = ttft_factor * offsets[process], tpot_factor * offsets[process]
         if axes["continuous_batching"]:
             requests = []
             for _ in range(batch):
-                t0 = ttft * ttft_factor * math.exp(rng.normal(0, noise))
-                t1 = tpot * tpot_factor * math.exp(rng.normal(0, noise))
+                t0 = ttft * ttft_factor_run * math.exp(rng.normal(0, noise))
+                t1 = tpot * tpot_factor_run * math.exp(rng.normal(0, noise))
                 times = [t0 + k * t1 for k in range(NEW_TOKENS)]
                 requests.append({"e2e_latency": times[-1], "ttft": t0, "tpot": t1, "token_times": times})
             e2e = max(r["e2e_latency"] for r in requests) * 1.01
             runs.append(
-                {"e2e_latency": e2e, "e2e_throughput": batch * NEW_TOKENS / e2e, "requests": requests}
+                {
+                    "e2e_latency": e2e,
+                    "e2e_throughput": batch * NEW_TOKENS / e2e,
+                    "requests": requests,
+                    "process": process,
+                }
             )
             continue
-        first = ttft * ttft_factor * math.exp(rng.normal(0, noise))
-        step = tpot * tpot_factor * math.exp(rng.normal(0, noise))
+        first = ttft * ttft_factor_run * math.exp(rng.normal(0, noise))
+        step = tpot * tpot_factor_run * math.exp(rng.normal(0, noise))
         times = [first + k * step for k in range(NEW_TOKENS)]
         e2e = times[-1]
         run = run_metrics(e2e, times, batch, SEQ)
         run["token_times"] = times
+        run["process"] = process
         runs.append(run)
     rec["runs"] = runs
     if axes["continuous_batching"]:
@@ -157,6 +170,7 @@ def write_run(
     config: dict[str, Any] | None = None,
     sha: str = "a" * 40,
     status: str = "finished",
+    ab: str | None = "pair-1",
 ) -> Path:
     env = environment or ENV
     cfg = {**CONFIG, **(config or {})}
@@ -176,6 +190,8 @@ def write_run(
         "measured_commit": {"sha": sha, "source": "git"},
         "shard": None,
     }
+    if ab is not None:  # the two sides of one `tfbench ab`: measured interleaved, no drift between them
+        meta["ab"] = {"id": ab}
     (path / "cells").mkdir(parents=True)
     (path / "run.json").write_text(json.dumps(meta))
     for rec in records:
@@ -186,11 +202,17 @@ def write_run(
 CELLS = [cell_axes(0, "eager"), cell_axes(1, "sdpa"), cell_axes(2, "sdpa", batch=4)]
 
 
-def make_run(path: Path, seed: int, changes: dict[int, dict[str, Any]] | None = None, **kwargs: Any) -> Path:
+def make_run(
+    path: Path,
+    seed: int,
+    changes: dict[int, dict[str, Any]] | None = None,
+    ab: str | None = "pair-1",
+    **kwargs: Any,
+) -> Path:
     """A run of CELLS; `changes` maps a cell index to record() keyword arguments for that cell."""
     rng = np.random.default_rng(seed)
     recs = [record(axes, rng, **{**kwargs, **(changes or {}).get(axes["index"], {})}) for axes in CELLS]
-    return write_run(path, recs)
+    return write_run(path, recs, ab=ab)
 
 
 def by_name(cmp: cmpmod.Comparison) -> dict[str, cmpmod.CellComparison]:
@@ -217,7 +239,8 @@ def test_ten_percent_slowdown_is_a_regression(regression):
         assert m.significant and m.beyond_threshold
         assert m.ci_low > 1 and m.ci_high > m.ci_low
         assert m.ci_low <= m.ratio <= m.ci_high
-        assert m.p_value < 1e-6 and m.test == "exact" and m.n_base == m.n_new == 20
+        assert m.p_value < 1e-3 and m.processes_base == m.processes_new == 4
+        assert m.runs_base == m.runs_new == 20 and m.mde < 0.05
     assert 1.08 < cells[slow].metrics["tpot"].ratio < 1.12
     assert 1.07 < cells[slow].metrics["e2e_latency"].ratio < 1.11  # ttft is a small part of e2e
     # Throughputs fall with it: lower is worse for them.
@@ -247,23 +270,26 @@ def test_identical_runs_find_nothing(tmp_path):
 
 
 def test_noise_alone_raises_no_false_alarms(tmp_path):
-    """Same distribution, different seeds, 20 seed pairs of 3 cells: with 2% noise (a GPU's) no
-    alarm at all; with 5% noise few enough. (At 5% noise and 20 runs the ratio of medians has a
-    spread of about 2%, so passing a 5% threshold by chance is a 2.5-sigma event: about 1.6% of
-    cells over thousands of seeds, not zero. The test's own rate is checked below, on enough
-    independent samples to measure it.)"""
-    for noise, allowed in ((0.02, 0), (0.05, 3)):
-        alarms = cells = 0
+    """Same distribution, different seeds, 20 seed pairs of 3 cells, processes varying 1-3%: no
+    regression or improvement at 2% run noise, at most 5% of the cells at 5% (the method's own rate
+    is measured in tests/test_noise.py). Where the data cannot resolve 5%, the verdict says so
+    (inconclusive) rather than unchanged."""
+    for noise, between, allowed in ((0.02, 0.01, 0), (0.05, 0.03, 3)):
+        alarms = cells = unsure = 0
         for seed in range(20):
-            base = load_run(make_run(tmp_path / f"b{noise}-{seed}", seed=1000 + seed, noise=noise))
-            new = load_run(make_run(tmp_path / f"n{noise}-{seed}", seed=2000 + seed, noise=noise))
+            kw = {"noise": noise, "between": between}
+            base = load_run(make_run(tmp_path / f"b{noise}-{seed}", seed=1000 + seed, **kw))
+            new = load_run(make_run(tmp_path / f"n{noise}-{seed}", seed=2000 + seed, **kw))
             cmp = compare_runs(base, new)
             cells += len(cmp.cells)
-            alarms += sum(c.verdict != UNCHANGED for c in cmp.cells)
+            alarms += sum(c.verdict in (REGRESSION, IMPROVEMENT) for c in cmp.cells)
+            unsure += sum(c.verdict == INCONCLUSIVE for c in cmp.cells)
             if allowed == 0:
                 assert exit_code(cmp) == 0 and not cmp.warnings, to_markdown(cmp)
         assert cells == 60
-        assert alarms <= allowed, (noise, alarms)  # at most 5% of the cells with 5% noise
+        assert alarms <= allowed, (noise, alarms)
+        if allowed == 0:
+            assert unsure <= 15, unsure  # 2% noise: the data resolves 5% for most cells
 
 
 @pytest.mark.parametrize("runs", [10, 20])
@@ -283,13 +309,15 @@ def test_rank_test_false_alarm_rate_is_at_most_alpha(runs, outliers):
 
 
 def test_significant_change_below_threshold_is_unchanged(tmp_path):
-    base = load_run(make_run(tmp_path / "base", seed=3, noise=0.005))
-    new = load_run(make_run(tmp_path / "new", seed=4, noise=0.005, changes={0: {"tpot_factor": 1.02}}))
+    base = load_run(make_run(tmp_path / "base", seed=3, noise=0.005, between=0.002))
+    new = load_run(
+        make_run(tmp_path / "new", seed=4, noise=0.005, between=0.002, changes={0: {"tpot_factor": 1.02}})
+    )
     cmp = compare_runs(base, new)
     cell = by_name(cmp)[CELLS[0]["name"]]
     tpot = cell.metrics["tpot"]
     assert 1.01 < tpot.ratio < 1.03
-    assert tpot.significant and tpot.p_value < 1e-6 and tpot.ci_low > 1
+    assert tpot.significant and tpot.p_value < 0.01 and tpot.ci_low > 1
     assert not tpot.beyond_threshold and tpot.verdict == UNCHANGED
     assert "within the 5% threshold" in tpot.note
     assert cell.verdict == UNCHANGED and exit_code(cmp) == 0
@@ -374,13 +402,17 @@ def test_markdown_and_json_carry_the_verdicts(regression):
     lines = md.splitlines()
     assert lines[0] == "### tfbench compare: 1 regression, 0 improvements, 2 unchanged"
     slow = CELLS[1]["name"]
-    row = next(line for line in lines if line.startswith(f"| `{slow}`"))
-    assert "🔴 regression" in row and row.count("🔴") >= 3  # the verdict, tpot, e2e, throughputs
+    head = md.index(f"**`{slow}`**")
+    detail = md[head : md.index("\n\n", md.index("| metric |", head))]
+    row = next(line for line in detail.splitlines() if line.startswith("| tpot |"))
     tpot = by_name(regression)[slow].metrics["tpot"]
-    assert f"**{tpot.ratio:.3f} [{tpot.ci_low:.3f}, {tpot.ci_high:.3f}]**" in row
+    # The metric's verdict, BASE and NEW with units, the ratio and interval, p, MDE and n per side.
+    assert "▲ regression" in row and " ms |" in row
+    assert f"| ▲ {tpot.ratio:.3f} [{tpot.ci_low:.3f}, {tpot.ci_high:.3f}] |" in row
+    assert f"| {tpot.mde:.1%} |" in row and "| 4x20 / 4x20 |" in row
     # The regression's table precedes the unchanged cells, which fold away.
     assert md.index(slow) < md.index("<details><summary>2 unchanged</summary>")
-    assert "Mann-Whitney" in md
+    assert "Welch" in to_json(regression)["method"] and "Run-to-run drift: none" in md
 
     data = to_json(regression)
     text = json.dumps(data, allow_nan=False)  # serializable, no NaN
@@ -409,30 +441,37 @@ def test_memory_is_a_ratio_without_a_test(tmp_path):
     assert mem.ratio == pytest.approx(1.2) and mem.beyond_threshold
     assert "no test" in mem.note
     assert cell.verdict == UNCHANGED and exit_code(cmp) == 0
-    assert "1.200 ⚠️" in to_markdown(cmp)
+    assert "! 1.200" in to_markdown(cmp)
 
 
-def test_too_few_runs_is_insufficient_data(tmp_path):
-    base = load_run(make_run(tmp_path / "base", seed=1, n=3))
-    new = load_run(make_run(tmp_path / "new", seed=2, n=3, tpot_factor=1.5))
+def test_one_process_a_side_is_inconclusive_without_a_calibration(tmp_path):
+    """Runs of one process per cell (every run before processes existed) cannot tell process noise
+    from a change: their verdict says so instead of trusting the runs of one process."""
+    base = load_run(make_run(tmp_path / "base", seed=1, processes=1))
+    new = load_run(make_run(tmp_path / "new", seed=2, processes=1, tpot_factor=1.5))
     cmp = compare_runs(base, new)
     for cell in cmp.cells:
-        assert cell.verdict == INSUFFICIENT
+        assert cell.verdict == INCONCLUSIVE
         tpot = cell.metrics["tpot"]
-        # 3 against 3 runs, perfectly separated: p = 0.1 is the best the rank test can do.
-        assert tpot.ratio > 1.4 and tpot.p_value == pytest.approx(0.1) and tpot.ci_low is None
-        assert "never reach p < 0.05" in tpot.note
-    assert exit_code(cmp) == 0 and cmp.counts()[INSUFFICIENT] == 3
-    two = compare_runs(
-        load_run(make_run(tmp_path / "b2", seed=1, n=2)), load_run(make_run(tmp_path / "n2", seed=2, n=2))
-    )
-    assert "at least 3" in two.cells[0].metrics["e2e_latency"].note
-    # 4 against 4 can be significant (smallest p = 2/70).
-    four = compare_runs(
-        load_run(make_run(tmp_path / "b4", seed=1, n=4)),
-        load_run(make_run(tmp_path / "n4", seed=2, n=4, tpot_factor=1.5)),
-    )
-    assert {c.verdict for c in four.cells} == {REGRESSION}
+        assert tpot.ratio > 1.4 and tpot.p_value is None and "one process" in tpot.note
+    assert exit_code(cmp) == 0 and cmp.counts()[INCONCLUSIVE] == 3
+    # A calibration of the hardware says how processes vary: then the same runs can be judged.
+    calibrated = Drift(0.0, 0.0, 30.0, "test calibration", process_var=0.02**2, process_df=60.0)
+    judged = compare_runs(base, new, drift=calibrated)
+    assert {c.verdict for c in judged.cells} == {REGRESSION}
+
+
+def test_runs_made_apart_carry_an_assumed_drift_and_say_so(tmp_path):
+    base = load_run(make_run(tmp_path / "base", seed=1, ab=None))
+    same = compare_runs(base, base)
+    assert same.drift.startswith("assumed 3% between runs: no calibration for 1x NVIDIA H100 80GB HBM3")
+    # Identical numbers, but two runs apart could differ by the machine's drift: not "unchanged".
+    assert {c.verdict for c in same.cells} == {INCONCLUSIVE}
+    tpot = same.cells[0].metrics["tpot"]
+    assert tpot.ratio == 1.0 and tpot.mde > 0.10 and "minimum detectable" in tpot.note
+    big = load_run(make_run(tmp_path / "new", seed=2, ab=None, changes={0: {"tpot_factor": 1.5}}))
+    cmp = compare_runs(base, big)
+    assert by_name(cmp)[CELLS[0]["name"]].verdict == REGRESSION  # 50% is beyond any drift
 
 
 def test_continuous_batching_uses_per_run_medians(tmp_path):
@@ -443,7 +482,7 @@ def test_continuous_batching_uses_per_run_medians(tmp_path):
     cell = cmp.cells[0]
     assert set(cell.metrics) == {"e2e_latency", "ttft", "tpot", "e2e_throughput", cmpmod.MEMORY_METRIC}
     ttft = cell.metrics["ttft"]
-    assert ttft.n_base == ttft.n_new == 10  # runs, not 80 requests
+    assert ttft.runs_base == ttft.runs_new == 10  # runs, not 80 requests
     assert ttft.verdict == REGRESSION and 1.15 < ttft.ratio < 1.25
     assert cell.metrics["tpot"].verdict == UNCHANGED
     rec = load_run(base).cells[axes["cell_id"]]

@@ -15,7 +15,7 @@ import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from bench.analysis.compare import INSUFFICIENT, REGRESSION, UNCHANGED, compare_runs
+from bench.analysis.compare import INCONCLUSIVE, REGRESSION, UNCHANGED, compare_runs
 from bench.errors import UserError
 from bench.output import compare_plots, plots
 from bench.output import html as html_report
@@ -328,15 +328,17 @@ def test_compare_report(regression, tmp_path, monkeypatch):
     assert "0 regressions" in (tmp_path / "loose.html").read_text()
 
 
-def test_insufficient_data_is_hollow_and_light(tmp_path):
+def test_inconclusive_is_hollow_and_light(tmp_path):
+    # One process a side and no calibration: every metric is inconclusive.
     cmp = compare_runs(
-        load_run(make_run(tmp_path / "b", seed=1, n=3)), load_run(make_run(tmp_path / "n", seed=2, n=3))
+        load_run(make_run(tmp_path / "b", seed=1, n=3, processes=1)),
+        load_run(make_run(tmp_path / "n", seed=2, n=3, processes=1)),
     )
     points = compare_plots.compare_points(cmp, "tpot")
-    assert {p["verdict"] for p in points} == {INSUFFICIENT}
+    assert {p["verdict"] for p in points} == {INCONCLUSIVE}
     ax = compare_plots.compare_figure(cmp, "tpot").axes[0]
     (container,) = ax.containers
-    assert container.get_label() == INSUFFICIENT
+    assert container.get_label() == INCONCLUSIVE
     assert container.lines[0].get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
 
 

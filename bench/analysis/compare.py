@@ -1,36 +1,41 @@
-"""Compare two runs cell by cell: what got slower or faster, by how much, and how sure that is.
+"""Compare two runs cell by cell: what got slower or faster, by how much, how sure that is, and
+the smallest change the data could have shown.
 
-`tfbench compare BASE NEW` matches the cells of two run directories by cell id (a hash of what
-defines the measurement, the same on every machine). For each cell measured (`ok`) in both and
-each key metric it reports the ratio of medians NEW/BASE with a 95% confidence interval and a
-verdict. Pure functions over the results files: no torch here.
+`tfbench compare BASE NEW` matches the cells of two runs by cell id (a hash of what defines the
+measurement, the same on every machine). For each cell measured (`ok`) in both and each per-run
+metric it reports the ratio NEW/BASE with its interval, the p-value, the minimum detectable effect
+and a verdict. Pure functions over typed records: no I/O, no torch.
 
 Samples
 -------
-The raw per-run values of each cell record (CellRecord.samples: `runs[i][metric]`), one per timed generate call, so
-n = measurement_iterations on each side. Continuous batching cells time ttft and tpot per
-request; the requests of one run share that run's batch and are not independent of each other,
-so each run contributes the median over its requests (n stays the number of runs). A metric a
-cell does not measure (continuous batching has no batch-level prefill/decode split) is left out.
-Peak memory is one number per cell (`memory.peak_bytes`, the peak over all its runs): its ratio
-is reported, but with one value per side there is nothing to test, so its verdict is always
-"not tested" and it never decides a cell's verdict; it is flagged when beyond the threshold.
+The unit is the worker process (bench.analysis.noise explains why): each side of a metric is the
+median of each process's timed runs (CellRecord.process_medians; continuous batching: per run, the
+median over its requests). The ratio is that of the geometric means of the process medians. Peak
+memory is one number per cell: its ratio is shown, never tested ("not tested"), flagged beyond
+the threshold.
 
-The test is bench.analysis.ranktest: two-sided Mann-Whitney U with its Hodges-Lehmann interval.
+The test is bench.analysis.noise.estimate: Welch's t test on the log process medians, with the
+run-to-run drift of the machine as one more variance component. Its source is named in every
+comparison: "none" when both sides were measured in one invocation, interleaved (`tfbench ab`);
+a calibration of the hardware (`tfbench calibrate`); or an assumed drift, conservative, when the
+hardware has none (the comparison says so).
 
 Verdicts
 --------
-A metric is a regression or an improvement only if BOTH the change passes its threshold (default
-5%, per metric with `thresholds={"tpot": 0.03}`) AND it is significant (p < alpha, the interval
-excluding 1). A threshold t means a change by a factor of more than 1 + t either way (ratio above
-1 + t or below 1 / (1 + t)), so a latency 10% higher and the throughput 1/1.1 it implies are
-judged alike. Direction: for latencies and memory higher is worse, for throughputs lower is
-worse. Fewer than 3 values on a side, or too few to ever reach p < alpha: "insufficient data".
-A cell is a regression if any metric regressed, else an improvement if any improved, else
-unchanged (or insufficient data when no metric could be tested).
+With threshold t (default 5%, per metric with `thresholds={"tpot": 0.03}`): a change by a factor
+of more than 1 + t either way counts (ratio above 1 + t or below 1 / (1 + t)), so a latency 10%
+higher and the throughput 1/1.1 it implies are judged alike. Direction: for latencies and memory
+higher is worse, for throughputs lower is worse.
 
-alpha is per metric and cell: over six metrics and many cells, some changes will be
-significant by chance; the threshold is what keeps those below it out of the verdicts.
+- regression / improvement: significant (p < alpha) and the ratio beyond the threshold;
+- unchanged: the whole interval within the threshold (any change is smaller than t);
+- inconclusive: neither: the data cannot resolve the threshold (the interval reaches past it, or
+  a side has one process and no calibration says how processes vary).
+
+A cell is a regression if any metric regressed, else an improvement if any improved, else
+unchanged when every tested metric is unchanged, else inconclusive. Its minimum detectable effect
+is the largest of its metrics'. alpha is per metric and cell; the threshold keeps chance
+significance below it out of the verdicts.
 
 Cells only in one run, and cells not ok in one of them (failed, skipped, oom, ...) are listed
 apart with both statuses. Runs on different hardware or with different measurement settings
@@ -41,12 +46,10 @@ commit) are listed as notes, since they are usually the point of the comparison.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
-from bench.analysis.ranktest import DEFAULT_ALPHA, rank_test
+from bench.analysis.noise import NO_DRIFT, CannotEstimate, Drift, assumed_drift, estimate, side
 from bench.errors import UserError
 from bench.results.records import HIGHER_IS_BETTER, RUN_METRICS, UNITS, CellRecord, CellSpec, RunMeta
 from bench.results.store import Run
@@ -66,21 +69,21 @@ LABELS = {
 }
 
 DEFAULT_THRESHOLD = 0.05
-MIN_SAMPLES = 3
+DEFAULT_ALPHA = 0.05
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
 UNCHANGED = "unchanged"
-INSUFFICIENT = "insufficient data"
+INCONCLUSIVE = "inconclusive"
 NOT_TESTED = "not tested"
-VERDICT_ORDER = {REGRESSION: 0, IMPROVEMENT: 1, INSUFFICIENT: 2, UNCHANGED: 3}
+VERDICT_ORDER = {REGRESSION: 0, IMPROVEMENT: 1, INCONCLUSIVE: 2, UNCHANGED: 3}
 EXIT_REGRESSION = 1
 
 METHOD = (
-    "ratio of medians NEW/BASE; two-sided Mann-Whitney U test with its Hodges-Lehmann interval on the "
-    "log scale (exact null distribution without ties and for at most 50 runs a side, else the normal "
-    "approximation with tie and continuity corrections); a verdict needs p < alpha and a change beyond "
-    "the threshold; peak memory: one value per run, ratio only, not tested"
+    "ratio NEW/BASE of the geometric means of each worker process's median; Welch's t test on the log "
+    "process medians with the run-to-run drift as a variance component (Satterthwaite degrees of "
+    "freedom); regression/improvement: p < alpha and beyond the threshold; unchanged: the whole interval "
+    "within the threshold; else inconclusive; peak memory: one value per cell, ratio only, not tested"
 )
 
 # run.json config fields that change what a cell measures without changing its id.
@@ -102,17 +105,21 @@ class MetricComparison:
     unit: str
     better: str  # "lower" or "higher"
     threshold: float
-    verdict: str  # regression, improvement, unchanged, insufficient data, not tested
-    n_base: int
-    n_new: int
-    base_median: float | None
-    new_median: float | None
-    ratio: float | None  # NEW median / BASE median
+    verdict: str  # regression, improvement, unchanged, inconclusive, not tested
+    base_value: float | None  # geometric mean of the process medians (memory: the peak)
+    new_value: float | None
+    processes_base: int  # n per side: processes x timed runs
+    processes_new: int
+    runs_base: int
+    runs_new: int
+    ratio: float | None  # NEW / BASE
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
-    hodges_lehmann: float | None
-    test: str | None  # "exact", "normal approximation" or None (not tested)
+    df: float | None
+    mde: float | None  # the change found with 80% power at alpha, as a fraction
+    between_base: float | None  # between-process CV of each side
+    between_new: float | None
     significant: bool
     beyond_threshold: bool
     note: str = ""
@@ -125,6 +132,7 @@ class CellComparison:
     cell: CellSpec
     verdict: str
     metrics: dict[str, MetricComparison]
+    mde: float | None = None  # the largest of its tested metrics'
 
 
 @dataclass
@@ -146,6 +154,7 @@ class Comparison:
     alpha: float
     thresholds: dict[str, float]
     method: str
+    drift: str = ""  # where the run-to-run component came from
     cells: list[CellComparison] = field(default_factory=list)  # most notable first
     only_base: list[CellStatus] = field(default_factory=list)
     only_new: list[CellStatus] = field(default_factory=list)
@@ -185,97 +194,111 @@ def resolve_thresholds(given: dict[str, float] | None) -> dict[str, float]:
     return out
 
 
-def _median(values: list[float]) -> float | None:
-    return float(np.median(values)) if values else None
+def _direction(metric: str, ratio: float) -> str:
+    worse = (ratio > 1) != (metric in HIGHER_IS_BETTER)
+    return REGRESSION if worse else IMPROVEMENT
 
 
 def compare_metric(
-    metric: str, base: list[float], new: list[float], threshold: float, alpha: float = DEFAULT_ALPHA
+    metric: str,
+    base: CellRecord,
+    new: CellRecord,
+    threshold: float,
+    alpha: float = DEFAULT_ALPHA,
+    drift: Drift = NO_DRIFT,
 ) -> MetricComparison:
-    """The verdict on one metric of one cell from its BASE and NEW samples (see the module docstring)."""
-    b_med, n_med = _median(base), _median(new)
-    ratio = n_med / b_med if b_med and n_med is not None else None
-    beyond = ratio is not None and abs(math.log(ratio)) > math.log1p(threshold)
-    higher_better = metric in HIGHER_IS_BETTER
+    """The verdict on one metric of one cell (see the module docstring)."""
+    limit = math.log1p(threshold)
     result = MetricComparison(
         metric=metric,
         unit=UNITS.get(metric, "B" if metric == MEMORY_METRIC else ""),
-        better="higher" if higher_better else "lower",
+        better="higher" if metric in HIGHER_IS_BETTER else "lower",
         threshold=threshold,
-        verdict=INSUFFICIENT,
-        n_base=len(base),
-        n_new=len(new),
-        base_median=b_med,
-        new_median=n_med,
-        ratio=ratio,
+        verdict=INCONCLUSIVE,
+        base_value=None,
+        new_value=None,
+        processes_base=base.process_count,
+        processes_new=new.process_count,
+        runs_base=len(base.runs),
+        runs_new=len(new.runs),
+        ratio=None,
         ci_low=None,
         ci_high=None,
         p_value=None,
-        hodges_lehmann=None,
-        test=None,
+        df=None,
+        mde=None,
+        between_base=None,
+        between_new=None,
         significant=False,
-        beyond_threshold=beyond,
+        beyond_threshold=False,
     )
     if metric == MEMORY_METRIC:
-        result.verdict = NOT_TESTED
-        result.note = "one value per run: ratio only, no test"
+        b, n = base.peak_memory_bytes, new.peak_memory_bytes
+        result.base_value, result.new_value = (float(b) if b else None), (float(n) if n else None)
+        if b and n:
+            result.ratio = n / b
+            result.beyond_threshold = abs(math.log(result.ratio)) > limit
+        result.verdict, result.note = NOT_TESTED, "one value per cell: ratio only, no test"
         return result
-    if len(base) < MIN_SAMPLES or len(new) < MIN_SAMPLES:
-        result.note = f"{len(base)} and {len(new)} runs: a test needs at least {MIN_SAMPLES} on each side"
+    b_side = side(base.process_medians(metric), len(base.runs))
+    n_side = side(new.process_medians(metric), len(new.runs))
+    if b_side is None or n_side is None:
+        result.note = "not measured on both sides"
         return result
-    test = rank_test(base, new, alpha)
-    result.p_value = test.p_value
-    result.hodges_lehmann = test.hodges_lehmann
-    result.test = "exact" if test.exact else "normal approximation"
-    if test.ci_low is None or test.ci_high is None:
-        smallest = 2 / math.comb(len(base) + len(new), len(base))
-        result.note = (
-            f"{len(base)} and {len(new)} runs can never reach p < {alpha:g} "
-            f"(the smallest possible p is {smallest:.3g})"
-        )
+    result.base_value, result.new_value = math.exp(b_side.mean), math.exp(n_side.mean)
+    result.ratio = result.new_value / result.base_value
+    result.beyond_threshold = abs(math.log(result.ratio)) > limit
+    try:
+        est = estimate(b_side, n_side, drift, alpha)
+    except CannotEstimate as exc:
+        result.note = str(exc)
         return result
-    result.ci_low, result.ci_high = test.ci_low, test.ci_high
-    assert ratio is not None
-    up = ratio > 1
-    result.significant = test.p_value < alpha and (test.ci_low > 1 if up else test.ci_high < 1)
-    if result.significant and beyond:
-        worse = up != higher_better
-        result.verdict = REGRESSION if worse else IMPROVEMENT
-    else:
+    result.ci_low, result.ci_high, result.p_value = est.ci_low, est.ci_high, est.p_value
+    result.df, result.mde = est.df, est.mde
+    result.between_base, result.between_new = est.between_base, est.between_new
+    result.significant = est.p_value < alpha
+    if result.significant and result.beyond_threshold:
+        result.verdict = _direction(metric, result.ratio)
+    elif abs(math.log(est.ci_low)) < limit and abs(math.log(est.ci_high)) < limit:
         result.verdict = UNCHANGED
         if result.significant:
             result.note = f"significant, but within the {threshold:.0%} threshold"
-        elif beyond:
-            result.note = (
-                f"beyond the {threshold:.0%} threshold, but not significant (p = {test.p_value:.2g})"
-            )
-        elif test.p_value < alpha:
-            result.note = "the rank test and the ratio of medians point different ways"
+    else:
+        result.verdict = INCONCLUSIVE
+        result.note = (
+            f"the interval reaches past the {threshold:.0%} threshold; the data can resolve "
+            f"{est.mde:.1%} (minimum detectable effect)"
+        )
     return result
 
 
 def compare_cell(
-    cell_id: str, base: CellRecord, new: CellRecord, limits: dict[str, float], alpha: float
+    cell_id: str,
+    base: CellRecord,
+    new: CellRecord,
+    limits: dict[str, float],
+    alpha: float,
+    drifts: dict[str, Drift] | None = None,
 ) -> CellComparison:
     metrics: dict[str, MetricComparison] = {}
     for metric in KEY_METRICS:
-        b, n = base.samples(metric), new.samples(metric)
-        if b or n:
-            metrics[metric] = compare_metric(metric, b, n, limits[metric], alpha)
-    b_mem = [float(v) for v in (base.peak_memory_bytes,) if v]
-    n_mem = [float(v) for v in (new.peak_memory_bytes,) if v]
-    if b_mem or n_mem:
-        metrics[MEMORY_METRIC] = compare_metric(MEMORY_METRIC, b_mem, n_mem, limits[MEMORY_METRIC], alpha)
-    verdicts = {m.verdict for m in metrics.values()}
+        if base.process_medians(metric) or new.process_medians(metric):
+            drift = (drifts or {}).get(metric, NO_DRIFT)
+            metrics[metric] = compare_metric(metric, base, new, limits[metric], alpha, drift)
+    if base.peak_memory_bytes or new.peak_memory_bytes:
+        metrics[MEMORY_METRIC] = compare_metric(MEMORY_METRIC, base, new, limits[MEMORY_METRIC], alpha)
+    tested = [m for m in metrics.values() if m.verdict != NOT_TESTED]
+    verdicts = {m.verdict for m in tested}
     if REGRESSION in verdicts:
         verdict = REGRESSION
     elif IMPROVEMENT in verdicts:
         verdict = IMPROVEMENT
-    elif UNCHANGED in verdicts:
+    elif tested and verdicts == {UNCHANGED}:
         verdict = UNCHANGED
     else:
-        verdict = INSUFFICIENT
-    return CellComparison(cell_id, new.cell.name, new.cell, verdict, metrics)
+        verdict = INCONCLUSIVE
+    mdes = [m.mde for m in tested if m.mde is not None]
+    return CellComparison(cell_id, new.cell.name, new.cell, verdict, metrics, max(mdes) if mdes else None)
 
 
 def _effect(c: CellComparison) -> float:
@@ -374,23 +397,35 @@ def compare_runs(
     new: Run,
     thresholds: dict[str, float] | None = None,
     alpha: float = DEFAULT_ALPHA,
-    seed: int = 0,
+    drift: Drift | dict[str, Drift] | None = None,
 ) -> Comparison:
-    """Compare NEW against BASE cell by cell. `seed` is ignored: the method has no randomness.
+    """Compare NEW against BASE cell by cell.
 
     thresholds: per metric (keys of COMPARED_METRICS), a fraction (0.03 for 3%); default 0.05 each.
+    drift: the run-to-run component, one for every metric or one per metric (a calibration); None:
+    none when both runs come from one `tfbench ab` invocation, else the assumed one.
     """
-    del seed  # accepted for callers that pass one; the rank test and its interval are exact
     if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
         raise UserError(f"alpha must be between 0 and 1 (0.05 for 95% intervals), not {alpha!r}")
     limits = resolve_thresholds(thresholds)
     warnings, notes = run_differences(base, new)
+    together = same_invocation(base, new)
+    fallback = NO_DRIFT if together else assumed_drift(new.meta.hardware)
+    given = drift if isinstance(drift, dict) else dict.fromkeys(KEY_METRICS, drift or fallback)
+    drifts = {}
+    for metric in KEY_METRICS:
+        d = given.get(metric) or fallback
+        if together:  # one invocation, interleaved: no run drift, but a calibration's process variance
+            d = replace(NO_DRIFT, process_var=d.process_var, process_df=d.process_df)
+        drifts[metric] = d
+    sources = sorted({d.source for d in drifts.values()})
     result = Comparison(
         base=_run_info(base),
         new=_run_info(new),
         alpha=float(alpha),
         thresholds=limits,
         method=METHOD,
+        drift="; ".join(sources),
         warnings=warnings,
         notes=notes,
     )
@@ -408,7 +443,7 @@ def compare_runs(
         elif not (b.ok and n.ok):
             result.not_compared.append(_status(cell_id, b, n))
         else:
-            result.cells.append(compare_cell(cell_id, b, n, limits, alpha))
+            result.cells.append(compare_cell(cell_id, b, n, limits, alpha, drifts))
     order = {c.cell_id: i for i, c in enumerate(result.cells)}
     result.cells.sort(key=lambda c: (VERDICT_ORDER[c.verdict], -_effect(c), order[c.cell_id]))
     if base.cells and new.cells and not (result.cells or result.not_compared):
@@ -423,3 +458,11 @@ def exit_code(cmp: Comparison, strict: bool = False) -> int:
     if strict and cmp.lost:
         return EXIT_REGRESSION
     return 0
+
+
+def same_invocation(base: Run, new: Run) -> bool:
+    """Both runs are the two sides of one `tfbench ab`, measured interleaved: they share the drift."""
+    b, n = (base.meta.model_extra or {}).get("ab"), (new.meta.model_extra or {}).get("ab")
+    return (
+        isinstance(b, dict) and isinstance(n, dict) and b.get("id") is not None and b.get("id") == n.get("id")
+    )

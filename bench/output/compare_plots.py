@@ -11,7 +11,7 @@ from bench.analysis.compare import (
     COMPARED_METRICS,
     HIGHER_IS_BETTER,
     IMPROVEMENT,
-    INSUFFICIENT,
+    INCONCLUSIVE,
     LABELS,
     MEMORY_METRIC,
     NOT_TESTED,
@@ -20,7 +20,7 @@ from bench.analysis.compare import (
     Comparison,
 )
 from bench.errors import UserError
-from bench.output.compare import headline, metric_columns
+from bench.output.compare import metric_columns, metric_tally
 from bench.output.plots import MAX_CELLS, ROW_IN, mpl_text, new_figure
 
 if TYPE_CHECKING:
@@ -30,10 +30,11 @@ VERDICT_COLORS = {
     REGRESSION: "#d62728",
     IMPROVEMENT: "#2ca02c",
     UNCHANGED: "#7f7f7f",
-    INSUFFICIENT: "#c7c7c7",
+    INCONCLUSIVE: "#c7c7c7",
     NOT_TESTED: "#7f7f7f",
 }
 FLAGGED_COLOR = "#ff7f0e"  # peak memory (not tested) beyond its threshold
+MARKERS = {REGRESSION: "^", IMPROVEMENT: "v", UNCHANGED: "o", INCONCLUSIVE: "D", NOT_TESTED: "s"}
 
 
 def compare_points(cmp: Comparison, metric: str = "tpot") -> list[dict[str, Any]]:
@@ -68,9 +69,10 @@ def compare_points(cmp: Comparison, metric: str = "tpot") -> list[dict[str, Any]
 def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
     """The ratio NEW/BASE of one metric per cell with its 95% interval, coloured by the verdict.
 
-    A line at 1, the threshold band shaded; regressions red, improvements green, unchanged grey,
-    insufficient data light grey (hollow). Each verdict is one errorbar artist whose label is the
-    verdict (`compare_points` returns the same data).
+    A line at 1, the threshold band shaded; regressions red triangles up, improvements green
+    triangles down, unchanged grey circles, inconclusive light grey hollow diamonds: told apart by
+    the marker too, not by colour alone. Each verdict is one errorbar artist whose label is the
+    verdict (`compare_points` returns the same data). Peak memory has no interval (one value a side).
     """
     points = compare_points(cmp, metric)
     total = len(points)
@@ -82,7 +84,10 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
     fig = new_figure(11.0, 2.3 + ROW_IN * max(len(points), 3))
     label = LABELS.get(metric, metric)
     hw = cmp.new.get("hardware") or ""
-    title = f"{label}: ratio NEW/BASE per cell with 95% interval ({headline(cmp)})\n"
+    what = "ratio NEW/BASE per cell" + (
+        "" if metric == MEMORY_METRIC else f" with {1 - cmp.alpha:.0%} interval"
+    )
+    title = f"{label}: {what} ({metric_tally(cmp, metric)})\n"
     title += f"{cmp.base['run_id']} -> {cmp.new['run_id']}" + (f" · {hw}" if hw else "")
     if total > len(points):
         title += f" · the {len(points)} most notable of {total} cells"
@@ -108,7 +113,7 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for p in points:
         groups.setdefault((p["verdict"], p["flagged"]), []).append(p)
-    order = [REGRESSION, IMPROVEMENT, UNCHANGED, INSUFFICIENT, NOT_TESTED]
+    order = [REGRESSION, IMPROVEMENT, UNCHANGED, INCONCLUSIVE, NOT_TESTED]
     for verdict, flagged in sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else 9, k[1])):
         group = groups[(verdict, flagged)]
         y = np.array([row[p["cell_id"]] for p in group], dtype=float)
@@ -121,10 +126,10 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
             r,
             y,
             xerr=[r - lo, hi - r],
-            fmt="o",
+            fmt=MARKERS.get(verdict, "o"),
             color=color,
             ecolor=color,
-            markerfacecolor="white" if verdict == INSUFFICIENT else color,
+            markerfacecolor="white" if verdict == INCONCLUSIVE else color,
             markersize=5,
             elinewidth=1.6,
             capsize=2.5,

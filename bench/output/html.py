@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.analysis.compare import DEFAULT_ALPHA, LABELS, NOT_TESTED, Comparison, compare_runs
 from bench.errors import UserError
-from bench.output.compare import fmt_ratio, headline, metric_columns, threshold_text
+from bench.output.compare import fmt_ratio, headline, method_note, metric_columns
 from bench.output.compare_plots import compare_figures
 from bench.output.plots import (
     file_name,
@@ -45,7 +45,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 td.name, td.id { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: nowrap; }
 td.id { color: #888; }
 .ok, .improvement { color: #1a7f1a; } .regression, .failed, .oom, .timeout, .lost { color: #c62828; }
-.skipped, .unchanged, .not-run { color: #777; } .interrupted, .insufficient-data, .flagged { color: #b26a00; }
+.skipped, .unchanged, .not-run { color: #777; } .interrupted, .inconclusive, .flagged { color: #b26a00; }
 td.regression, td.improvement { font-weight: bold; }
 .meta { color: #555; } .warning { color: #b26a00; } .empty { color: #777; font-style: italic; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -273,15 +273,7 @@ def compare_summary_html(cmp: Comparison) -> str:
         ]
     if not cmp.cells and not others:
         parts.append('<p class="empty">No cells in either run.</p>')
-    parts.append(
-        '<p class="meta">'
-        + _e(
-            f"Ratios are NEW/BASE medians with a 95% interval [low, high]; a verdict needs p < {cmp.alpha:g} "
-            f"and a change beyond {threshold_text(cmp)}. Latencies: above 1 is slower; throughputs: below 1 "
-            f"is slower. Peak memory is one value per run: its ratio is not tested. Method: {cmp.method}."
-        )
-        + "</p>"
-    )
+    parts.append(f'<p class="meta">{_e(method_note(cmp))} Method: {_e(cmp.method)}.</p>')
     return "\n".join(parts)
 
 

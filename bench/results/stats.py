@@ -106,9 +106,7 @@ def cell_stats(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     medians.append(float(np.median(values)))
             out[metric]["process_p50s"] = medians
             positive = [m for m in medians if m > 0]
-            out[metric]["process_cv"] = (
-                float(np.std(np.log(positive), ddof=1)) if len(positive) > 1 else None
-            )
+            out[metric]["process_cv"] = float(np.std(np.log(positive), ddof=1)) if len(positive) > 1 else None
     return out
 
 

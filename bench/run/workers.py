@@ -196,7 +196,11 @@ def judge(
     ended: Ended, result_path: Path, log_path: Path, log_name: str, timeout_s: float, stop_signal: int | None
 ) -> Outcome:
     """Tell a result, a crash, an OOM kill, a timeout and an orderly stop apart."""
-    timing = {"started_at": ended.started_at, "finished_at": now_iso(), "duration_s": ended.t_exit - ended.t_start}
+    timing = {
+        "started_at": ended.started_at,
+        "finished_at": now_iso(),
+        "duration_s": ended.t_exit - ended.t_start,
+    }
     fields: dict[str, Any] = {"worker_pid": ended.pid, "log": log_name, **timing}
     result = None
     if result_path.exists():
@@ -246,4 +250,6 @@ def judge(
         error = {"kind": kind, "signal": signal_name(sig), "log_tail": log_tail(log_path)}
         return Outcome(status, reason, error, fields)
     reason = f"the worker exited with code {code} without a result"
-    return Outcome("failed", reason, {"kind": "crash", "exit_code": code, "log_tail": log_tail(log_path)}, fields)
+    return Outcome(
+        "failed", reason, {"kind": "crash", "exit_code": code, "log_tail": log_tail(log_path)}, fields
+    )
