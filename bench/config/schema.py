@@ -43,6 +43,8 @@ NON_FIELD_ENV = {
     "TFBENCH_BRANCH",
     "TFBENCH_HUB_CONNECT_TIMEOUT_S",
     "TFBENCH_HUB_READ_TIMEOUT_S",
+    "TFBENCH_SLEEP_SCALE",
+    "TFBENCH_CALIBRATION",
 }
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"

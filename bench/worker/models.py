@@ -5,6 +5,7 @@ Imported only in worker processes (it imports torch and transformers).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -78,7 +79,10 @@ class SleepModel(PreTrainedModel, GenerationMixin):
             cache._tfbench_prefilled = True
         else:
             prefill = input_ids.shape[1] > 1
-        time.sleep(self.config.prefill_sleep_s if prefill else self.config.decode_sleep_s)
+        # TFBENCH_SLEEP_SCALE slows the decode steps down as a code change would, without changing
+        # the cell (its id is the same): how the verdict benchmarks plant a known regression.
+        decode = self.config.decode_sleep_s * float(os.environ.get("TFBENCH_SLEEP_SCALE") or 1.0)
+        time.sleep(self.config.prefill_sleep_s if prefill else decode)
         batch, length = input_ids.shape
         logits = torch.zeros(
             batch, length, self.config.vocab_size, dtype=self.anchor.dtype, device=input_ids.device
