@@ -37,19 +37,6 @@ from bench.results.records import CellRecord, RunMeta, ValidationError, describe
 from bench.results.summary import summary_row
 from bench.secrets import redact
 
-AXES = (
-    "model",
-    "dtype",
-    "device",
-    "attn_implementation",
-    "compile",
-    "kernelize",
-    "continuous_batching",
-    "batch_size",
-    "sequence_length",
-    "num_tokens_to_generate",
-)
-
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):

@@ -26,7 +26,7 @@ from typing import Any
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_CELL_FAILED, EXIT_OK, StorageError
 from bench.plan.matrix import Cell, Plan
-from bench.results.assemble import add_process, finish
+from bench.results.assemble import FIRST_PROCESS_KEYS, add_process, finish
 from bench.results.records import (
     FAILED_STATUSES,
     CellRecord,
@@ -42,22 +42,7 @@ from bench.run.workers import judge, now_iso, run_worker, signal_name, start_wor
 from bench.secrets import redact_file
 
 # Record keys that hold what a cell's processes measured so far (kept across its attempts).
-MEASURED_KEYS = (
-    "runs",
-    "processes",
-    "parameters",
-    "inputs",
-    "compiled_graphs",
-    "effective_attn_implementation",
-    "worker_environment",
-    "continuous_batching_config",
-    "setup_time_s",
-    "load_time_s",
-    "warmup_time_s",
-    "gpu_telemetry",
-    "memory",
-    "roofline",
-)
+MEASURED_KEYS = ("runs", "processes", *FIRST_PROCESS_KEYS, "memory", "roofline")
 
 
 def new_run_id(run_name: str, output: Path, clock: Callable[[], datetime] | None = None) -> str:
