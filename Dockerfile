@@ -233,7 +233,7 @@ RUN --mount=type=secret,id=ca \
 have = [d.version for d in m.distributions() if d.metadata["Name"].lower().replace("_", "-") == "flash-attn"]; \
 none = os.environ["FLASH_ATTN"] == "none"; \
 print("flash-attn", have[0] if have else "not installed"); \
-sys.exit(0 if bool(have) != none else "flash-attn installed: %s, FLASH_ATTN=%s" % (have, os.environ["FLASH_ATTN"]))'
+sys.exit(0 if bool(have) != none else "FLASH_ATTN=%s, but flash-attn: %s" % (os.environ["FLASH_ATTN"], have or "not installed"))'
 
 # ---- runtime: python, the venv, the entrypoint; runs as uid 1000
 FROM python AS runtime
