@@ -1,7 +1,7 @@
 # tfbench image. One file, three variants (BuildKit required: RUN --mount):
 #
 #   cu126 (default)  make image    or  DOCKER_BUILDKIT=1 docker build -t tfbench .
-#                    torch 2.13.0+cu126 on CUDA 12.6.3: Volta to Hopper (sm70-sm90)
+#                    torch 2.13.0+cu126 on CUDA 12.6.3: Maxwell to Hopper (sm50-sm90)
 #   cu130            make image VARIANT=cu130   (--build-arg VARIANT=cu130)
 #                    torch 2.13.0+cu130 on CUDA 13.0.2: Turing to Blackwell (sm75-sm120), driver >= 580
 #   cpu (tests)      make test-image, which builds it with --build-arg VARIANT=cpu
