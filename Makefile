@@ -33,16 +33,28 @@ plan: install
 test: install
 	$(PY) -m pytest -q
 
+# The CI workflows (docs/ci/: every file there) with actionlint, which runs shellcheck on their
+# `run:` scripts; the shell scripts themselves with shellcheck.
+CI_WORKFLOWS = $(sort $(wildcard docs/ci/*.yml docs/ci/*.yaml))
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/actionlint -shellcheck $(VENV)/bin/shellcheck -pyflakes= $(CI_WORKFLOWS)
+	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
 
-# The CUDA image, with a Docker engine that has BuildKit (not run by CI). More build args:
-# make image DOCKER_BUILD_ARGS='--build-arg TORCH_CUDA_ARCH_LIST=9.0'; see README, Docker.
+# The CUDA image, with a Docker engine that has BuildKit (not run by CI): VARIANT cu126 or cu130,
+# FLASH_ATTN wheel, build or none. More build args:
+# make image FLASH_ATTN=build DOCKER_BUILD_ARGS='--build-arg TORCH_CUDA_ARCH_LIST=9.0'; see README, Docker.
+VARIANT ?= cu126
+FLASH_ATTN ?= wheel
 image:
-	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) --build-arg VERSION=$(IMAGE_VERSION) \
-		--build-arg REVISION=$(REVISION) --build-arg SOURCE='$(SOURCE)' $(DOCKER_BUILD_ARGS) .
+	@case "$(VARIANT)" in cu126|cu130) ;; *) echo "VARIANT=$(VARIANT): allowed: cu126, cu130 (the cpu variant: make test-image)" >&2; exit 2;; esac
+	@case "$(FLASH_ATTN)" in wheel|build|none) ;; *) echo "FLASH_ATTN=$(FLASH_ATTN): allowed: wheel, build, none" >&2; exit 2;; esac
+	DOCKER_BUILDKIT=1 docker build -t $(IMAGE) --build-arg VARIANT=$(VARIANT) --build-arg FLASH_ATTN=$(FLASH_ATTN) \
+		--build-arg VERSION=$(IMAGE_VERSION) --build-arg REVISION=$(REVISION) --build-arg SOURCE='$(SOURCE)' \
+		$(DOCKER_BUILD_ARGS) .
 
 # The CPU variant of the image, built and tested in real containers (as root: it starts a
 # private Docker daemon, and stops it again).

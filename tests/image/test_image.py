@@ -44,6 +44,8 @@ def run(
     cfg: Path | None = None,
     results: Path | None = None,
     entrypoint: list[str] | None = None,
+    command: list[str] | None = None,
+    one_line: bool = True,
 ) -> tuple[int, str]:
     """Runs the image without a network, waits, and returns the exit code and the output."""
     volumes = {}
@@ -52,14 +54,14 @@ def run(
     if results is not None:
         volumes[str(results)] = {"bind": "/results", "mode": "rw"}
     container = client.containers.run(
-        IMAGE, entrypoint=entrypoint, volumes=volumes, network_mode="none", detach=True
+        IMAGE, command=command, entrypoint=entrypoint, volumes=volumes, network_mode="none", detach=True
     )
     try:
         code = container.wait(timeout=TIMEOUT_S)["StatusCode"]
         output = container.logs(stdout=True, stderr=True).decode(errors="replace")
     finally:
         container.remove(force=True, v=True)
-    return code, " ".join(output.split())  # one line: the console wraps long messages
+    return code, " ".join(output.split()) if one_line else output  # one line: the console wraps long messages
 
 
 def config_dir(path: Path, **fields: Any) -> Path:
@@ -151,6 +153,21 @@ def test_labels_and_config(client):
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert "HF_HUB_OFFLINE" not in env
     assert set(attrs["Volumes"]) == {"/results", "/cache"}
+
+
+def test_without_flash_attn_its_cells_are_skipped_with_the_reason(client, tmp_path):
+    """The CPU variant is built with FLASH_ATTN=none, as a CUDA image can be: a plan for a GPU
+    keeps flash_attention_2 cells, skipped with the reason, and runs the rest."""
+    cfg = config_dir(tmp_path / "cfg", device="cuda", attn_implementation=["sdpa", "flash_attention_2"])
+    code, output = run(client, cfg=cfg, command=["plan", "--json"], one_line=False)
+    assert code == 0, output
+    plan, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])  # stderr may follow
+    assert plan["capabilities"]["flash_attn"] is False
+    reasons = {c["attn_implementation"]: c["skip_reason"] for c in plan["cells"]}
+    assert reasons == {
+        "sdpa": None,
+        "flash_attention_2": "flash_attention_2 needs the flash-attn package, which is not installed",
+    }
 
 
 @pytest.mark.parametrize("mount", ["empty", "none"])
