@@ -54,7 +54,7 @@ def _task(cell: dict, directory: Path, limit_gb: float | None) -> dict:
 
 def _run_worker(task: dict) -> dict:
     """One worker, forked from the fork server as the runner forks it."""
-    from bench.run.runner import worker_context
+    from bench.run.workers import worker_context
     from bench.worker.child import main as child_main
 
     ctx = worker_context()
