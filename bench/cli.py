@@ -276,7 +276,7 @@ def _load_run(source: str, log: Any) -> Run:
     """A run directory, or a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID); files in
     its cells/ that are not records are named and skipped."""
     if source.startswith("hub:"):
-        from bench.analysis.history import load_hub_run
+        from bench.hub.pull import load_hub_run
 
         repo, sep, ref = source[4:].partition("@")
         if not sep or not ref:
@@ -324,7 +324,7 @@ def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 
 def cmd_history(args: argparse.Namespace, log: Any) -> int:
-    from bench.analysis.history import history
+    from bench.output.history_command import history
 
     text, code = history(
         args.source,

@@ -803,7 +803,7 @@ def test_a_run_id_from_the_hub_cannot_lead_a_download_out_of_its_folder(
     a dataset whose run_id climbs out (../../x) is refused, and nothing lands outside the cache."""
     from huggingface_hub.utils import close_session
 
-    from bench.analysis.history import load_hub_run
+    from bench.hub.pull import load_hub_run
 
     from .hub_server import FakeHub
 
