@@ -18,14 +18,8 @@ from rich.console import Console
 
 from bench import __version__
 from bench.config.presets import PRESETS
-from bench.config.schema import (
-    ALLOWED,
-    DEMO_CONFIG,
-    LoadedConfig,
-    field_names,
-    load_configs,
-    parse_text_value,
-)
+from bench.config.schema import ALLOWED, DEMO_CONFIG, LoadedConfig, field_names
+from bench.config.sources import load_configs, parse_text_value
 from bench.errors import (
     EXIT_OK,
     EXIT_PUSH_FAILED,
@@ -292,7 +286,7 @@ def _load_run(source: str, log: Any) -> Run:
     """A run directory, or a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID); files in
     its cells/ that are not records are named and skipped."""
     if source.startswith("hub:"):
-        from bench.analysis.history import load_hub_run
+        from bench.hub.pull import load_hub_run
 
         repo, sep, ref = source[4:].partition("@")
         if not sep or not ref:
@@ -424,7 +418,7 @@ def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 
 def cmd_history(args: argparse.Namespace, log: Any) -> int:
-    from bench.analysis.history import history
+    from bench.output.history_command import history
 
     text, code = history(
         args.source,

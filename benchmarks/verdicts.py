@@ -36,8 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ranktest import rank_test  # noqa: E402
+
 from bench.analysis.compare import KEY_METRICS  # noqa: E402
-from bench.analysis.ranktest import rank_test  # noqa: E402
 from bench.results.store import open_run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "verdicts.json"

@@ -91,7 +91,7 @@ def cells_by_id(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 def plan_cells(config: Path) -> list[dict[str, Any]]:
     """The plan's cells as the runner will see them (computed in-process, no torch)."""
-    from bench.config.schema import load_configs
+    from bench.config.sources import load_configs
     from bench.plan.matrix import Capabilities, build_plan
 
     (loaded,) = load_configs(config, environ={})

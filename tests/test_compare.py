@@ -25,12 +25,12 @@ from bench.analysis.compare import (
     exit_code,
 )
 from bench.analysis.noise import Drift
-from bench.analysis.ranktest import exact_cdf, rank_test
 from bench.errors import UserError
 from bench.output.compare import to_json, to_markdown, to_table
 from bench.plan.matrix import cell_name
 from bench.results.stats import run_metrics, summarize, summarize_runs
 from bench.results.store import open_run as load_run
+from benchmarks.ranktest import exact_cdf, rank_test
 
 SEQ = 128
 NEW_TOKENS = 32

@@ -14,14 +14,8 @@ from typing import Any
 import pytest
 
 from bench.cli import main
-from bench.config.schema import (
-    ATTN_IMPLEMENTATIONS,
-    BenchConfig,
-    load_configs,
-    parse_text_value,
-    read_env,
-    validate,
-)
+from bench.config.schema import ATTN_IMPLEMENTATIONS, BenchConfig
+from bench.config.sources import load_configs, parse_text_value, read_env, validate
 from bench.errors import ConfigError, ConfigNotFoundError
 
 MODEL = "synthetic:llama-tiny"

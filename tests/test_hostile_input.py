@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bench import cli
-from bench.config.schema import BenchConfig, field_names, load_configs
+from bench.config.schema import BenchConfig, field_names
+from bench.config.sources import load_configs
 from bench.errors import UserError
 from bench.hub import push as hub
 from bench.plan.shard import Shard
@@ -133,7 +134,7 @@ def invoke(argv: list[str], env: dict[str, str] | None = None) -> Outcome:
     with (
         mock.patch.dict(os.environ, base_environ(env), clear=True),
         mock.patch.object(hf_constants, "HF_HUB_OFFLINE", True),
-        mock.patch("bench.run.resume.select_run", _tripwire),
+        mock.patch("bench.run.session.select_run", _tripwire),
         mock.patch("bench.run.runner.Runner.execute", _tripwire),
         mock.patch("bench.run.runner.start_worker_server", _tripwire),
         contextlib.redirect_stdout(out),
@@ -803,7 +804,7 @@ def test_a_run_id_from_the_hub_cannot_lead_a_download_out_of_its_folder(
     a dataset whose run_id climbs out (../../x) is refused, and nothing lands outside the cache."""
     from huggingface_hub.utils import close_session
 
-    from bench.analysis.history import load_hub_run
+    from bench.hub.pull import load_hub_run
 
     from .hub_server import FakeHub
 

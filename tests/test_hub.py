@@ -23,6 +23,8 @@ from huggingface_hub.utils import close_session
 from bench import SCHEMA_VERSION, __version__
 from bench.errors import EXIT_USAGE, UserError
 from bench.hub import push as hub
+from bench.hub.card import render_card, split_card
+from bench.hub.schema import CONTEXT_COLUMNS, RUN_SCALARS, summarized_columns
 from bench.results.records import CellRecord, RunMeta
 from bench.results.stats import METRICS, summarize, summarize_runs
 from bench.results.store import RunDir
@@ -355,9 +357,9 @@ def test_columns_and_types_are_the_same_across_runs(tmp_path: Path) -> None:
         assert len(key_lists) == 1, f"{fmt}: rows differ in columns"
         assert list(key_lists.pop()) == list(features)
     # The summarized columns are the summary.jsonl columns behind the context columns.
-    summarized = [name for name, _ in hub.summarized_columns()]
-    assert summarized[: len(hub.CONTEXT_COLUMNS)] == [name for name, _ in hub.CONTEXT_COLUMNS]
-    assert [c for c in summary_columns() if c != "run_id"] == summarized[len(hub.CONTEXT_COLUMNS) :]
+    summarized = [name for name, _ in summarized_columns()]
+    assert summarized[: len(CONTEXT_COLUMNS)] == [name for name, _ in CONTEXT_COLUMNS]
+    assert [c for c in summary_columns() if c != "run_id"] == summarized[len(CONTEXT_COLUMNS) :]
 
 
 def test_summarized_rows_are_the_summary_rows(run_dir: Path) -> None:
@@ -379,7 +381,7 @@ def test_full_rows_hold_every_raw_measurement(tmp_path: Path) -> None:
         others = json.loads(row["runs_other"]) if row["runs_other"] else [{} for _ in record["runs"]]
         rebuilt = []
         for i, other in enumerate(others):
-            run_values = {k: row[f"runs_{k}"][i] for k in hub.RUN_SCALARS if row[f"runs_{k}"][i] is not None}
+            run_values = {k: row[f"runs_{k}"][i] for k in RUN_SCALARS if row[f"runs_{k}"][i] is not None}
             if row["runs_token_times"][i] is not None:
                 run_values["token_times"] = row["runs_token_times"][i]
             rebuilt.append({**run_values, **other})
@@ -400,8 +402,8 @@ def test_card_update_keeps_prose_other_metadata_and_configs() -> None:
         "---\nlicense: apache-2.0\nconfigs:\n- config_name: mine\n  data_files: extra/*.csv\n  default: true\n"
         "- config_name: full\n  data_files: old/*.jsonl\n---\n# Our benchmark history\n\nWritten by hand.\n"
     )
-    card = hub.render_card(existing, REPO)
-    meta, body = hub.split_card(card)
+    card = render_card(existing, REPO)
+    meta, body = split_card(card)
     assert meta is not None
     assert meta["license"] == "apache-2.0"
     assert [c["config_name"] for c in meta["configs"]] == ["summarized", "full", "mine"]
@@ -409,10 +411,10 @@ def test_card_update_keeps_prose_other_metadata_and_configs() -> None:
     assert meta["configs"][1]["data_files"] == [{"split": "train", "path": "full/*.jsonl"}]
     assert body == "\n# Our benchmark history\n\nWritten by hand.\n"
     # A card tfbench generated: its generated block is rewritten in place, the rest kept.
-    generated = hub.render_card(None, REPO)
+    generated = render_card(None, REPO)
     edited = generated.replace("# tfbench results", "# tfbench results\n\nOur notes.")
-    assert hub.render_card(edited.replace(__version__, "0.0.1"), REPO) == edited
-    assert hub.render_card(generated, REPO) == generated
+    assert render_card(edited.replace(__version__, "0.0.1"), REPO) == edited
+    assert render_card(generated, REPO) == generated
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,12 +18,12 @@ from huggingface_hub import constants as hf_constants
 from huggingface_hub.utils import _http as hf_http
 from huggingface_hub.utils import close_session, get_session, set_client_factory
 
-from bench.analysis import history as hist
 from bench.cli import main
-from bench.config.schema import read_env
+from bench.config.sources import read_env
 from bench.errors import EXIT_PUSH_FAILED, EXIT_USAGE, ConfigError, UserError
-from bench.hub import http
+from bench.hub import http, pull
 from bench.hub import push as hub
+from bench.output import history_command
 from tests.conftest import ROOT, clean_env
 from tests.hub_server import SilentHub
 from tests.test_hub import make_run
@@ -211,14 +211,14 @@ def test_a_read_retries_the_listing_then_is_a_usage_error(
     sleeps: list[float] = []
     monkeypatch.setattr(http, "_sleep", sleeps.append)
     with pytest.raises(UserError) as info:
-        hist.load_hub(REPO, "tpot", "x", endpoint=silent_hub.endpoint, cache_dir=tmp_path)
+        history_command.load_hub(REPO, "tpot", "x", endpoint=silent_hub.endpoint, cache_dir=tmp_path)
     assert str(info.value) == (
         f"cannot read the history from the Hub dataset {REPO}: the Hub at {silent_hub.endpoint} "
         f"did not answer within 1 s ({http.READ_ENV})"
     )
     assert sleeps == [1.0, 2.0] and silent_hub.accepted() == 3
     with pytest.raises(UserError, match=f"run 'abcdef1'.*{silent_hub.endpoint} did not answer within 1 s"):
-        hist.load_hub_run(REPO, "abcdef1", endpoint=silent_hub.endpoint, cache_dir=tmp_path)
+        pull.load_hub_run(REPO, "abcdef1", endpoint=silent_hub.endpoint, cache_dir=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------

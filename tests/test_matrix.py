@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, validate
+from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
+from bench.config.sources import validate
 from bench.plan.matrix import Capabilities, Cell, build_plan, coverage_combos, resolve_dtype, skip_reason
 
 TINY = "synthetic:llama-tiny"

@@ -18,7 +18,7 @@ from bench.analysis.noise import (
     estimate_drift,
     side,
 )
-from bench.analysis.ranktest import rank_test
+from benchmarks.ranktest import rank_test
 
 
 def _side(values, runs=None):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.config.schema import validate
+from bench.config.sources import validate
 from bench.errors import UserError
 from bench.plan.matrix import Capabilities, build_plan
 from bench.plan.shard import Shard, assign, cell_cost, parse_shard, shard_plan

@@ -170,6 +170,18 @@ def aligned_lines(
     return out + [line(r).rstrip() for r in rows]
 
 
+def table_lines(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Collection[int], markdown: bool = False
+) -> list[str]:
+    """One table, two ways: plain text columns with dashes under the header (aligned_lines), or a
+    Markdown table (`right` columns right-aligned, a '|' in a cell escaped)."""
+    if not markdown:
+        return aligned_lines(headers, rows, right, rule=True)
+    out = ["| " + " | ".join(headers) + " |"]
+    out.append("|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|")
+    return out + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
 def text_table(headers: Iterable[str], rows: list[list[str]], title: str | None = None) -> str:
     """Plain aligned columns (numbers right-aligned), for tables too long for rich."""
     headers = list(headers)

@@ -1,5 +1,6 @@
-"""The two-sample rank test behind every verdict: two-sided Mann-Whitney U with the
-Hodges-Lehmann interval of the ratio NEW/BASE, exact for small samples without ties.
+"""The rank test compare used before it judged processes (kept to measure the old rule in
+benchmarks/verdicts.py, "before"): two-sided Mann-Whitney U with the Hodges-Lehmann interval
+of the ratio NEW/BASE, exact for small samples without ties.
 
 The test: Mann-Whitney U with a Hodges-Lehmann interval
 --------------------------------------------------------

@@ -1,0 +1,202 @@
+"""One cell across many runs: the measurements `tfbench history` reads, from run directories.
+
+A Measurement is one run's record of one cell, with what the run says about itself: its id, the
+measured commit and branch, its start time and the hardware label (bench.results.records'
+hardware_label, the `hardware` column of the Hub rows). Both sources of a history produce them:
+this module reads a directory of run directories (with the readers of bench.results.store), and
+bench.hub.pull reads the rows of a Hub dataset. bench.analysis.levels turns them into points.
+
+A cell is named by its id, a unique prefix of one (at least 4 characters) or a unique cell name
+(resolve_cell); the names come from each run's summary.jsonl, and from the records it does not
+list (a run stopped before its summary).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import UserError
+from bench.results.records import CellRecord, RunMeta
+from bench.results.store import RunFileError, Skipped, load_meta, read_cell, run_dirs_in
+
+MIN_PREFIX = 4  # characters of a cell id prefix
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run's record of the cell, and where and when the run measured it."""
+
+    run_id: str
+    commit: str | None  # the measured commit's sha
+    branch: str | None
+    started_at: str | None  # ISO 8601, as the run recorded it
+    hardware: str  # the run's hardware label
+    record: CellRecord
+    source: str  # the run directory, or hub:ORG/NAME/<file>
+
+
+def resolve_cell(query: str, known: dict[str, str], where: str) -> str:
+    """The cell id `query` names: a cell id, a unique id prefix (>= 4 characters) or a unique cell name.
+
+    known: cell id -> name of the cells in `where` (named in the messages).
+    """
+    q = query.strip()
+    if not q:
+        raise UserError("--cell is empty: give a cell id (the cells/<cell id>.json of a run)")
+    if q in known:
+        return q
+    by_name = sorted(cid for cid, name in known.items() if name == q)
+    by_prefix = sorted(cid for cid in known if len(q) >= MIN_PREFIX and cid.startswith(q))
+    for found, how in ((by_name, "named"), (by_prefix, "with ids starting with")):
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            listed = ", ".join(f"{cid} ({known[cid] or '?'})" for cid in found[:10])
+            raise UserError(f"--cell {q!r} is ambiguous in {where}: {len(found)} cells {how} it: {listed}")
+    sample = ", ".join(f"{cid} ({name or '?'})" for cid, name in sorted(known.items())[:10])
+    more = f" and {len(known) - 10} more" if len(known) > 10 else ""
+    hint = f"; cells there: {sample}{more}" if known else ""
+    short = " (a prefix needs at least 4 characters)" if 0 < len(q) < MIN_PREFIX else ""
+    raise UserError(f"no cell {q!r} in {where}{short}{hint}")
+
+
+# ---------------------------------------------------------------------------------- run directories
+
+
+def _unmerged(root: Path) -> list[Path]:
+    """The sharded runs directly under `root` whose shards have not been merged (no run.json yet)."""
+    found = []
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return found
+    for child in children:
+        try:
+            if child.name.startswith(".") or not child.is_dir() or (child / "run.json").is_file():
+                continue
+            if (child / "shards").is_dir():
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
+def _run_dirs(directory: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
+    root = Path(directory)
+    if not root.exists():
+        raise UserError(f"{root}: no such directory")
+    if not root.is_dir():
+        raise UserError(f"{root} is a file; give a directory of run directories (the results output)")
+    if (root / "run.json").is_file():
+        return [root], []
+    # Anything else in the output (lost+found, notes, a directory without a run) is no run.
+    runs = run_dirs_in(root)
+    notes = [
+        f"{child.name} is a sharded run not merged yet (`tfbench merge {child}`): left out"
+        for child in _unmerged(root)
+    ]
+    if not runs:
+        raise UserError(f"{root} holds no run directories (a run directory has a run.json)")
+    return runs, notes
+
+
+def _summary_names(run: Path) -> dict[str, str]:
+    """cell id -> name from a run's summary.jsonl (empty if it has none yet)."""
+    names: dict[str, str] = {}
+    try:
+        lines = (run / "summary.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return names
+    for line in lines:
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("cell_id"):
+            names[str(row["cell_id"])] = str(row.get("name") or "")
+    return names
+
+
+def _local_cells(runs: list[Path], skipped: dict[Path, Skipped]) -> dict[str, str]:
+    """cell id -> name over all runs: from summary.jsonl, and from the records it does not list
+    (a run stopped before its summary). Files that are not records go to `skipped`."""
+    known: dict[str, str] = {}
+    for run in runs:
+        listed = _summary_names(run)
+        for cid, name in listed.items():
+            known[cid] = name or known.get(cid, "")
+        for path in sorted((run / "cells").glob("*.json")):
+            if path.stem in listed:
+                continue  # the summary named it: no need to read a large record
+            record, why = read_cell(path)
+            if record is None:
+                skipped[path] = Skipped(path, str(why))
+                continue
+            known[path.stem] = known.get(path.stem) or record.name
+    return known
+
+
+def _branch(meta: RunMeta) -> str | None:
+    """The branch the run recorded (measured_commit.branch, else a "branch" key of run.json); never
+    this shell's TFBENCH_BRANCH: the run was measured elsewhere or earlier."""
+    recorded = meta.measured_commit.branch if meta.measured_commit is not None else None
+    extra = (meta.model_extra or {}).get("branch")
+    return recorded or extra or None
+
+
+def local_measurements(
+    directory: str | os.PathLike[str], cell: str, warn: Callable[[Skipped], None]
+) -> tuple[list[Measurement], list[str]]:
+    """The records of `cell` in the run directories under `directory` (or the run `directory` is),
+    one per run that has one, and notes on what was left out (an unmerged sharded run, a run.json
+    that is not one). Each file in a cells/ that is not a record is passed to `warn` once, also
+    when a UserError (no such directory, an unknown or ambiguous cell) ends the reading.
+    """
+    runs, notes = _run_dirs(directory)
+    skipped: dict[Path, Skipped] = {}
+    try:
+        return _measurements(runs, notes, cell, str(directory), skipped)
+    finally:
+        for item in skipped.values():
+            warn(item)
+
+
+def _measurements(
+    runs: list[Path], notes: list[str], cell: str, where: str, skipped: dict[Path, Skipped]
+) -> tuple[list[Measurement], list[str]]:
+    plain = re.fullmatch(r"[0-9A-Za-z_.-]+", cell.strip()) and not cell.strip().startswith(".")
+    if plain and any((run / "cells" / f"{cell.strip()}.json").is_file() for run in runs):
+        cell_id = cell.strip()
+    else:
+        cell_id = resolve_cell(cell, _local_cells(runs, skipped), where)
+    found: list[Measurement] = []
+    for run in runs:
+        path = run / "cells" / f"{cell_id}.json"
+        if not path.is_file():
+            continue
+        try:
+            meta = load_meta(run / "run.json")
+        except RunFileError as exc:
+            notes.append(f"{run.name}: {exc}: left out")
+            continue
+        record, why = read_cell(path)
+        if record is None:
+            skipped[path] = Skipped(path, str(why))
+            continue
+        found.append(
+            Measurement(
+                run_id=meta.run_id or run.name,
+                commit=meta.commit_sha,
+                branch=_branch(meta),
+                started_at=meta.started_at,
+                hardware=meta.hardware,
+                record=record,
+                source=str(run),
+            )
+        )
+    return found, notes
