@@ -13,18 +13,20 @@ from typing import Any
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
+from matplotlib.container import ErrorbarContainer
 from PIL import Image
 
 from bench.analysis.compare import INCONCLUSIVE, REGRESSION, UNCHANGED, compare_runs
 from bench.errors import UserError
 from bench.output import compare_plots, plots
 from bench.output import html as html_report
+from bench.output.tables import fmt_rate
 from bench.results.store import open_run as load_run
 from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPEED = {"eager": 1.3, "sdpa": 1.0, "flash_attention_2": 0.85, "flex_attention": 0.95}
-SCRIPT_NAME = "sdpa/eager-mode <script>alert(1)</script> b1 s128 n32"
+SCRIPT_NAME = "sdpa, no compile <script>alert(1)</script>, b1 s128 n32"
 
 
 def matrix_run(
@@ -162,12 +164,12 @@ def test_figures_show_measured_cells_only(tmp_path):
         assert {"failed", "timeout"} <= {t.get_text() for t in ax.texts}
     legend = figures["ttft_tpot"].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == [
-        "eager",
-        "eager+compile:default",
-        "sdpa",
-        "sdpa+compile:default",
-        "flash_attention_2",
-        "flash_attention_2+compile:default",
+        "eager, no compile",
+        "eager, compile default",
+        "sdpa, no compile",
+        "sdpa, compile default",
+        "flash_attention_2, no compile",
+        "flash_attention_2, compile default",
     ]
 
     # throughput: a line per combo and sequence length against batch size, in tokens/s.
@@ -175,11 +177,76 @@ def test_figures_show_measured_cells_only(tmp_path):
     assert "tokens/s" in ax.get_ylabel() and "batch size" in ax.get_xlabel()
     lines = {c.get_label(): c.lines[0] for c in ax.containers}  # an errorbar container per line
     assert len(lines) == 6 * 2
-    sdpa = lines["sdpa s128"]
+    sdpa = lines["sdpa, no compile s128"]
     assert list(sdpa.get_xdata()) == [1, 4, 16]
     assert np.all(np.diff(sdpa.get_ydata()) > 0)  # more tokens/s at larger batches
     # eager b1 s1024 (index 1) failed: its line has the other two batch sizes only.
-    assert list(lines["eager s1024"].get_xdata()) == [4, 16]
+    assert list(lines["eager, no compile s1024"].get_xdata()) == [4, 16]
+
+
+def test_run_report_says_how_it_was_measured(tmp_path):
+    """The header: shapes, iterations (warm-up, timed, processes) and the cores; the table: itl and
+    the decode and prefill throughputs besides e2e, as the records hold them."""
+    run = load_run(matrix_run(tmp_path / "r", attns=("sdpa",), batches=(1, 4), runs=8))
+    text = html_report.run_summary_html(run)
+    meta = text.split("<h2>Cells</h2>")[0]
+    assert "sequence length: <b>128, 1024</b>" in meta and "tokens generated: <b>32</b>" in meta
+    assert "batch size: <b>1, 4</b>" in meta
+    # run.json's settings (20 timed runs, 2 warm-up); the processes as the records have them.
+    assert (
+        "iterations: <b>20 timed runs per cell in 4 worker processes, each after 2 warm-up runs</b>" in meta
+    )
+    assert "CPU cores: <b>16</b>" in meta
+    head = text.split("<thead>")[1].split("</thead>")[0]
+    for header in ("itl p50<br><small>ms", "itl p95<br><small>ms", "decode<br><small>tok/s p50"):
+        assert header in head, header
+    assert "prefill<br><small>tok/s p50" in head and "<th>shape</th>" not in head
+    rec = run.records()[0]
+    row = next(line for line in text.splitlines() if f">{rec.name}<" in line)
+    values = re.findall(r"<td class=num>([^<]*)</td>", row)[1:]  # after the index
+    assert values[4:6] == [f"{rec.stat('itl', q) * 1e3:.2f}" for q in ("p50", "p95")]
+    assert values[6:9] == [
+        fmt_rate(rec.stat(m, "p50")) for m in ("e2e_throughput", "decode_throughput", "prefill_throughput")
+    ]
+
+
+def test_whiskers_reach_from_p5_to_p95(tmp_path):
+    run = load_run(matrix_run(tmp_path / "r", attns=("eager", "sdpa"), batches=(1, 4), seqs=(128,), runs=12))
+    recs = run.records()
+
+    def whiskers(ax: Any) -> list[tuple[float, float]]:
+        found = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        segments = [seg for c in found for seg in c.lines[2][0].get_segments()]
+        return [(seg[0][0], seg[1][0]) for seg in segments]
+
+    ax = plots.latency_figure(run).axes[0]
+    expected = [plots.percentiles(r, "e2e_latency") for r in recs]
+    got = whiskers(ax)
+    assert np.allclose(got, [(p["p5"] * 1e3, p["p95"] * 1e3) for p in expected])
+    assert all(low < p["p50"] * 1e3 for (low, _), p in zip(got, expected))  # a lower end, not only p95
+
+    fig = plots.ttft_tpot_figure(run)
+    top, bottom = fig.axes[:2]
+    for ax, metric in ((top, "ttft"), (bottom, "tpot")):
+        lows = sorted(low for low, _ in whiskers(ax))
+        assert lows == pytest.approx(sorted(plots.percentiles(r, metric)["p5"] * 1e3 for r in recs))
+
+
+def test_ttft_tpot_labels_stay_readable(tmp_path):
+    """TTFT above TPOT, each as wide as the other figures: at the page's width (the figure scaled
+    to about 1,000 pixels) a 9-point label is about 11 pixels high (it was 7 side by side)."""
+    run = load_run(matrix_run(tmp_path / "r"))
+    fig = plots.ttft_tpot_figure(run)
+    top, bottom = fig.axes[:2]
+    assert fig.get_size_inches()[0] == plots.WIDTH_IN == plots.latency_figure(run).get_size_inches()[0]
+    fig.canvas.draw()
+    assert top.get_position().y0 > bottom.get_position().y1  # stacked, not side by side
+    for ax in (top, bottom):
+        assert tick_labels(ax) == [f"b{b} s{s} n32" for b in (1, 4, 16) for s in (128, 1024)]
+        size = ax.get_yticklabels()[0].get_fontsize()
+        pixels = size / 72 * plots.DPI * 1000 / (plots.WIDTH_IN * plots.DPI)
+        assert pixels >= 10, pixels
+    assert "TTFT" in top.get_xlabel() and "TPOT" in bottom.get_xlabel()
 
 
 def test_eighty_cells_stay_readable(tmp_path):
@@ -224,11 +291,11 @@ def test_run_without_a_measured_cell_still_reports(tmp_path):
 def test_planned_cells_without_a_record_are_listed(tmp_path):
     run_dir = make_run(tmp_path / "r", seed=0, n=3)
     run = load_run(run_dir)
-    extra = {**CELLS[2], "index": 3, "cell_id": "f" * 16, "name": "sdpa/eager-mode b64 s128 n32"}
+    extra = {**CELLS[2], "index": 3, "cell_id": "f" * 16, "name": "sdpa, no compile, b64 s128 n32"}
     run.meta.plan = {"cells": [r.cell.to_dict() for r in run.cells.values()] + [extra]}
     text = html_report.run_summary_html(run)
     assert "4 cells: 3 ok, 1 not run" in text
-    assert "sdpa/eager-mode b64 s128 n32" in text.split("Cells without measurements (1)")[1]
+    assert "sdpa, no compile, b64 s128 n32" in text.split("Cells without measurements (1)")[1]
 
 
 def test_percentiles_are_the_records_stats(tmp_path):

@@ -24,7 +24,6 @@ from bench.output.plots import (
     png_bytes,
     render,
     run_figures,
-    shape_label,
     write_png,
 )
 from bench.output.tables import fmt_bytes, fmt_rate
@@ -48,6 +47,7 @@ td.id { color: #888; }
 .skipped, .unchanged, .not-run { color: #777; } .interrupted, .inconclusive, .flagged { color: #b26a00; }
 td.regression, td.improvement { font-weight: bold; }
 .meta { color: #555; } .warning { color: #b26a00; } .empty { color: #777; font-style: italic; }
+.wide { overflow-x: auto; max-width: 100%; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.85em; }
 """
@@ -63,7 +63,12 @@ def _cls(text: Any) -> str:
 
 def _table(headers: list[str], rows: list[str]) -> str:
     head = "".join(f"<th>{h}</th>" for h in headers)  # headers are built here: already HTML
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+    # A wide table scrolls inside its box; the page keeps its width (and the figures their scale).
+    return (
+        f'<div class="wide"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows)
+        + "\n</tbody>\n</table></div>"
+    )
 
 
 def write_html(
@@ -109,6 +114,55 @@ def _ms(p: dict[str, float] | None, key: str) -> str:
     return "-" if p is None else f"{p[key] * 1e3:.2f}"
 
 
+def _rate(record: CellRecord, metric: str) -> str:
+    p = percentiles(record, metric)
+    return fmt_rate(p["p50"] if p else None)
+
+
+def _setting(run: Run, key: str) -> Any:
+    """A measurement setting of the run: as measured (run identity), else as configured, else as
+    the records carry it; None where none says."""
+    for source in (
+        (run.meta.identity or {}).get("settings") or {},
+        run.meta.config,
+        *(r.settings or {} for r in run.records()),
+    ):
+        if isinstance(source, dict) and source.get(key) is not None:
+            return source[key]
+    return None
+
+
+def _axis(run: Run, key: str) -> str | None:
+    """The values of a shape axis (sequence_length, ...): from the config, else from the cells."""
+    given = run.meta.config.get(key)
+    values = given if isinstance(given, list) else [given] if given is not None else []
+    if not values:
+        values = sorted({getattr(r.cell, key) for r in run.records()})
+    return ", ".join(str(v) for v in values) or None
+
+
+def _measured_html(run: Run) -> str:
+    """How the numbers were measured: the shapes, the iterations and the machine's cores."""
+    warmup, timed = _setting(run, "warmup_iterations"), _setting(run, "measurement_iterations")
+    processes = _setting(run, "processes") or max((r.process_count for r in ok_records(run)), default=None)
+    env = run.meta.environment
+    iterations = None
+    if timed is not None:
+        iterations = f"{timed} timed runs per cell"
+        if processes:
+            iterations += f" in {processes} worker process{'es' if processes != 1 else ''}"
+        if warmup is not None:
+            iterations += f", each after {warmup} warm-up run{'s' if warmup != 1 else ''}"
+    items = [
+        ("sequence length", _axis(run, "sequence_length")),
+        ("tokens generated", _axis(run, "num_tokens_to_generate")),
+        ("batch size", _axis(run, "batch_size")),
+        ("iterations", iterations),
+        ("CPU cores", env.cpu_count if env is not None else None),
+    ]
+    return '<p class="meta">' + " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in items if v) + "</p>"
+
+
 def _run_meta_html(run: Run) -> str:
     meta = run.meta
     cfg = meta.config
@@ -124,7 +178,8 @@ def _run_meta_html(run: Run) -> str:
         ("measured commit", meta.commit_sha),
         *((k, pkgs.get(k)) for k in ("torch", "transformers", "tfbench") if pkgs.get(k)),
     ]
-    return '<p class="meta">' + " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in items if v) + "</p>"
+    what = '<p class="meta">' + " · ".join(f"{_e(k)}: <b>{_e(v)}</b>" for k, v in items if v) + "</p>"
+    return what + "\n" + _measured_html(run)
 
 
 @dataclass(frozen=True)
@@ -133,24 +188,20 @@ class _Row:
 
     index: int
     cell_id: str
-    name: str
-    shape: str
+    name: str  # says the shape too: "sdpa, no compile, b1 s128 n32"
     status: str
     reason: str
     record: CellRecord | None = None
 
 
 def _rows(run: Run) -> list[_Row]:
-    rows = [
-        _Row(r.cell.index, r.cell_id, r.name, shape_label(r.cell), r.status, _reason(r), r)
-        for r in run.records()
-    ]
+    rows = [_Row(r.cell.index, r.cell_id, r.name, r.status, _reason(r), r) for r in run.records()]
     for cell in run.meta.planned_cells():  # a run that stopped early: planned cells without a record
         cid = cell.get("cell_id")
         if isinstance(cid, str) and cid not in run.cells:
             spec = CellSpec.model_validate(cell)
             why = "no record: the run ended before this cell"
-            rows.append(_Row(spec.index, cid, spec.name, shape_label(spec), "not run", why))
+            rows.append(_Row(spec.index, cid, spec.name, "not run", why))
     return sorted(rows, key=lambda r: (r.index, r.cell_id))
 
 
@@ -175,29 +226,34 @@ def run_summary_html(run: Run) -> str:
     )
     if not ok_records(run):
         parts.append('<p class="empty">No cell of this run was measured (status ok): nothing to plot.</p>')
-    headers = ["#", "cell", "shape", "status"]
-    headers += [f"{h}<br><small>ms</small>" for h in ("e2e p50", "e2e p95", "ttft p50", "tpot p50")]
-    headers += ["tok/s<br><small>p50</small>", "peak mem", "n", "cell id"]
+    headers = ["#", "cell", "status"]
+    headers += [
+        f"{h}<br><small>ms</small>"
+        for h in ("e2e p50", "e2e p95", "ttft p50", "tpot p50", "itl p50", "itl p95")
+    ]
+    headers += [f"{h}<br><small>tok/s p50</small>" for h in ("e2e", "decode", "prefill")]
+    headers += ["peak mem", "n", "cell id"]
     rows = []
     for row in every:
         r = row.record
         if r is not None and r.ok:
             e2e = percentiles(r, "e2e_latency")
-            tput = percentiles(r, "e2e_throughput")
             nums = [
                 _ms(e2e, "p50"),
                 _ms(e2e, "p95"),
                 _ms(percentiles(r, "ttft"), "p50"),
                 _ms(percentiles(r, "tpot"), "p50"),
-                fmt_rate(tput["p50"] if tput else None),
+                _ms(percentiles(r, "itl"), "p50"),
+                _ms(percentiles(r, "itl"), "p95"),
+                *(_rate(r, m) for m in ("e2e_throughput", "decode_throughput", "prefill_throughput")),
                 fmt_bytes(r.peak_memory_bytes),
                 str(len(r.pooled("e2e_latency")) or (e2e or {}).get("n", 0)),
             ]
         else:
-            nums = ["-"] * 7
+            nums = ["-"] * 12
         rows.append(
             f"<tr><td class=num>{_e(row.index)}</td><td class=name>{_e(row.name)}</td>"
-            f"<td class=name>{_e(row.shape)}</td><td class={_cls(row.status)}>{_e(row.status)}</td>"
+            f"<td class={_cls(row.status)}>{_e(row.status)}</td>"
             + "".join(f"<td class=num>{_e(v)}</td>" for v in nums)
             + f"<td class=id>{_e(row.cell_id[:8])}</td></tr>"
         )
@@ -205,7 +261,7 @@ def run_summary_html(run: Run) -> str:
     unmeasured = [r for r in every if r.status != "ok"]
     if unmeasured:
         rows = [
-            f"<tr><td class=name>{_e(r.name)}</td><td class=name>{_e(r.shape)}</td>"
+            f"<tr><td class=name>{_e(r.name)}</td>"
             f"<td class={_cls(r.status)}>{_e(r.status)}</td>"
             f"<td>{_e(r.reason)}</td>"
             f"<td class=id>{_e(r.cell_id[:8])}</td></tr>"
@@ -213,7 +269,7 @@ def run_summary_html(run: Run) -> str:
         ]
         parts += [
             f"<h2>Cells without measurements ({len(unmeasured)})</h2>",
-            _table(["cell", "shape", "status", "reason", "cell id"], rows),
+            _table(["cell", "status", "reason", "cell id"], rows),
         ]
     return "\n".join(parts)
 
