@@ -4,6 +4,7 @@ content, valid PNG files, a self-contained and escaped HTML report, unmeasured c
 from __future__ import annotations
 
 import base64
+import html
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from bench.analysis.compare import INCONCLUSIVE, REGRESSION, UNCHANGED, compare_
 from bench.errors import UserError
 from bench.output import compare_plots, plots
 from bench.output import html as html_report
+from bench.output.compare import DETAIL_HEADERS, fmt_p, fmt_pct, fmt_value
 from bench.output.tables import fmt_rate
 from bench.results.store import open_run as load_run
 from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
@@ -378,10 +380,22 @@ def test_compare_report(regression, tmp_path, monkeypatch):
     assert text.count("data:image/png;base64,") == len(written) - 1
     assert "http://" not in text and "https://" not in text
     row = next(line for line in text.splitlines() if CELLS[1]["name"] in line and "<tr>" in line)
-    assert "<td class=regression>regression</td>" in row
+    cell_id = CELLS[1]["cell_id"]
+    assert f'<td class=regression data-sort="0"><a href="#detail-{cell_id}">regression</a></td>' in row
+    # The row links to its cell's distribution figure, which is on the page.
+    assert f'<a href="#dist_{cell_id}">{CELLS[1]["name"]}</a>' in row
+    assert f'<figure id="dist_{cell_id}">' in text
+    assert f"dist_{cell_id}.png" in names and f"dist_{CELLS[0]['cell_id']}.png" in names
     section = text.split("Cells not compared (1)")[1]
     assert CELLS[2]["name"] in section and "CUDA out of memory &lt;b64&gt;" in section
     assert "<td class=oom>oom</td>" in section
+
+    # The table sorts by a click on its header: a few lines of script inside the page, nothing
+    # fetched (no src, no link, no URL).
+    assert '<table class="sortable">' in text
+    assert text.count("<script>") == 1 and html_report.SORT_SCRIPT in text
+    assert not re.search(r"<script[^>]*\bsrc=|<(link|iframe)\b|url\(", text, re.IGNORECASE)
+    assert all(src.startswith("data:") for src in re.findall(r'src="([^"]*)"', text))
 
     # Only the HTML, with thresholds: a 20% threshold turns the regression into unchanged.
     monkeypatch.setattr(html_report, "compare_figures", lambda cmp: {})  # drawn above already
@@ -393,6 +407,90 @@ def test_compare_report(regression, tmp_path, monkeypatch):
     )
     assert written == [tmp_path / "loose.html"]
     assert "0 regressions" in (tmp_path / "loose.html").read_text()
+
+
+def test_compare_html_details_each_changed_cell(regression):
+    """Per changed (and inconclusive) cell: BASE and NEW with units, n per side, p and the MDE,
+    the same text as the markdown's detail rows; the unchanged cells are not detailed."""
+    base, new = regression
+    cmp = compare_runs(load_run(base), load_run(new))
+    text = html_report.compare_summary_html(cmp)
+    details = text.split("Changed and inconclusive cells (1)")[1].split("Cells not compared")[0]
+    slow = next(c for c in cmp.cells if c.verdict == REGRESSION)
+    assert f'<h3 id="detail-{slow.cell_id}">' in details
+    assert CELLS[0]["name"] not in details  # unchanged
+    for header in DETAIL_HEADERS:
+        assert f"<th>{html.escape(header)}</th>" in details
+    tpot = slow.metrics["tpot"]
+    row = next(line for line in details.split("<tr>") if line.startswith("<td>tpot</td>"))
+    for value in (
+        fmt_value("tpot", tpot.base_value),
+        fmt_value("tpot", tpot.new_value),
+        fmt_p(tpot.p_value),
+        fmt_pct(tpot.mde),
+        "4x20 / 4x20",
+    ):
+        assert f"<td class=num>{html.escape(value)}</td>" in row, value
+    assert " ms" in fmt_value("tpot", tpot.base_value)
+    # The table has the cell's MDE and sort keys: the ratio itself, the verdict's rank.
+    assert f'<td class=num data-sort="{slow.mde:.6g}">{fmt_pct(slow.mde)}</td>' in text
+    assert f'data-sort="{tpot.ratio:.6g}"' in text
+    # Without distribution figures (a comparison alone) no row links to one.
+    assert 'href="#dist_' not in text
+
+
+def test_inconclusive_cells_are_detailed_with_their_reason(tmp_path):
+    cmp = compare_runs(
+        load_run(make_run(tmp_path / "b", seed=1, n=3, processes=1)),
+        load_run(make_run(tmp_path / "n", seed=2, n=3, processes=1)),
+    )
+    text = html_report.compare_summary_html(cmp)
+    details = text.split("Changed and inconclusive cells (3)")[1]
+    assert details.count("<h3 id=") == 3
+    assert "<td class=num>1x3 / 1x3</td>" in details
+    # A reason shared by every metric is said once per cell, naming the metrics.
+    assert details.count("one process on a side") == 3
+    assert "e2e, ttft, tpot" in details
+
+
+def test_distribution_figure_shows_each_process_of_both_sides(regression):
+    base, new = (load_run(p) for p in regression)
+    cmp = compare_runs(base, new)
+    slow = next(c for c in cmp.cells if c.verdict == REGRESSION)
+    fig = compare_plots.distribution_figure(slow, base.cells[slow.cell_id], new.cells[slow.cell_id])
+    axes = fig.axes
+    assert [ax.get_title(loc="left").split(" (ms)")[0] for ax in axes] == ["e2e", "ttft", "tpot"]
+    tpot = axes[2]
+    assert tick_labels(axes[0]) == [f"{side} p{k}" for side in ("BASE", "NEW") for k in (1, 2, 3, 4)]
+    assert "regression" in tpot.get_title(loc="left") and "p <1e-4" in tpot.get_title(loc="left")
+    # A scatter per process and side: the process's runs, in ms.
+    dots = [c.get_offsets()[:, 0] for c in tpot.collections]
+    expected = [
+        np.array(v) * 1e3
+        for rec in (base.cells[slow.cell_id], new.cells[slow.cell_id])
+        for v in rec.process_samples("tpot").values()
+    ]
+    assert len(dots) == 8 and all(np.allclose(d, e) for d, e in zip(dots, expected))
+    # Each side's value (what the ratio compares) as a dashed line.
+    dashed = [line.get_xdata()[0] for line in tpot.get_lines() if line.get_linestyle() == "--"]
+    assert dashed == pytest.approx(
+        [slow.metrics["tpot"].base_value * 1e3, slow.metrics["tpot"].new_value * 1e3]
+    )
+    path = plots.write_png({"dist": fig}, regression[0].parent / "png")[0]
+    check_png(path, min_bytes=5_000)
+
+
+def test_distribution_figures_are_capped_to_the_most_notable(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare_plots, "MAX_DISTRIBUTIONS", 2)
+    base = load_run(make_run(tmp_path / "b", seed=1, n=8))
+    new = load_run(make_run(tmp_path / "n", seed=2, n=8, changes={2: {"tpot_factor": 1.2}}))
+    cmp = compare_runs(base, new)
+    figures = compare_plots.distribution_figures(cmp, base, new)
+    assert list(figures) == [compare_plots.distribution_name(c.cell_id) for c in cmp.cells[:2]]
+    assert cmp.cells[0].cell_id == CELLS[2]["cell_id"]  # the regression first
+    written = html_report.write_compare_report(cmp, tmp_path / "cmp.html", None, base, new)
+    text = written[0].read_text()
+    assert text.count('<td class=name><a href="#dist_') == 2 and "drawn for the 2 most notable cells" in text
 
 
 def test_inconclusive_is_hollow_and_light(tmp_path):

@@ -38,8 +38,12 @@ def test_compare_writes_its_ratio_plots(tmp_path, capsys):
     html = tmp_path / "cmp.html"
     assert main(["compare", str(base), str(new), "--html", str(html), "--png", str(tmp_path / "png")]) == 1
     capsys.readouterr()
-    assert "regression" in html.read_text()
+    page = html.read_text()
+    assert "regression" in page
     assert (tmp_path / "png" / "compare_tpot.png").read_bytes().startswith(PNG)
+    # The command hands the runs over: each compared cell's samples are drawn and linked.
+    dists = sorted((tmp_path / "png").glob("dist_*.png"))
+    assert len(dists) == 3 and page.count('<td class=name><a href="#dist_') == 3
 
 
 def test_history_flags_the_commit_that_slowed_down(tmp_path, capsys):
