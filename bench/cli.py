@@ -317,7 +317,7 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
     if args.html or args.png:
         from bench.output.html import write_compare_report
 
-        for path in write_compare_report(cmp, args.html, args.png):
+        for path in write_compare_report(cmp, args.html, args.png, base, new):
             sys.stderr.write(f"wrote {path}\n")
     return exit_code(cmp, strict=args.strict)
 

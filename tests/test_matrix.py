@@ -16,7 +16,16 @@ import pytest
 
 from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
 from bench.config.sources import validate
-from bench.plan.matrix import Capabilities, Cell, build_plan, coverage_combos, resolve_dtype, skip_reason
+from bench.plan.matrix import (
+    Capabilities,
+    Cell,
+    build_plan,
+    cell_name,
+    combo_name,
+    coverage_combos,
+    resolve_dtype,
+    skip_reason,
+)
 
 TINY = "synthetic:llama-tiny"
 CPU = Capabilities(device="cpu", flash_attn=False, kernels=False)
@@ -132,8 +141,8 @@ def test_build_plan_is_the_cross_product_in_config_order() -> None:
     assert [c.index for c in plan.cells] == list(range(24))
     assert len({c.cell_id for c in plan.cells}) == 24
     assert len({c.name for c in plan.cells}) == 24
-    assert plan.cells[0].name == "sdpa/eager-mode b1 s32 n8"
-    assert plan.cells[-1].name == "eager/eager-mode b4 s128 n16"
+    assert plan.cells[0].name == "sdpa, no compile, b1 s32 n8"
+    assert plan.cells[-1].name == "eager, no compile, b4 s128 n16"
     assert all(c.runnable for c in plan.cells)
     assert plan.warnings == []
 
@@ -291,8 +300,8 @@ def test_skipped_cells_stay_in_the_plan_as_asked() -> None:
     assert [c.runnable for c in plan.cells] == [True, True, False, False]
     assert plan.skipped[0].skip_reason == "flash_attention_2 needs a CUDA GPU (device is cpu)"
     assert [c.name for c in plan.runnable] == [
-        "sdpa/eager-mode b1 s128 n128",
-        "sdpa/compile:default b1 s128 n128",
+        "sdpa, no compile, b1 s128 n128",
+        "sdpa, compile default, b1 s128 n128",
     ]
     assert plan.warnings == []
 
@@ -420,14 +429,14 @@ def test_ids_ignore_model_config_key_order() -> None:
 def test_ids_do_not_depend_on_the_other_cells() -> None:
     alone = only_cell(config(batch_size=4, attn_implementation="eager")).cell_id
     among = build_plan(config(batch_size=[1, 4], attn_implementation=["sdpa", "eager"]), CPU).cells
-    assert among[3].name == "eager/eager-mode b4 s128 n128"
+    assert among[3].name == "eager, no compile, b4 s128 n128"
     assert among[3].cell_id == alone
 
 
 def test_pinned_ids() -> None:
     """Literal ids: if one changes, results of earlier runs no longer match; bump CELL_ID_VERSION knowingly."""
     defaults_on_cpu = only_cell(config(), CPU)
-    assert defaults_on_cpu.name == "sdpa/eager-mode b1 s128 n128"
+    assert defaults_on_cpu.name == "sdpa, no compile, b1 s128 n128"
     assert defaults_on_cpu.cell_id == "d8a30a57f4880378"
 
     flash_cb = only_cell(
@@ -441,13 +450,22 @@ def test_pinned_ids() -> None:
         ),
         CUDA_FULL,
     )
-    assert flash_cb.name == "flash_attention_2/compile:default/cb b4 s256 n32"
+    assert flash_cb.name == "flash_attention_2, compile default, cb, b4 s256 n32"
     assert flash_cb.cell_id == "45e42882e37ccb3c"
 
     hub = only_cell(
         config(model="meta-llama/Llama-3.2-1B", revision="main", attn_implementation="eager"), CPU
     )
     assert hub.cell_id == "5258be58df9dc5ac"
+
+
+def test_names_say_what_runs_in_words() -> None:
+    """A name is read, not parsed: the compile mode in words, no '/' or ':' to decode."""
+    assert combo_name("eager", None, False, False) == "eager, no compile"
+    assert combo_name("sdpa", "default", True, True) == "sdpa, compile default, kernels, cb"
+    assert cell_name("sdpa", "max-autotune", False, False, 8, 2048, 128) == (
+        "sdpa, compile max-autotune, b8 s2048 n128"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,11 @@ def test_report_of_a_real_run_writes_html_and_pngs(tmp_path, capsys):
     html, png = tmp_path / "report.html", tmp_path / "png"
     assert main(["report", str(run_dir), "--html", str(html), "--png", str(png)]) == 0
     assert "sdpa" in capsys.readouterr().out
-    assert "data:image/png;base64," in html.read_text()
+    page = html.read_text()
+    assert "data:image/png;base64," in page
+    # The cells' names in words; the header says how the run was measured and on how many cores.
+    assert "eager, no compile, b1 s" in page and "/eager-mode" not in page
+    assert "sequence length: <b>" in page and "warm-up run" in page and "CPU cores: <b>" in page
     pngs = sorted(png.glob("*.png"))
     assert [p.stem for p in pngs] == ["latency", "throughput", "ttft_tpot"]
     assert all(p.read_bytes().startswith(PNG) and p.stat().st_size > 5000 for p in pngs)
@@ -34,8 +38,12 @@ def test_compare_writes_its_ratio_plots(tmp_path, capsys):
     html = tmp_path / "cmp.html"
     assert main(["compare", str(base), str(new), "--html", str(html), "--png", str(tmp_path / "png")]) == 1
     capsys.readouterr()
-    assert "regression" in html.read_text()
+    page = html.read_text()
+    assert "regression" in page
     assert (tmp_path / "png" / "compare_tpot.png").read_bytes().startswith(PNG)
+    # The command hands the runs over: each compared cell's samples are drawn and linked.
+    dists = sorted((tmp_path / "png").glob("dist_*.png"))
+    assert len(dists) == 3 and page.count('<td class=name><a href="#dist_') == 3
 
 
 def test_history_flags_the_commit_that_slowed_down(tmp_path, capsys):

@@ -3,9 +3,10 @@
 `tfbench report RUN_DIR --html FILE --png DIR` and `tfbench compare BASE NEW --html FILE --png DIR`
 call `report_run` and `report_compare`. A run gets three figures of its measured (`ok`) cells:
 
-- "latency": e2e latency per cell (horizontal bars at p50, whiskers to p95), in cell order;
-- "ttft_tpot": TTFT and TPOT side by side, one group of bars per shape, one bar per combo
-  (attention implementation, compile mode, kernels, continuous batching: "sdpa+compile:default");
+- "latency": e2e latency per cell (horizontal bars at p50, whiskers from p5 to p95), in cell order;
+- "ttft_tpot": TTFT above TPOT, one group of bars per shape, one bar per combo (attention
+  implementation, compile mode, kernels, continuous batching: "sdpa, compile default"), p50 with
+  whiskers from p5 to p95; each panel as wide as the page, so that its labels stay readable;
 - "throughput": e2e throughput against batch size, one line per combo and shape (sequence length,
   tokens generated), p50 with whiskers from p5 to p95.
 
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.output.tables import combo_label
+from bench.plan.matrix import combo_name
 from bench.results.records import CellRecord, CellSpec
 from bench.results.store import Run
 
@@ -42,6 +43,11 @@ DPI = 120
 MAX_CELLS = 400  # per-cell figures draw at most this many rows (the HTML table lists every cell)
 MAX_HEIGHT_IN = 100.0  # 12,000 pixels at DPI
 ROW_IN = 0.22  # inches per row of a per-cell figure
+BAR_IN = 0.2  # inches per bar of the ttft/tpot panels
+# Figures are 11 inches wide (1,320 pixels at DPI); on a page about 1,000 pixels wide a 9-point
+# label is then about 11 pixels high.
+WIDTH_IN = 11.0
+LABEL_PT = 9
 MAX_LINES = 40  # lines of the throughput figure (one per combo and shape)
 RUN_FIGURES = ("latency", "ttft_tpot", "throughput")
 
@@ -70,6 +76,11 @@ def ok_records(run: Run) -> list[CellRecord]:
 
 def shape_label(cell: CellSpec) -> str:
     return f"b{cell.batch_size} s{cell.sequence_length} n{cell.num_tokens_to_generate}"
+
+
+def combo_label(cell: CellSpec) -> str:
+    """The cell's combination as its name says it: 'sdpa, compile default, kernels'."""
+    return combo_name(cell.attn_implementation, cell.compile, cell.kernelize, cell.continuous_batching)
 
 
 # ------------------------------------------------------------------------------------- drawing
@@ -114,7 +125,7 @@ def _combo_legend(fig: Figure, colors: dict[str, Any], present: Iterable[str]) -
     shown = set(present)
     handles = [Patch(color=c, label=mpl_text(k)) for k, c in colors.items() if k in shown]
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=LABEL_PT)
 
 
 def _title(run: Run, what: str) -> str:
@@ -138,12 +149,17 @@ def _empty(fig: Figure, text: str) -> Figure:
     return fig
 
 
+def _whiskers(p: dict[str, float]) -> tuple[float, float, float]:
+    """(p5, p50, p95) of percentiles() in milliseconds."""
+    return p["p5"] * 1e3, p["p50"] * 1e3, p["p95"] * 1e3
+
+
 def latency_figure(run: Run) -> Figure:
-    """e2e latency of every measured cell: a bar at p50, a whisker to p95, cells in plan order."""
+    """e2e latency of every measured cell: a bar at p50, whiskers from p5 to p95, cells in plan order."""
     rows = [(r, p) for r in ok_records(run) if (p := percentiles(r, "e2e_latency"))]
     shown = rows[:MAX_CELLS]
-    fig = new_figure(11.0, 1.9 + ROW_IN * max(len(shown), 3))
-    what = "End-to-end latency per cell (bar: p50, whisker: p95)"
+    fig = new_figure(WIDTH_IN, 1.9 + ROW_IN * max(len(shown), 3))
+    what = "End-to-end latency per cell (bar: p50, whiskers: p5 to p95)"
     if len(rows) > len(shown):
         what += f": the first {len(shown)} of {len(rows)} cells"
     if not shown:
@@ -151,16 +167,15 @@ def latency_figure(run: Run) -> Figure:
         return _empty(fig, "no measured cell has an e2e latency")
     ax = fig.add_subplot()
     y = np.arange(len(shown))
-    p50 = np.array([p["p50"] for _, p in shown]) * 1e3
-    p95 = np.array([p["p95"] for _, p in shown]) * 1e3
+    p5, p50, p95 = (np.array(v) for v in zip(*(_whiskers(p) for _, p in shown)))
     combos = [combo_label(r.cell) for r, _ in shown]
     colors = _run_colors(run)
     ax.barh(y, p50, height=0.72, color=[colors[c] for c in combos], label="_bars")
-    ax.errorbar(
-        p50, y, xerr=[np.zeros_like(p50), p95 - p50], fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2
+    ax.errorbar(p50, y, xerr=[p50 - p5, p95 - p50], fmt="none", ecolor="#222222", elinewidth=0.9, capsize=2)
+    log = _log_if_wide(ax, "x", float(p5.min()), float(p95.max()))
+    ax.set_yticks(
+        y, labels=[mpl_text(r.name) for r, _ in shown], fontsize=LABEL_PT if len(shown) <= 120 else 6
     )
-    log = _log_if_wide(ax, "x", float(p50.min()), float(p95.max()))
-    ax.set_yticks(y, labels=[mpl_text(r.name) for r, _ in shown], fontsize=8 if len(shown) <= 120 else 6)
     ax.set_ylim(len(shown) - 0.5, -0.5)  # the first cell on top
     ax.set_xlabel("end-to-end latency (ms" + (", log scale)" if log else ")"))
     ax.grid(axis="x", alpha=0.3, which="both")
@@ -172,7 +187,10 @@ def latency_figure(run: Run) -> Figure:
 
 
 def ttft_tpot_figure(run: Run) -> Figure:
-    """TTFT and TPOT side by side: a group of bars per shape, a bar per combo; p50 with p95 whiskers."""
+    """TTFT above TPOT: a group of bars per shape, a bar per combo; p50 with whiskers from p5 to p95.
+
+    One panel per metric, each the width of the page (side by side they were shrunk until their
+    labels were about 7 pixels high)."""
     recs = ok_records(run)
     all_recs = run.records()
     combos = list(dict.fromkeys(combo_label(r.cell) for r in all_recs))
@@ -182,16 +200,17 @@ def ttft_tpot_figure(run: Run) -> Figure:
     by_slot = {(combo_label(r.cell), shape_label(r.cell)): r for r in all_recs}
     slots = len(combos) + 1  # a gap between groups
     total = len(shapes)
-    shapes = shapes[: max(1, MAX_CELLS // slots)]  # a figure stays readable (and renders in seconds)
+    shapes = shapes[: max(1, MAX_CELLS // 2 // slots)]  # a figure stays readable (and renders in seconds)
     rows = len(shapes) * slots
-    fig = new_figure(14.0, 2.2 + 0.16 * max(rows, 8))
-    what = "TTFT and TPOT per shape and combo (bar: p50, whisker: p95)"
+    panel = 0.9 + BAR_IN * max(rows, 6)
+    fig = new_figure(WIDTH_IN, 1.4 + 2 * panel)
+    what = "TTFT and TPOT per shape and combo (bar: p50, whiskers: p5 to p95)"
     if total > len(shapes):
         what += f": the first {len(shapes)} of {total} shapes"
     fig.suptitle(_title(run, what), fontsize=10, x=0.01, ha="left")
     if not recs:
         return _empty(fig, "no measured cell")
-    axes = fig.subplots(1, 2, sharey=True)
+    axes = fig.subplots(2, 1)
     colors = _run_colors(run)
     labels = [f"b{b} s{s} n{n}" for b, s, n in shapes]
     drawn: set[str] = set()
@@ -215,30 +234,37 @@ def ttft_tpot_figure(run: Run) -> Figure:
                         y,
                         mpl_text(why),
                         transform=ax.get_yaxis_transform(),
-                        fontsize=6,
+                        fontsize=8,
                         color="#888888",
                         va="center",
                     )
                     continue
-                p50, p95 = p["p50"] * 1e3, p["p95"] * 1e3
+                p5, p50, p95 = _whiskers(p)
                 ax.barh(y, p50, height=0.8, color=colors[combo])
                 ax.errorbar(
-                    p50, y, xerr=[[0], [p95 - p50]], fmt="none", ecolor="#222222", elinewidth=0.8, capsize=1.5
+                    p50,
+                    y,
+                    xerr=[[p50 - p5], [p95 - p50]],
+                    fmt="none",
+                    ecolor="#222222",
+                    elinewidth=0.8,
+                    capsize=2,
                 )
                 drawn.add(combo)
-                lows.append(p50)
+                lows.append(p5)
                 highs.append(p95)
         if lows:
             if _log_if_wide(ax, "x", min(lows), max(highs)):
                 label = label.replace("(ms)", "(ms, log scale)")
         else:
             ax.text(0.5, 0.5, f"no cell measured {metric.upper()}", transform=ax.transAxes, ha="center")
-        ax.set_xlabel(label)
+        ax.set_xlabel(label, fontsize=10)
+        ax.tick_params(axis="x", labelsize=LABEL_PT)
         ax.grid(axis="x", alpha=0.3, which="both")
         ax.set_axisbelow(True)
-    centers = [g * slots + (len(combos) - 1) / 2 for g in range(len(shapes))]
-    axes[0].set_yticks(centers, labels=labels, fontsize=8)
-    axes[0].set_ylim(rows - 0.5, -1.0)
+        centers = [g * slots + (len(combos) - 1) / 2 for g in range(len(shapes))]
+        ax.set_yticks(centers, labels=labels, fontsize=LABEL_PT)
+        ax.set_ylim(rows - 0.5, -1.0)
     _combo_legend(fig, colors, drawn)
     return fig
 
@@ -246,7 +272,7 @@ def ttft_tpot_figure(run: Run) -> Figure:
 def throughput_figure(run: Run) -> Figure:
     """e2e throughput against batch size: a line per combo and shape; p50, whiskers p5 to p95."""
     recs = ok_records(run)
-    fig = new_figure(12.0, 6.5)
+    fig = new_figure(WIDTH_IN, 6.5)
     what = "End-to-end throughput against batch size (p50, whiskers p5 to p95)"
     if not recs:
         fig.suptitle(_title(run, what))
@@ -323,15 +349,15 @@ def throughput_figure(run: Run) -> Figure:
     if len(seqs) == 1 and len(news) == 1:
         title = f"s{next(iter(seqs))} n{next(iter(news))}"
     if len(lines) <= 6:
-        ax.legend(fontsize=8, title=title, title_fontsize=8, loc="best")
+        ax.legend(fontsize=LABEL_PT, title=title, title_fontsize=LABEL_PT, loc="best")
     else:  # many lines: beside the plot, not over it
         handles, names = ax.get_legend_handles_labels()
         fig.legend(
             handles,
             names,
-            fontsize=8,
+            fontsize=LABEL_PT,
             title=title,
-            title_fontsize=8,
+            title_fontsize=LABEL_PT,
             loc="outside right upper",
             ncols=1 + (len(lines) - 1) // 30,
         )

@@ -148,13 +148,20 @@ def cell_id(defining: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cell_name(attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int) -> str:
-    parts = [attn, f"compile:{mode}" if mode else "eager-mode"]
+def combo_name(attn: str, mode: str | None, kernelize: bool, cb: bool) -> str:
+    """How a combination reads: 'eager, no compile', 'sdpa, compile default, kernels, cb'."""
+    parts = [attn, f"compile {mode}" if mode else "no compile"]
     if kernelize:
         parts.append("kernels")
     if cb:
         parts.append("cb")
-    return "/".join(parts) + f" b{b} s{s} n{n}"
+    return ", ".join(parts)
+
+
+def cell_name(attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int) -> str:
+    """A cell as people read it: 'sdpa, compile default, b4 s256 n32'. Not part of the cell id
+    (cell_id hashes the fields themselves), so the wording can change without changing an id."""
+    return f"{combo_name(attn, mode, kernelize, cb)}, b{b} s{s} n{n}"
 
 
 def skip_reason(

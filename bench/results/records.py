@@ -326,14 +326,19 @@ class CellRecord(_Open):
         """One positive value per timed run (continuous batching: the median over its requests)."""
         return [v for run in self.runs if (v := run.value(metric)) is not None]
 
-    def process_medians(self, metric: str) -> list[float]:
-        """The median of each worker process's runs (runs without a process tag: one process)."""
+    def process_samples(self, metric: str) -> dict[int, list[float]]:
+        """Each worker process's values, one per timed run, by process index in order (runs
+        without a process tag: one process)."""
         groups: dict[int, list[float]] = {}
         for run in self.runs:
             value = run.value(metric)
             if value is not None:
                 groups.setdefault(run.process or 0, []).append(value)
-        return [statistics.median(groups[k]) for k in sorted(groups)]
+        return dict(sorted(groups.items()))
+
+    def process_medians(self, metric: str) -> list[float]:
+        """The median of each worker process's runs (runs without a process tag: one process)."""
+        return [statistics.median(values) for values in self.process_samples(metric).values()]
 
     @property
     def process_count(self) -> int:
