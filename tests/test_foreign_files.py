@@ -158,7 +158,9 @@ def test_history_skips_foreign_files_and_strangers_in_the_output(planted):
     # A prefix makes history list the cells of every run, reading records the summary does not name.
     proc = _cli(planted, "history", str(planted["output"]), "--metric", "e2e_latency", "--cell", cells[0][:8])
     assert proc.returncode == 0, proc.stderr
-    assert run.name in proc.stdout
+    # The run, labelled by when it ran and its name (it has no measured commit).
+    stamp, name = run.name.split("-", 1)
+    assert f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]} {name}" in proc.stdout
     for name in ("junk.json", f"{MISNAMED}.json"):
         assert f"{run / 'cells' / name}: " in proc.stderr and "left out" in proc.stderr
 

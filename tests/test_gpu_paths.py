@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from bench.results.records import Task
 from bench.worker.telemetry import Sampler
 
 from .conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
@@ -79,7 +80,8 @@ def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch, tmp_p
             setup.worker_copy().energy[0] += joules[len(calls) - 2] * 1000.0  # mJ
         return len(calls)
 
-    task = {"warmup_iterations": 1, "measurement_iterations": 3, "gpu_monitoring": True}
+    paths = {"log_path": "-", "scratch_dir": "-", "result_path": "-"}
+    task = Task(cell={}, warmup_iterations=1, measurement_iterations=3, gpu_monitoring=True, **paths)
     results, _, telemetry = generate.warm_then_measure(one_run, task, "cpu", lambda *a: None)
     assert results == [2, 3, 4] and telemetry["available"], telemetry
     assert telemetry["mode"] == "process" and telemetry["n_samples"] >= 2

@@ -101,6 +101,29 @@ class Settings(BaseModel):
         return {**self.measured(), **{k: getattr(self, k) for k in keep}}
 
 
+class Task(BaseModel):
+    """What the runner hands one worker process: its cell, what to measure it with, and where to
+    write. Built by the runner, validated again where it enters the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cell: dict[str, Any]  # the plan's Cell (bench.plan.matrix.Cell.to_dict)
+    process: int = 0  # which of the cell's processes this is
+    processes: int = 1
+    warmup_iterations: int
+    measurement_iterations: int  # this process's share of the cell's timed runs
+    seed: int = 0
+    trust_remote_code: bool = False
+    gpu_monitoring: bool = True
+    gpu_sample_interval_s: float = 0.05
+    cell_memory_limit_gb: float | None = None
+    log_path: str
+    scratch_dir: str
+    cache_dir: str | None = None  # shared by the processes of one cell (compile caches)
+    result_path: str
+    memory_limit_bytes: int | None = None  # set by the worker when it applies the limit
+
+
 # ----------------------------------------------------------------------------------- cell record
 
 

@@ -32,6 +32,7 @@ from bench.results.records import (
     CellRecord,
     RunMeta,
     Settings,
+    Task,
     ValidationError,
     describe_error,
     status_counts,
@@ -394,22 +395,22 @@ class Runner:
         # Made last before the worker starts: on a restart, no scratch means no worker ran.
         scratch = self.rundir.scratch(scratch_name(cell.cell_id, attempt, process))
         result_path = scratch / "result.json"
-        task = {
-            "cell": cell.to_dict(),
-            "process": process,
-            "processes": processes,
-            "warmup_iterations": self.settings.warmup_iterations,
-            "measurement_iterations": self.settings.runs_of(process),
-            "seed": self.settings.seed,
-            "trust_remote_code": self.settings.trust_remote_code,
-            "gpu_monitoring": self.settings.gpu_monitoring,
-            "gpu_sample_interval_s": self.settings.gpu_sample_interval_s,
-            "cell_memory_limit_gb": self.settings.cell_memory_limit_gb,
-            "log_path": str(log_path),
-            "scratch_dir": str(scratch),
-            "cache_dir": str(cache),
-            "result_path": str(result_path),
-        }
+        task = Task(
+            cell=cell.to_dict(),
+            process=process,
+            processes=processes,
+            warmup_iterations=self.settings.warmup_iterations,
+            measurement_iterations=self.settings.runs_of(process),
+            seed=self.settings.seed,
+            trust_remote_code=self.settings.trust_remote_code,
+            gpu_monitoring=self.settings.gpu_monitoring,
+            gpu_sample_interval_s=self.settings.gpu_sample_interval_s,
+            cell_memory_limit_gb=self.settings.cell_memory_limit_gb,
+            log_path=str(log_path),
+            scratch_dir=str(scratch),
+            cache_dir=str(cache),
+            result_path=str(result_path),
+        )
         ended = run_worker(
             task,
             f"tfbench-{cell.cell_id}-{process}",

@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bench.results.records import Task
 from bench.results.store import read_json
 
 LOG_TAIL_LINES = 30
@@ -119,7 +120,7 @@ class Ended:
 
 
 def run_worker(
-    task: dict[str, Any],
+    task: Task,
     name: str,
     timeout_s: float,
     stopping: Callable[[], bool],

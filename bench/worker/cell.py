@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bench.results.records import Task
 from bench.results.store import atomic_write_json
 from bench.worker import models, roofline
 from bench.worker.diagnose import ModelFault, describe_load_failure, is_oom, short_message
@@ -119,10 +120,10 @@ def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> No
             time.sleep(3600)
 
 
-def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
-    cell = task["cell"]
+def measure(task: Task, phase: Any) -> dict[str, Any]:
+    cell = task.cell
     device = cell["device"]
-    torch.manual_seed(task["seed"])
+    torch.manual_seed(task.seed)
     phase("load", 0, 0)
     t = time.perf_counter()
     try:
@@ -133,15 +134,15 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
             cell["dtype"],
             device,
             cell["attn_implementation"],
-            task["trust_remote_code"],
-            task["seed"],
+            task.trust_remote_code,
+            task.seed,
         )
     except Exception as exc:
         fault = None
         if not is_oom(exc):
             # A diagnosis that fails itself must not hide the load error.
             with contextlib.suppress(Exception):
-                fault = describe_load_failure(exc, cell["model"], cell["revision"], task["trust_remote_code"])
+                fault = describe_load_failure(exc, cell["model"], cell["revision"], task.trust_remote_code)
         if fault is None:
             raise
         raise ModelFault(*fault) from exc
@@ -152,7 +153,7 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
         net = kernelize(net, mode=mode, device=device)
     _synchronize(device)
     load_time = time.perf_counter() - t
-    inject_fault(cell, os.environ.get("TFBENCH_FAULT"), task.get("process", 0))
+    inject_fault(cell, os.environ.get("TFBENCH_FAULT"), task.process)
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
     rows = models.prompt_ids(tokenizer, cell["batch_size"], cell["sequence_length"])
@@ -163,8 +164,8 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
             out["effective_attn_implementation"] = check_attn(net, cell, "after loading")
             out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
     out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
-    if task.get("memory_limit_bytes") is not None:
-        out["memory"]["limit_bytes"] = task["memory_limit_bytes"]
+    if task.memory_limit_bytes is not None:
+        out["memory"]["limit_bytes"] = task.memory_limit_bytes
     out["worker_environment"] = worker_environment(device)
     # Joules per run and per generated token, for both measurement paths.
     add_energy(out["gpu_telemetry"], out["runs"], cell["batch_size"] * cell["num_tokens_to_generate"])
@@ -176,7 +177,7 @@ def measure(task: dict[str, Any], phase: Any) -> dict[str, Any]:
         out["memory"]["nvml_used_peak_bytes"] = max(nvml_peak)  # the whole device, any process
     # Which of the cell's processes ran each timed run: the unit of the noise model.
     for run in out["runs"]:
-        run["process"], run["pid"] = task.get("process", 0), os.getpid()
+        run["process"], run["pid"] = task.process, os.getpid()
     out["warmup_check"] = warmup_check(out["runs"])
     out["roofline"] = cell_roofline(net, cell, out["stats"])
     if out["roofline"].get("kv_cache_bytes") is not None:
@@ -222,7 +223,7 @@ def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any]) -> dict
 TRACEBACK_FRAMES = 30
 
 
-def failure(exc: BaseException, task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def failure(exc: BaseException, task: Task) -> tuple[str, dict[str, Any]]:
     """The status and error record of a cell that raised. `type` is always the exception the
     library raised; where `message` is reworded, the library's own is kept in `exception_message`."""
     if isinstance(exc, ModelFault) and exc.__cause__ is not None:
@@ -243,12 +244,12 @@ def failure(exc: BaseException, task: dict[str, Any]) -> tuple[str, dict[str, An
         "message": str(exc),
         "traceback": traceback.format_exc(limit=-TRACEBACK_FRAMES),
     }
-    limit = task.get("memory_limit_bytes")
+    limit = task.memory_limit_bytes
     # torch.OutOfMemoryError is a device allocator's; the limit only bounds host memory.
     if oom and limit is not None and not isinstance(exc, torch.OutOfMemoryError):
         said = short_message(exc, 500)
         error["message"] = (
-            f"out of host memory under cell_memory_limit_gb={task.get('cell_memory_limit_gb'):g} "
+            f"out of host memory under cell_memory_limit_gb={task.cell_memory_limit_gb:g} "
             f"({limit} bytes of private memory for the worker, RLIMIT_DATA)"
             + (f": {said}" if str(exc) else "")
         )
@@ -257,11 +258,11 @@ def failure(exc: BaseException, task: dict[str, Any]) -> tuple[str, dict[str, An
     return ("oom" if oom else "failed"), error
 
 
-def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
+def run_cell(task: Task, conn: Any, entered: float) -> None:
     """Measure the cell, write its result file, leave through os._exit (never returns)."""
     # Each cell compiles into its own cache: nothing carries over between cells. The processes of
     # one cell share theirs (cache_dir), so that later ones need not recompile from scratch.
-    cache = task.get("cache_dir") or task["scratch_dir"]
+    cache = task.cache_dir or task.scratch_dir
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
 
@@ -279,7 +280,7 @@ def run_cell(task: dict[str, Any], conn: Any, entered: float) -> None:
     result["finished_at"] = time.perf_counter()
     exit_code = 0
     try:
-        atomic_write_json(task["result_path"], result)
+        atomic_write_json(task.result_path, result)
         phase("done", 0, 0)
     except BaseException:
         traceback.print_exc()

@@ -50,13 +50,13 @@ def limit_memory(limit_gb: float | None) -> int | None:
     return limit
 
 
-def _fail_early(task: dict[str, Any], exc: BaseException, what: str) -> None:
+def _fail_early(result_path: str, exc: BaseException, what: str) -> None:
     """Write a failed result for an error before the worker proper started, and leave."""
     from bench.results.store import atomic_write_json
 
     traceback.print_exc()
     atomic_write_json(
-        task["result_path"],
+        result_path,
         {
             "status": "failed",
             "worker_pid": os.getpid(),
@@ -81,24 +81,32 @@ def _anonymous_locks() -> None:
     multiprocessing.set_start_method("fork", force=True)
 
 
-def main(task: dict[str, Any], conn: Any, guard: Any) -> None:
+def main(given: dict[str, Any] | Any, conn: Any, guard: Any) -> None:
     entered = time.perf_counter()
     os.setsid()  # own process group: a timeout kills the worker and every compile helper it started
     _die_with_runner(guard)
     _anonymous_locks()
-    log_fd = os.open(task["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    from bench.results.records import Task
+
+    # Validated where it enters the process; a task the runner built wrong is a bug, said in the result.
+    raw = given if isinstance(given, dict) else given.model_dump()
+    log_fd = os.open(raw["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
     try:
+        task = Task.model_validate(raw)
+    except ValueError as exc:
+        _fail_early(raw["result_path"], exc, "the task is not valid")
+    try:
         # Before anything of the cell runs, and after the runner watch's thread has its stack.
-        task["memory_limit_bytes"] = limit_memory(task.get("cell_memory_limit_gb"))
+        task.memory_limit_bytes = limit_memory(task.cell_memory_limit_gb)
     except (OSError, ValueError) as exc:
-        _fail_early(task, exc, f"cannot apply cell_memory_limit_gb={task.get('cell_memory_limit_gb')}")
+        _fail_early(task.result_path, exc, f"cannot apply cell_memory_limit_gb={task.cell_memory_limit_gb}")
     try:
         from bench.worker.cell import run_cell
     except BaseException as exc:  # noqa: BLE001 - a broken install must still yield a result
-        _fail_early(task, exc, "worker import failed")
+        _fail_early(task.result_path, exc, "worker import failed")
     run_cell(task, conn, entered)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import CompileConfig, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from bench.results.records import Task
 from bench.results.stats import cell_stats, run_metrics, summarize
 from bench.worker.energy import energy_per_run, joules_per_token
 from bench.worker.telemetry import Sampler
@@ -69,23 +70,23 @@ def check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
-def make_sampler(task: dict[str, Any], device: str) -> Sampler:
+def make_sampler(task: Task, device: str) -> Sampler:
     """The GPU telemetry sampler of a cell: a no-op (recording why) unless the cell runs on a GPU."""
-    if not task.get("gpu_monitoring", True) or device != "cuda":
+    if not task.gpu_monitoring or device != "cuda":
         return Sampler("cpu")
     uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
     # The sampler reads NVML in a process of its own: it never takes this process's GIL.
-    return Sampler([uuid], interval_s=task.get("gpu_sample_interval_s", 0.05))
+    return Sampler([uuid], interval_s=task.gpu_sample_interval_s)
 
 
 def warm_then_measure(
-    one_run: Any, task: dict[str, Any], device: str, phase: Any
+    one_run: Any, task: Task, device: str, phase: Any
 ) -> tuple[list[Any], float, dict[str, Any]]:
     """warmup_iterations untimed calls, then measurement_iterations timed ones with the GPU sampled
     beside them; peak memory covers the timed ones. Returns the runs, the warm-up time, the telemetry."""
     warm_start = time.perf_counter()
-    for i in range(task["warmup_iterations"]):
-        phase("warmup", i + 1, task["warmup_iterations"])
+    for i in range(task.warmup_iterations):
+        phase("warmup", i + 1, task.warmup_iterations)
         one_run()
     warmup_time = time.perf_counter() - warm_start
     if device == "cuda":
@@ -93,14 +94,14 @@ def warm_then_measure(
     sampler = make_sampler(task, device).start()
     results = []
     try:
-        for i in range(task["measurement_iterations"]):
-            phase("measure", i + 1, task["measurement_iterations"])
+        for i in range(task.measurement_iterations):
+            phase("measure", i + 1, task.measurement_iterations)
             # The marks read the energy counters outside the timed call, after its synchronize.
             with sampler.around_run(i):
                 results.append(one_run())
     finally:
         telemetry = sampler.stop()
-    if not telemetry.get("available") and not task.get("gpu_monitoring", True):
+    if not telemetry.get("available") and not task.gpu_monitoring:
         telemetry = {"available": False, "reason": "gpu_monitoring is off"}
     return results, warmup_time, telemetry
 
@@ -129,7 +130,7 @@ def exact_greedy_config(net: Any, tokenizer: Any, n: int) -> GenerationConfig:
 
 
 def measure_generate(
-    net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: dict[str, Any], phase: Any
+    net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
 ) -> dict[str, Any]:
     device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
@@ -182,7 +183,7 @@ def measure_generate(
 
 
 def measure_continuous_batching(
-    net: Any, rows: list[list[int]], cell: dict[str, Any], task: dict[str, Any], phase: Any
+    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
