@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .conftest import plan_cells, run_entrypoint, start_entrypoint, write_config
+from tests.conftest import plan_cells, run_entrypoint, start_entrypoint, write_config
 
 # A cell of the sleep model takes a known ~1.3 s (4 generations of 6 tokens at 50 ms); the worker
 # server start (~3.5 s) comes on top of every start. Six cells outlast several kills, and a run

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from bench.cli import main
-
-from .test_compare import make_run
+from tests.analysis.test_compare import make_run
 
 
 def test_known_slowdown_exits_1_and_says_where(tmp_path, capsys):

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()

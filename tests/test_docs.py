@@ -6,8 +6,7 @@ import re
 
 from bench.config.presets import PRESETS
 from bench.config.schema import field_names
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 

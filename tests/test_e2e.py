@@ -12,8 +12,7 @@ import pytest
 from bench import SCHEMA_VERSION, __version__
 from bench.results.stats import METRICS, STAT_NAMES
 from bench.results.summary import summary_columns
-
-from .conftest import cells_by_id, only_run_dir, start_entrypoint, write_config
+from tests.conftest import cells_by_id, only_run_dir, start_entrypoint, write_config
 
 # flex_attention compiles its kernel on first use (about 30 s per cell on 2 cores): it has its
 # own test in test_backends.py.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import ROOT, cells_by_id, clean_env, only_run_dir, run_entrypoint, write_config
+from tests.conftest import ROOT, cells_by_id, clean_env, only_run_dir, run_entrypoint, write_config
 
 
 def _entry(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

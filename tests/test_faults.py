@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cells_by_id, only_run_dir, plan_cells, run_entrypoint, start_entrypoint, write_config
+from tests.conftest import (
+    cells_by_id,
+    only_run_dir,
+    plan_cells,
+    run_entrypoint,
+    start_entrypoint,
+    write_config,
+)
 
 # One cell per fault, with healthy cells between them; "hang" sits in the middle so that the
 # cells after a timeout are seen to run.

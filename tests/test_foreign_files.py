@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from bench.results.store import scan_cells
-
-from .conftest import plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
-from .hub_server import FakeHub
+from tests.conftest import plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
+from tests.hub_server import FakeHub
 
 MISNAMED = "deadbeefdeadbeef"  # a copy of another cell's record saved under this name
 JUNK = bytes(range(256)) * 4  # not UTF-8, not JSON

@@ -45,9 +45,8 @@ from bench.plan.shard import Shard
 from bench.results.store import RunDir
 from bench.run.runner import new_run_id
 from bench.run.session import RunRequest, job_run_id
-
-from .conftest import TINY, run_entrypoint, write_config
-from .test_compare import make_run
+from tests.analysis.test_compare import make_run
+from tests.conftest import TINY, run_entrypoint, write_config
 
 SCALE = max(1, int(os.environ.get("HOSTILE_EXAMPLES_SCALE", "1")))
 FIELD_JUNK_EXAMPLES = 300 * SCALE
@@ -805,8 +804,7 @@ def test_a_run_id_from_the_hub_cannot_lead_a_download_out_of_its_folder(
     from huggingface_hub.utils import close_session
 
     from bench.hub.pull import load_hub_run
-
-    from .hub_server import FakeHub
+    from tests.hub_server import FakeHub
 
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, cells_by_id, clean_env, only_run_dir, run_entrypoint, write_config
+from tests.conftest import ROOT, cells_by_id, clean_env, only_run_dir, run_entrypoint, write_config
 
 PARENT_CHECK = """
 import sys

@@ -14,8 +14,7 @@ import pytest
 import yaml
 
 from bench.config.schema import ENV_PREFIX, NAME_RE, NON_FIELD_ENV, field_names
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 K8S = ROOT / "scripts" / "k8s"
 MANIFEST_FILES = sorted(K8S.glob("*.yaml"))

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from .kill_loop import kill_trials
+from tests.kill_loop import kill_trials
 
 # Trials per signal here (20 in all); `make bench` runs many more.
 TRIALS = 10

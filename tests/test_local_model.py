@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
+from tests.conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cells_by_id, only_run_dir, plan_cells, run_entrypoint, write_config
+from tests.conftest import cells_by_id, only_run_dir, plan_cells, run_entrypoint, write_config
 
 LIMIT_GB = 0.75  # the forked worker starts at about 0.33 GiB of private memory (torch mapped)
 BIG, SMALL = 16, 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, TINY, cells_by_id, run_entrypoint
+from tests.conftest import ROOT, TINY, cells_by_id, run_entrypoint
 
 MISSING_HUB_ID = "nobody-xyz/no-such-model"
 CUSTOM_CODE = """

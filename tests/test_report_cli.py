@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 from bench.cli import main
-
-from .conftest import only_run_dir, run_entrypoint, write_config
-from .test_compare import make_run
-from .test_history import SLOW, STEP, sha, write_history
+from tests.analysis.test_compare import make_run
+from tests.analysis.test_levels import SLOW, STEP, sha, write_history
+from tests.conftest import only_run_dir, run_entrypoint, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,8 +67,7 @@ def test_a_large_run_is_printed_as_plain_aligned_text():
 
     from bench.output.tables import RICH_ROW_LIMIT, SUMMARY_HEADERS, print_summary
     from bench.results.records import CellRecord
-
-    from .test_compare import cell_axes, record
+    from tests.analysis.test_compare import cell_axes, record
 
     rng = np.random.default_rng(0)
     n = RICH_ROW_LIMIT + 1

@@ -38,10 +38,9 @@ from bench.secrets import (
     redact_file,
     secret_values,
 )
-
-from .conftest import TINY, run_entrypoint
-from .hub_server import FakeHub, serve
-from .test_compare import make_run
+from tests.analysis.test_compare import make_run
+from tests.conftest import TINY, run_entrypoint
+from tests.hub_server import FakeHub, serve
 
 # Example counts (a reliability table cites them); HOSTILE_EXAMPLES_SCALE=10 searches deeper, anew.
 SCALE = max(1, int(os.environ.get("HOSTILE_EXAMPLES_SCALE", "1")))
@@ -461,7 +460,7 @@ def test_a_log_left_by_a_killed_runner_is_redacted_on_restart(tmp_path: Path) ->
     import signal
     import time
 
-    from .conftest import plan_cells, start_entrypoint, write_config
+    from tests.conftest import plan_cells, start_entrypoint, write_config
 
     config = write_config(tmp_path, batch_size=[1, 2], cell_timeout_s=600, max_attempts=2)
     first = plan_cells(config)[0]["cell_id"]

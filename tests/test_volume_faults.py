@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, write_config
+from tests.conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, write_config
 
 # Four cells of the sleep model, about half a second each: long enough to act between two cells.
 SLOW = {

@@ -17,7 +17,7 @@ import yaml
 
 from bench import __version__
 
-from ..conftest import TINY
+from tests.conftest import TINY
 
 IMAGE = os.environ.get("TFBENCH_IMAGE", "")
 if not IMAGE:  # fail rather than skip: a run of this file that tests nothing must not pass

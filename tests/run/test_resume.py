@@ -13,8 +13,7 @@ import pytest
 
 from bench.results.records import CellRecord
 from bench.run.resume import charged_attempts, identity_differences, needs_run, previous_attempts
-
-from .conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
+from tests.conftest import cells_by_id, plan_cells, run_entrypoint, start_entrypoint, wait_for, write_config
 
 CELL = {"name": "sdpa/eager-mode b1 s8 n4", "model": "synthetic:llama-tiny", "dtype": "float32"}
 CELL |= {"device": "cpu", "attn_implementation": "sdpa", "batch_size": 1, "sequence_length": 8}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, cells_by_id, clean_env, plan_cells, run_entrypoint, write_config
+from tests.conftest import ROOT, cells_by_id, clean_env, plan_cells, run_entrypoint, write_config
 
 SHARDS = 3
 

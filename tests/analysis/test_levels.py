@@ -23,8 +23,8 @@ from bench.hub import push as hub
 from bench.hub.pull import load_hub_run
 from bench.output import history_command as hist
 from bench.output.history import plot
+from tests.analysis.test_compare import CELLS, ENV, record, write_run
 from tests.hub_server import FakeHub, serve
-from tests.test_compare import CELLS, ENV, record, write_run
 
 TOKEN = "hf_FAKEtestTOKEN0123456789abcdefXYZ"
 REPO = "tfbench-org/history"

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from .conftest import cells_by_id, run_entrypoint, write_config
+from tests.conftest import cells_by_id, run_entrypoint, write_config
 
 N = 6
 

@@ -25,8 +25,8 @@ from bench.hub import http, pull
 from bench.hub import push as hub
 from bench.output import history_command
 from tests.conftest import ROOT, clean_env
+from tests.hub.test_push import make_run
 from tests.hub_server import SilentHub
-from tests.test_hub import make_run
 
 TOKEN = "hf_DummyTimeoutTestToken0123456789"
 REPO = "org/name"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
-from .conftest import (
+from tests.conftest import (
     cells_by_id,
     only_run_dir,
     plan_cells,

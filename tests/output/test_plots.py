@@ -24,7 +24,7 @@ from bench.output import html as html_report
 from bench.output.compare import DETAIL_HEADERS, fmt_p, fmt_pct, fmt_value
 from bench.output.tables import fmt_rate
 from bench.results.store import open_run as load_run
-from tests.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
+from tests.analysis.test_compare import CELLS, ENV, cell_axes, make_run, record, write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SPEED = {"eager": 1.3, "sdpa": 1.0, "flash_attention_2": 0.85, "flex_attention": 0.95}

@@ -18,8 +18,7 @@ import pytest
 from bench.worker.energy import energy_between, energy_per_run, joules_per_token, run_labels
 from bench.worker.nvml import Unavailable, resolve_devices
 from bench.worker.telemetry import Sampler, decode_clock_reasons, sampler_for_device
-
-from .fake_nvml import MIGS, NO_TEMPERATURE, UUIDS, FakeNVML, FakeSetup
+from tests.fake_nvml import MIGS, NO_TEMPERATURE, UUIDS, FakeNVML, FakeSetup
 
 (MIG,) = MIGS
 

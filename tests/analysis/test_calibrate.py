@@ -10,8 +10,7 @@ import numpy as np
 
 from bench.cli import main
 from bench.results import calibration
-
-from .test_compare import CELLS, ENV, make_run, record, write_run
+from tests.analysis.test_compare import CELLS, ENV, make_run, record, write_run
 
 
 def _runs(tmp_path, count, offset_sd=0.03, seed=0):

@@ -1,6 +1,6 @@
 """The GPU measurement paths as the CPU can exercise them: telemetry degrades with a reason, the
 roofline record carries the model's arithmetic, and the worker's energy accounting works against
-a stand-in NVML (tests/fake_nvml.py, as in tests/test_monitor.py) whose energy counter moves per run."""
+a stand-in NVML (tests/fake_nvml.py, as in tests/worker/test_telemetry.py) whose energy counter moves per run."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import pytest
 
 from bench.results.records import Task
 from bench.worker.telemetry import Sampler
-
-from .conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
-from .fake_nvml import FakeSetup
+from tests.conftest import cells_by_id, only_run_dir, run_entrypoint, write_config
+from tests.fake_nvml import FakeSetup
 
 
 @pytest.fixture(scope="module")

@@ -272,7 +272,7 @@ def test_identical_runs_find_nothing(tmp_path):
 def test_noise_alone_raises_no_false_alarms(tmp_path):
     """Same distribution, different seeds, 20 seed pairs of 3 cells, processes varying 1-3%: no
     regression or improvement at 2% run noise, at most 5% of the cells at 5% (the method's own rate
-    is measured in tests/test_noise.py). Where the data cannot resolve 5%, the verdict says so
+    is measured in tests/analysis/test_noise.py). Where the data cannot resolve 5%, the verdict says so
     (inconclusive) rather than unchanged."""
     for noise, between, allowed in ((0.02, 0.01, 0), (0.05, 0.03, 3)):
         alarms = cells = unsure = 0

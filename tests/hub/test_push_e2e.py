@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from .conftest import only_run_dir, run_entrypoint, write_config
-from .hub_server import FakeHub
+from tests.conftest import only_run_dir, run_entrypoint, write_config
+from tests.hub_server import FakeHub
 
 TOKEN = "hf_e2eTestTokenThatMustNeverAppear"
 
