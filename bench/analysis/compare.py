@@ -51,7 +51,8 @@ from typing import Any
 
 from bench.analysis.noise import NO_DRIFT, CannotEstimate, Drift, assumed_drift, estimate, side
 from bench.errors import UserError
-from bench.results.records import HIGHER_IS_BETTER, RUN_METRICS, UNITS, CellRecord, CellSpec, RunMeta
+from bench.plan.matrix import Cell
+from bench.results.records import HIGHER_IS_BETTER, RUN_METRICS, UNITS, CellRecord, RunMeta
 from bench.results.store import Run
 
 KEY_METRICS = RUN_METRICS
@@ -129,7 +130,7 @@ class MetricComparison:
 class CellComparison:
     cell_id: str
     name: str
-    cell: CellSpec
+    cell: Cell
     verdict: str
     metrics: dict[str, MetricComparison]
     mde: float | None = None  # the largest of its tested metrics'

@@ -136,53 +136,36 @@ TABLE_COLUMNS = ("commit", "branch", "measured", "runs", "n", "p50", "vs prev", 
 RIGHT = {i for i, c in enumerate(TABLE_COLUMNS) if c in ("runs", "n", "p50", "vs prev")}
 
 
-def render_text(
+def render(
     points: Sequence[Point],
     cps: Sequence[ChangePoint],
     *,
+    markdown: bool = False,
     excluded: dict[str, int] | None = None,
     hardware: str | None = None,
     notes: Sequence[str] = (),
     threshold: float | None = None,
     window: int | None = None,
 ) -> str:
-    """A plain-text table, one row per commit in commit order, and the change points below it."""
-    groups = commits(points)
-    metric = points[0].metric if points else "?"
-    rows = [[r[c] for c in TABLE_COLUMNS] for r in _rows(groups, cps, metric)]
-    out = _header(points, groups, excluded, hardware)
-    out += [f"note: {n}" for n in notes]
-    out += ["", *table_lines(TABLE_COLUMNS, rows, RIGHT)]
-    out += ["", *_footer(cps, threshold, window)]
-    return "\n".join(out) + "\n"
-
-
-def render_markdown(
-    points: Sequence[Point],
-    cps: Sequence[ChangePoint],
-    *,
-    excluded: dict[str, int] | None = None,
-    hardware: str | None = None,
-    notes: Sequence[str] = (),
-    threshold: float | None = None,
-    window: int | None = None,
-) -> str:
-    """The same as render_text, as a Markdown table (a pull-request comment)."""
+    """One row per commit in commit order, the change points below it: plain text, or Markdown for
+    a pull-request comment (a heading, and red or green marks on the shifts)."""
     groups = commits(points)
     metric = points[0].metric if points else "?"
     head = _header(points, groups, excluded, hardware)
-    lines = [f"### tfbench history: {head[0]}", ""]
-    lines += [f"{h}  " for h in head[1:]] + [f"note: {n}  " for n in notes] + [""]
     rows = []
     for r in _rows(groups, cps, metric):
-        mark = ""
-        if r["change"]:
-            mark = "🔴 " if r["change"].startswith(SLOWER) else "🟢 "
-        values = {**r, "commit": f"`{r['commit']}`", "change": f"{mark}{r['change']}".strip()}
-        rows.append([values[c] for c in TABLE_COLUMNS])
-    lines += table_lines(TABLE_COLUMNS, rows, RIGHT, markdown=True)
-    lines += ["", *_footer(cps, threshold, window)]
-    return "\n".join(lines) + "\n"
+        if markdown:
+            mark = ("🔴 " if r["change"].startswith(SLOWER) else "🟢 ") if r["change"] else ""
+            r = {**r, "commit": f"`{r['commit']}`", "change": f"{mark}{r['change']}".strip()}
+        rows.append([r[c] for c in TABLE_COLUMNS])
+    if markdown:
+        out = [f"### tfbench history: {head[0]}", ""]
+        out += [f"{h}  " for h in head[1:]] + [f"note: {n}  " for n in notes] + [""]
+    else:
+        out = [*head, *(f"note: {n}" for n in notes), ""]
+    out += table_lines(TABLE_COLUMNS, rows, RIGHT, markdown=markdown)
+    out += ["", *_footer(cps, threshold, window)]
+    return "\n".join(out) + "\n"
 
 
 def to_json(

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.analysis.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from bench.analysis.levels import (
@@ -33,7 +34,7 @@ from bench.analysis.levels import (
 from bench.analysis.noise import Drift
 from bench.errors import UserError
 from bench.hub.pull import hub_measurements
-from bench.output.history import EXIT_CODE, plot, render_markdown, render_text, to_json
+from bench.output.history import EXIT_CODE, plot, render, to_json
 from bench.results import calibration
 from bench.results.series import local_measurements
 from bench.results.store import Skipped
@@ -61,38 +62,20 @@ def load_local(directory: str | os.PathLike[str], metric: str, cell: str) -> lis
     return _local(directory, metric, cell, None)[0]
 
 
-def _hub(
-    repo_id: str,
-    metric: str,
-    cell: str,
-    endpoint: str | None = None,
-    token: str | None = None,
-    *,
-    raw: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> tuple[list[Point], list[str]]:
-    check_metric(metric)
-    found, notes = hub_measurements(repo_id, cell, endpoint, token, raw=raw, cache_dir=cache_dir)
-    points, counted = to_points(found, metric)
-    return points, notes + counted
-
-
-def load_hub(
-    repo_id: str,
-    metric: str,
-    cell: str,
-    endpoint: str | None = None,
-    token: str | None = None,
-    *,
-    raw: bool = True,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> list[Point]:
+def load_hub(repo_id: str, metric: str, cell: str, **hub: Any) -> list[Point]:
     """One point per run in the Hub dataset `repo_id` that has `cell` ok, in commit order.
 
-    raw=True reads full/<run>.jsonl (raw samples, for the rank test); raw=False the much smaller
-    summarized/<run>.jsonl (p50 only: the p50 rule). See bench.hub.pull.hub_measurements.
+    hub: endpoint, token, raw (True: full/<run>.jsonl, raw samples for the test; False: the much
+    smaller summarized/<run>.jsonl, p50 only: the p50 rule), cache_dir (bench.hub.pull.hub_measurements).
     """
-    return _hub(repo_id, metric, cell, endpoint, token, raw=raw, cache_dir=cache_dir)[0]
+    return _hub(repo_id, metric, cell, **hub)[0]
+
+
+def _hub(repo_id: str, metric: str, cell: str, **hub: Any) -> tuple[list[Point], list[str]]:
+    check_metric(metric)
+    found, notes = hub_measurements(repo_id, cell, **hub)
+    points, counted = to_points(found, metric)
+    return points, notes + counted
 
 
 def calibrated_drift(directory: Path | None, hardware: str, metric: str) -> Drift | None:
@@ -143,7 +126,7 @@ def history(
         points, notes = _local(source, metric, cell, warn)
     else:
         assert repo is not None
-        points, notes = _hub(repo, metric, cell, endpoint, token, raw=raw, cache_dir=cache_dir)
+        points, notes = _hub(repo, metric, cell, endpoint=endpoint, token=token, raw=raw, cache_dir=cache_dir)
     if not points:
         detail = f": {'; '.join(notes)}" if notes else ""
         raise UserError(f"cell {cell!r} has no ok measurement of {metric} in {source or repo}{detail}")
@@ -156,8 +139,7 @@ def history(
         data = to_json(kept, cps, **extra, threshold=threshold, alpha=alpha, window=window)
         data["plot"] = str(written) if written else None
         return json.dumps(data, indent=1) + "\n", EXIT_CODE
-    render = render_markdown if fmt == "markdown" else render_text
-    text = render(kept, cps, **extra, threshold=threshold, window=window)
+    text = render(kept, cps, markdown=fmt == "markdown", **extra, threshold=threshold, window=window)
     if written:
         text += f"plot: {written}\n"
     return text, EXIT_CODE

@@ -49,7 +49,8 @@ from bench.output.plots import (
     write_png,
 )
 from bench.output.tables import fmt_bytes, fmt_rate
-from bench.results.records import CellRecord, CellSpec
+from bench.plan.matrix import Cell
+from bench.results.records import CellRecord
 from bench.results.store import Run, open_run
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ def _rows(run: Run) -> list[_Row]:
     for cell in run.meta.planned_cells():  # a run that stopped early: planned cells without a record
         cid = cell.get("cell_id")
         if isinstance(cid, str) and cid not in run.cells:
-            spec = CellSpec.model_validate(cell)
+            spec = Cell.from_dict(cell)
             why = "no record: the run ended before this cell"
             rows.append(_Row(spec.index, cid, spec.name, "not run", why))
     return sorted(rows, key=lambda r: (r.index, r.cell_id))

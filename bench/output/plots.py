@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.plan.matrix import combo_name
-from bench.results.records import CellRecord, CellSpec
+from bench.plan.matrix import Cell, combo_name
+from bench.results.records import CellRecord
 from bench.results.store import Run
 
 if TYPE_CHECKING:
@@ -74,11 +74,11 @@ def ok_records(run: Run) -> list[CellRecord]:
     return [r for r in run.records() if r.ok]
 
 
-def shape_label(cell: CellSpec) -> str:
+def shape_label(cell: Cell) -> str:
     return f"b{cell.batch_size} s{cell.sequence_length} n{cell.num_tokens_to_generate}"
 
 
-def combo_label(cell: CellSpec) -> str:
+def combo_label(cell: Cell) -> str:
     """The cell's combination as its name says it: 'sdpa, compile default, kernels'."""
     return combo_name(cell.attn_implementation, cell.compile, cell.kernelize, cell.continuous_batching)
 

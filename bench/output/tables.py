@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.plan.matrix import Cell, Plan
-from bench.results.records import CellRecord, CellSpec
+from bench.results.records import CellRecord
 
 STATUS_STYLE = {
     "ok": "green",
@@ -63,7 +63,7 @@ def _ms(record: CellRecord, metric: str, stat: str) -> str:
     return "-" if value is None else f"{value * 1e3:.2f}"
 
 
-def combo_label(cell: CellSpec | Cell) -> str:
+def combo_label(cell: Cell) -> str:
     parts = [cell.attn_implementation]
     if cell.compile:
         parts.append(f"compile:{cell.compile}")
@@ -81,7 +81,7 @@ SUMMARY_HEADERS = ("cell", "shape", "status", "e2e p50 ms", "e2e p95 ms", "ttft 
 RICH_ROW_LIMIT = 500
 
 
-def _shape(cell: CellSpec) -> str:
+def _shape(cell: Cell) -> str:
     return f"b{cell.batch_size} s{cell.sequence_length} n{cell.num_tokens_to_generate}"
 
 

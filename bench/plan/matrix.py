@@ -58,22 +58,27 @@ class Capabilities:
     kernels: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cell:
-    index: int
-    cell_id: str
+    """One cell of the matrix: what defines its measurement (hashed into cell_id) and its name.
+
+    Also the `cell` of every record (bench.results.records.CellRecord): the optional fields have
+    defaults so that records written by other tools or versions without them still read."""
+
+    index: int = 0
+    cell_id: str = ""
     name: str
     model: str
-    revision: str | None
-    model_config: dict[str, Any]
+    revision: str | None = None
+    model_config: dict[str, Any] = field(default_factory=dict)
     dtype: str
     device: str
     attn_implementation: str
-    compile: str | None
-    compile_fullgraph: bool
-    compile_dynamic: bool | None
-    kernelize: bool
-    continuous_batching: bool
+    compile: str | None = None
+    compile_fullgraph: bool = False
+    compile_dynamic: bool | None = None
+    kernelize: bool = False
+    continuous_batching: bool = False
     batch_size: int
     sequence_length: int
     num_tokens_to_generate: int
@@ -107,7 +112,7 @@ class Cell:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Cell:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)

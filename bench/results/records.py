@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bench.plan.matrix import Cell
+
 __all__ = ["ValidationError"]
 
 # Every metric a cell reports, in the order tables and summary.jsonl use.
@@ -246,34 +248,6 @@ class Attempt(_Open):
     worker_pid: int | None = None
 
 
-class CellSpec(_Open):
-    """What a cell is, as the plan wrote it into the record (bench.plan.matrix.Cell.to_dict)."""
-
-    index: int = 0
-    cell_id: str | None = None
-    name: str
-    model: str
-    revision: str | None = None
-    model_config_: dict[str, Any] = Field(default_factory=dict, alias="model_config")
-    dtype: str
-    device: str
-    attn_implementation: str
-    compile: str | None = None
-    compile_fullgraph: bool = False
-    compile_dynamic: bool | None = None
-    kernelize: bool = False
-    continuous_batching: bool = False
-    batch_size: int
-    sequence_length: int
-    num_tokens_to_generate: int
-    skip_reason: str | None = None
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="python", exclude_unset=True, by_alias=True)
-
-
 class ProcessInfo(_Open):
     """One of the worker processes that measured a cell: its own load, warm-up and timed runs."""
 
@@ -300,7 +274,7 @@ class CellRecord(_Open):
     status: Status
     reason: str | None = None
     error: ErrorInfo | None = None
-    cell: CellSpec
+    cell: Cell  # the plan's cell, as it was measured
     settings: dict[str, Any] | None = None
     attempt: int | None = None
     attempts: list[Attempt] = Field(default_factory=list)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.errors import UserError
 from bench.results.records import CellRecord, RunMeta
-from bench.results.store import RunFileError, Skipped, load_meta, read_cell, run_dirs_in
+from bench.results.store import RunFileError, Skipped, load_meta, read_cell, run_dirs_in, unmerged_runs_in
 
 MIN_PREFIX = 4  # characters of a cell id prefix
 
@@ -68,24 +68,6 @@ def resolve_cell(query: str, known: dict[str, str], where: str) -> str:
 # ---------------------------------------------------------------------------------- run directories
 
 
-def _unmerged(root: Path) -> list[Path]:
-    """The sharded runs directly under `root` whose shards have not been merged (no run.json yet)."""
-    found = []
-    try:
-        children = sorted(root.iterdir())
-    except OSError:
-        return found
-    for child in children:
-        try:
-            if child.name.startswith(".") or not child.is_dir() or (child / "run.json").is_file():
-                continue
-            if (child / "shards").is_dir():
-                found.append(child)
-        except OSError:
-            continue
-    return found
-
-
 def _run_dirs(directory: str | os.PathLike[str]) -> tuple[list[Path], list[str]]:
     root = Path(directory)
     if not root.exists():
@@ -98,7 +80,7 @@ def _run_dirs(directory: str | os.PathLike[str]) -> tuple[list[Path], list[str]]
     runs = run_dirs_in(root)
     notes = [
         f"{child.name} is a sharded run not merged yet (`tfbench merge {child}`): left out"
-        for child in _unmerged(root)
+        for child in unmerged_runs_in(root)
     ]
     if not runs:
         raise UserError(f"{root} holds no run directories (a run directory has a run.json)")

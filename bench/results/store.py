@@ -270,21 +270,29 @@ def open_run(path: str | os.PathLike[str]) -> Run:
     return Run(p, meta, {r.cell_id: r for r in records}, skipped)
 
 
-def run_dirs_in(root: Path) -> list[Path]:
-    """The run directories directly under `root` (anything else there, lost+found, notes, a
-    directory without a run.json, is no run)."""
-    found = []
+def _subdirectories(root: Path) -> Iterator[Path]:
+    """The directories directly under `root`, hidden ones left out; what cannot be looked at is skipped."""
     try:
         children = sorted(root.iterdir())
     except OSError:
-        return found
+        return
     for child in children:
         try:
-            if child.is_dir() and not child.name.startswith(".") and (child / "run.json").is_file():
-                found.append(child)
+            if child.is_dir() and not child.name.startswith("."):
+                yield child
         except OSError:
             continue
-    return found
+
+
+def run_dirs_in(root: Path) -> list[Path]:
+    """The run directories directly under `root` (anything else there, lost+found, notes, a
+    directory without a run.json, is no run)."""
+    return [child for child in _subdirectories(root) if (child / "run.json").is_file()]
+
+
+def unmerged_runs_in(root: Path) -> list[Path]:
+    """The sharded runs directly under `root` whose shards have not been merged (no run.json yet)."""
+    return [c for c in _subdirectories(root) if not (c / "run.json").is_file() and (c / "shards").is_dir()]
 
 
 class RunDir:
