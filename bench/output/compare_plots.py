@@ -9,19 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.analysis.compare import (
-    COMPARED_METRICS,
-    HIGHER_IS_BETTER,
-    IMPROVEMENT,
-    INCONCLUSIVE,
-    LABELS,
-    MEMORY_METRIC,
-    NOT_TESTED,
-    REGRESSION,
-    UNCHANGED,
-    CellComparison,
-    Comparison,
-)
+from bench.analysis import compare
+from bench.analysis.compare import CellComparison, Comparison
 from bench.errors import UserError
 from bench.output.compare import fmt_p, metric_columns, metric_tally
 from bench.output.plots import LABEL_PT, MAX_CELLS, ROW_IN, WIDTH_IN, mpl_text, new_figure
@@ -32,26 +21,32 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 VERDICT_COLORS = {
-    REGRESSION: "#d62728",
-    IMPROVEMENT: "#2ca02c",
-    UNCHANGED: "#7f7f7f",
-    INCONCLUSIVE: "#c7c7c7",
-    NOT_TESTED: "#7f7f7f",
+    compare.REGRESSION: "#d62728",
+    compare.IMPROVEMENT: "#2ca02c",
+    compare.UNCHANGED: "#7f7f7f",
+    compare.INCONCLUSIVE: "#c7c7c7",
+    compare.NOT_TESTED: "#7f7f7f",
 }
 FLAGGED_COLOR = "#ff7f0e"  # peak memory (not tested) beyond its threshold
-MARKERS = {REGRESSION: "^", IMPROVEMENT: "v", UNCHANGED: "o", INCONCLUSIVE: "D", NOT_TESTED: "s"}
+MARKERS = {
+    compare.REGRESSION: "^",
+    compare.IMPROVEMENT: "v",
+    compare.UNCHANGED: "o",
+    compare.INCONCLUSIVE: "D",
+    compare.NOT_TESTED: "s",
+}
 
 
 def compare_points(cmp: Comparison, metric: str = "tpot") -> list[dict[str, Any]]:
     """What compare_figure draws, one dict per cell in cell order: name, ratio, interval, verdict, color."""
-    if metric not in COMPARED_METRICS:
-        raise UserError(f"unknown metric {metric!r}; metrics: {', '.join(COMPARED_METRICS)}")
+    if metric not in compare.COMPARED_METRICS:
+        raise UserError(f"unknown metric {metric!r}; metrics: {', '.join(compare.COMPARED_METRICS)}")
     out = []
     for c in cmp.cells:
         m = c.metrics.get(metric)
         if m is None or m.ratio is None:
             continue
-        flagged = m.verdict == NOT_TESTED and m.beyond_threshold
+        flagged = m.verdict == compare.NOT_TESTED and m.beyond_threshold
         out.append(
             {
                 "cell_id": c.cell_id,
@@ -87,10 +82,10 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
             sorted(points, key=lambda p: rank[p["cell_id"]])[:MAX_CELLS], key=lambda p: p["index"]
         )
     fig = new_figure(WIDTH_IN, 2.3 + ROW_IN * max(len(points), 3))
-    label = LABELS.get(metric, metric)
+    label = compare.LABELS.get(metric, metric)
     hw = cmp.new.get("hardware") or ""
     what = "ratio NEW/BASE per cell" + (
-        "" if metric == MEMORY_METRIC else f" with {1 - cmp.alpha:.0%} interval"
+        "" if metric == compare.MEMORY_METRIC else f" with {1 - cmp.alpha:.0%} interval"
     )
     title = f"{label}: {what} ({metric_tally(cmp, metric)})\n"
     title += f"{cmp.base['run_id']} -> {cmp.new['run_id']}" + (f" · {hw}" if hw else "")
@@ -118,7 +113,13 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
     groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
     for p in points:
         groups.setdefault((p["verdict"], p["flagged"]), []).append(p)
-    order = [REGRESSION, IMPROVEMENT, UNCHANGED, INCONCLUSIVE, NOT_TESTED]
+    order = [
+        compare.REGRESSION,
+        compare.IMPROVEMENT,
+        compare.UNCHANGED,
+        compare.INCONCLUSIVE,
+        compare.NOT_TESTED,
+    ]
     for verdict, flagged in sorted(groups, key=lambda k: (order.index(k[0]) if k[0] in order else 9, k[1])):
         group = groups[(verdict, flagged)]
         y = np.array([row[p["cell_id"]] for p in group], dtype=float)
@@ -134,14 +135,14 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
             fmt=MARKERS.get(verdict, "o"),
             color=color,
             ecolor=color,
-            markerfacecolor="white" if verdict == INCONCLUSIVE else color,
+            markerfacecolor="white" if verdict == compare.INCONCLUSIVE else color,
             markersize=5,
             elinewidth=1.6,
             capsize=2.5,
             label=name,
             zorder=3,
         )
-        if verdict in (REGRESSION, IMPROVEMENT) or flagged:
+        if verdict in (compare.REGRESSION, compare.IMPROVEMENT) or flagged:
             for p, yy, h in zip(group, y, hi):
                 ax.annotate(
                     f"{p['ratio']:.3f}",
@@ -166,9 +167,9 @@ def compare_figure(cmp: Comparison, metric: str = "tpot") -> Figure:
         fontsize=LABEL_PT if len(points) <= 120 else 6,
     )
     ax.set_ylim(len(points) - 0.5, -0.5)
-    if metric == MEMORY_METRIC:
+    if metric == compare.MEMORY_METRIC:
         reading = "above 1: more memory; one value per run, not tested"
-    elif metric in HIGHER_IS_BETTER:
+    elif metric in compare.HIGHER_IS_BETTER:
         reading = "below 1: slower"
     else:
         reading = "above 1: slower"
@@ -246,7 +247,7 @@ def distribution_figure(c: CellComparison, base: CellRecord, new: CellRecord) ->
                     [value * 1e3] * 2, [start - 0.45, y - 0.55], color=color, linestyle="--", linewidth=1.2
                 )
             y += 1  # a gap between the sides
-        head = f"{LABELS.get(metric, metric)} (ms): {m.verdict}"
+        head = f"{compare.LABELS.get(metric, metric)} (ms): {m.verdict}"
         if m.ratio is not None:
             head += f", ratio {m.ratio:.3f}"
         if m.p_value is not None:
