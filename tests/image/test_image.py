@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from bench import __version__
-
 from tests.conftest import TINY
 
 IMAGE = os.environ.get("TFBENCH_IMAGE", "")
