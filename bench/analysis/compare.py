@@ -27,8 +27,12 @@ of more than 1 + t either way counts (ratio above 1 + t or below 1 / (1 + t)), s
 higher and the throughput 1/1.1 it implies are judged alike. Direction: for latencies and memory
 higher is worse, for throughputs lower is worse.
 
-- regression / improvement: significant (p < alpha) and the ratio beyond the threshold;
-- unchanged: the whole interval within the threshold (any change is smaller than t);
+- regression / improvement: significant and the ratio beyond the threshold. A cell is judged on
+  three independent metrics (e2e latency, ttft, tpot; the throughputs are their reciprocals, the
+  same test), so each is tested at alpha / 3 (Bonferroni): the cell's false-alarm rate is alpha,
+  not three times it. Intervals and minimum detectable effects are at that level too;
+- unchanged: equivalence shown: two one-sided tests at alpha say the change is smaller than t
+  (the 1 - 2 alpha interval lies within the threshold);
 - inconclusive: neither: the data cannot resolve the threshold (the interval reaches past it, or
   a side has one process and no calibration says how processes vary).
 
@@ -49,6 +53,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from scipy import stats
+
 from bench.analysis.noise import NO_DRIFT, CannotEstimate, Drift, assumed_drift, estimate, side
 from bench.errors import UserError
 from bench.plan.matrix import Cell
@@ -59,6 +65,8 @@ KEY_METRICS = RUN_METRICS
 MEMORY_METRIC = "peak_memory_bytes"  # memory.peak_bytes, one value per cell: ratio only
 # What compare judges: the per-run metrics, and peak memory (ratio only).
 COMPARED_METRICS = (*KEY_METRICS, MEMORY_METRIC)
+# The independent metrics of a cell: each throughput is the reciprocal of one of these.
+FAMILIES = frozenset({"e2e_latency", "ttft", "tpot"})
 LABELS = {
     "e2e_latency": "e2e",
     "ttft": "ttft",
@@ -83,7 +91,8 @@ EXIT_REGRESSION = 1
 METHOD = (
     "ratio NEW/BASE of the geometric means of each worker process's median; Welch's t test on the log "
     "process medians with the run-to-run drift as a variance component (Satterthwaite degrees of "
-    "freedom); regression/improvement: p < alpha and beyond the threshold; unchanged: the whole interval "
+    "freedom); each of a cell's metrics at alpha/3 (e2e, ttft, tpot; throughputs are their reciprocals); "
+    "regression/improvement: significant and beyond the threshold; unchanged: the whole interval "
     "within the threshold; else inconclusive; peak memory: one value per cell, ratio only, not tested"
 )
 
@@ -207,8 +216,12 @@ def compare_metric(
     threshold: float,
     alpha: float = DEFAULT_ALPHA,
     drift: Drift = NO_DRIFT,
+    equivalence_alpha: float | None = None,
 ) -> MetricComparison:
-    """The verdict on one metric of one cell (see the module docstring)."""
+    """The verdict on one metric of one cell (see the module docstring).
+
+    alpha: the level of the test for a change (and of the interval shown); equivalence_alpha: the
+    level at which "unchanged" is claimed (two one-sided tests; default alpha)."""
     limit = math.log1p(threshold)
     result = MetricComparison(
         metric=metric,
@@ -260,7 +273,7 @@ def compare_metric(
     result.significant = est.p_value < alpha
     if result.significant and result.beyond_threshold:
         result.verdict = _direction(metric, result.ratio)
-    elif abs(math.log(est.ci_low)) < limit and abs(math.log(est.ci_high)) < limit:
+    elif abs(est.log_ratio) + equivalence_margin(est, equivalence_alpha or alpha) < limit:
         result.verdict = UNCHANGED
         if result.significant:
             result.note = f"significant, but within the {threshold:.0%} threshold"
@@ -273,6 +286,12 @@ def compare_metric(
     return result
 
 
+def equivalence_margin(est: Any, alpha: float) -> float:
+    """How far the true log ratio may lie from the estimate at one-sided level alpha: the change
+    is within the threshold when the estimate plus this margin is (two one-sided tests, TOST)."""
+    return float(stats.t.ppf(1.0 - alpha, est.df)) * est.se if est.se > 0 else 0.0
+
+
 def compare_cell(
     cell_id: str,
     base: CellRecord,
@@ -282,10 +301,14 @@ def compare_cell(
     drifts: dict[str, Drift] | None = None,
 ) -> CellComparison:
     metrics: dict[str, MetricComparison] = {}
-    for metric in KEY_METRICS:
-        if base.process_medians(metric) or new.process_medians(metric):
-            drift = (drifts or {}).get(metric, NO_DRIFT)
-            metrics[metric] = compare_metric(metric, base, new, limits[metric], alpha, drift)
+    measured = [m for m in KEY_METRICS if base.process_medians(m) or new.process_medians(m)]
+    # A cell is judged on several metrics; so that its own false-alarm rate stays at alpha, each
+    # is tested at alpha / k, k the independent ones among them (a throughput is the reciprocal of
+    # a latency of the same runs: the same test).
+    per_metric = alpha / max(1, len(FAMILIES.intersection(measured)))
+    for metric in measured:
+        drift = (drifts or {}).get(metric, NO_DRIFT)
+        metrics[metric] = compare_metric(metric, base, new, limits[metric], per_metric, drift, alpha)
     if base.peak_memory_bytes or new.peak_memory_bytes:
         metrics[MEMORY_METRIC] = compare_metric(MEMORY_METRIC, base, new, limits[MEMORY_METRIC], alpha)
     tested = [m for m in metrics.values() if m.verdict != NOT_TESTED]

@@ -140,9 +140,11 @@ def threshold_text(cmp: Comparison) -> str:
 def method_note(cmp: Comparison) -> str:
     """What the numbers are and how a verdict is reached, said once."""
     return (
-        f"Ratios are NEW/BASE (▲ regression, ▼ improvement, = unchanged, ? inconclusive) with a "
-        f"{1 - cmp.alpha:.0%} interval; a regression or improvement needs p < {cmp.alpha:g} and a change "
-        f"beyond {threshold_text(cmp)}, unchanged needs the whole interval within it. n is processes x "
+        f"Ratios are NEW/BASE (▲ regression, ▼ improvement, = unchanged, ? inconclusive) with an interval "
+        f"at {cmp.alpha:g}/3 (e2e, ttft and tpot are each tested at that level, so that a cell's "
+        f"false-alarm rate is {cmp.alpha:g}); a regression or improvement needs significance and a change "
+        f"beyond {threshold_text(cmp)}; unchanged needs equivalence (two one-sided tests at {cmp.alpha:g} place the "
+        f"change within it). n is processes x "
         f"timed runs; MDE is the change this data finds with 80% power. Latencies: above 1 is slower; "
         f"throughputs: below 1 is slower. Peak memory is one value per cell: its ratio is not tested. "
         f"Run-to-run drift: {cmp.drift}."
