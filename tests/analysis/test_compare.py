@@ -464,7 +464,7 @@ def test_one_process_a_side_is_inconclusive_without_a_calibration(tmp_path):
 def test_runs_made_apart_carry_an_assumed_drift_and_say_so(tmp_path):
     base = load_run(make_run(tmp_path / "base", seed=1, ab=None))
     same = compare_runs(base, base)
-    assert same.drift.startswith("assumed 3% between runs: no calibration for 1x NVIDIA H100 80GB HBM3")
+    assert same.drift.startswith("assumed 5% between runs: no calibration for 1x NVIDIA H100 80GB HBM3")
     # Identical numbers, but two runs apart could differ by the machine's drift: not "unchanged".
     assert {c.verdict for c in same.cells} == {INCONCLUSIVE}
     tpot = same.cells[0].metrics["tpot"]
