@@ -236,7 +236,7 @@ def test_scan_cells_names_each_file_and_why(tmp_path):
     (cells / "sub.json").mkdir()
     (cells / ".a1.json.x.tmp").write_text("{")  # an atomic write cut short: not foreign
     records, skipped = scan_cells(cells)
-    assert [r.to_dict() for r in records] == [good]
+    assert [(r.cell_id, r.status, r.cell.name) for r in records] == [("a1", "ok", cell["name"])]
     why = {s.path.name: s.reason for s in skipped}
     assert why["b2.json"] == "cell_id a1 does not match the file name"
     assert why["c3.json"] == "not a tfbench cell record"
