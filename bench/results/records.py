@@ -339,7 +339,9 @@ class CellRecord(_Open):
 
     @property
     def process_count(self) -> int:
-        return len({run.process or 0 for run in self.runs}) if self.runs else len(self.processes)
+        if self.processes:
+            return len(self.processes)
+        return len({run.process or 0 for run in self.runs})  # records of earlier versions
 
     def pooled(self, metric: str) -> list[float]:
         """Every value of a metric: one per run, or one per request where runs hold requests."""

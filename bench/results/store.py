@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -199,6 +200,26 @@ def scan_cells(cells_dir: Path) -> tuple[list[CellRecord], list[Skipped]]:
         entries = sorted(p for p in cells_dir.iterdir() if not p.name.startswith("."))
     except OSError:
         return records, skipped
+    with bulk():
+        _read_into(entries, records, skipped)
+    return records, skipped
+
+
+@contextlib.contextmanager
+def bulk() -> Iterator[None]:
+    """Thousands of large records alive at once (a merge, a report): without the cyclic collector,
+    which would walk them again and again (3x the time of a 10,000-record merge). Records hold no
+    reference cycles; the collector runs again when the block ends."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read_into(entries: list[Path], records: list[CellRecord], skipped: list[Skipped]) -> None:
     for path in entries:
         if path.suffix != ".json" or not path.is_file():
             skipped.append(Skipped(path, "not a cell record (cells/ holds <cell id>.json files)"))
@@ -208,7 +229,6 @@ def scan_cells(cells_dir: Path) -> tuple[list[CellRecord], list[Skipped]]:
             skipped.append(Skipped(path, str(why)))
         else:
             records.append(record)
-    return records, skipped
 
 
 def read_meta(run_path: Path) -> RunMeta | None:

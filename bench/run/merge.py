@@ -22,6 +22,7 @@ from bench.results.records import CellRecord, RunMeta, status_counts
 from bench.results.store import (
     RunDir,
     Skipped,
+    bulk,
     read_meta,
     scan_cells,
     storage_errors,
@@ -147,10 +148,11 @@ def merge(
         problems = check(shards)
         if problems:
             raise MergeError(f"cannot merge {run_path}:\n" + "\n".join(f"  - {p}" for p in problems))
-    first, records = collect(shards, warn)
-    rundir = RunDir(run_path.parent, run_path.name)
-    records = _replace_cells(rundir, records, first.run_id, shards.verbatim)
-    rundir.write_summary(records, durable=False)
+    with bulk():
+        first, records = collect(shards, warn)
+        rundir = RunDir(run_path.parent, run_path.name)
+        records = _replace_cells(rundir, records, first.run_id, shards.verbatim)
+        rundir.write_summary(records, durable=False)
     os.sync()  # the derived files reach the disk before run.json says the merge is done
     counts = status_counts(records)
     metas = sorted(shards.metas.values(), key=lambda m: m.shard.index if m.shard else 0)
