@@ -225,7 +225,7 @@ def hub_measurements(
     """The records of `cell` in the Hub dataset `repo_id`, one per run that has one, and notes on
     the rows left out (a row that is not a cell record).
 
-    raw=True reads full/<run>.jsonl (raw samples, for the rank test); raw=False the much smaller
+    raw=True reads full/<run>.jsonl (raw samples, for the test); raw=False the much smaller
     summarized/<run>.jsonl (statistics only: the p50 rule). `endpoint` defaults to HF_ENDPOINT or
     huggingface.co, `token` to HF_TOKEN (none: anonymous), `cache_dir` to the Hugging Face cache.
     UserError for HF_HUB_OFFLINE=1, a repo that is not there or not readable, or an unknown cell.
