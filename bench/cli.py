@@ -324,31 +324,21 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 def _drift(base: Run, new: Run, given: str | None) -> Any:
     """Each metric's drift from the calibration of the runs' hardware, or None (compare decides)."""
-    from bench.analysis.calibrate import MetricCalibration
+    from bench.analysis.calibrate import drifts
     from bench.results import calibration
 
+    given = given or os.environ.get("TFBENCH_CALIBRATION") or None
     if given is not None:
         if not Path(given).is_file():
             raise UserError(
-                f"--calibration {given!r}: no such file (make one with `tfbench calibrate RUN...`)"
+                f"calibration {given!r} (--calibration or TFBENCH_CALIBRATION): no such file "
+                "(make one with `tfbench calibrate RUN...`)"
             )
-        found: tuple[Path, Any] | None = (Path(given), calibration.load(Path(given)))
+        paths = [Path(given)]
     else:
-        near = [r.path.parent for r in (new, base) if not str(r.path).startswith("hub:")]
-        found = calibration.find(near)
-    if found is None:
-        return None
-    path, cal = found
-    entry = cal.hardware.get(new.meta.hardware)
-    if entry is None:
-        return None
-    source = f"calibrated ({path}, {len(entry.runs)} runs, {entry.measured_at or 'undated'})"
-    return {
-        metric: MetricCalibration(
-            metric, d.run_var, d.cell_var, int(d.df), d.process_var, int(d.process_df), d.cells
-        ).drift(source)
-        for metric, d in entry.metrics.items()
-    }
+        paths = [r.path.parent for r in (new, base) if not str(r.path).startswith("hub:")]
+    found = calibration.find_entry(paths, new.meta.hardware)
+    return drifts(*found) if found is not None else None
 
 
 def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:

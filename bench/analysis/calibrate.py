@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.analysis.noise import CannotEstimate, Drift, estimate_drift
+from bench.results.calibration import HardwareCalibration
 from bench.results.records import RUN_METRICS
 from bench.results.store import Run
 
@@ -30,15 +32,14 @@ class MetricCalibration:
     process_df: int
     cells: int
 
-    def drift(self, source: str) -> Drift:
-        return Drift(
-            self.run_var,
-            self.cell_var,
-            float(self.df),
-            source,
-            self.process_var,
-            float(self.process_df) if self.process_df else math.inf,
-        )
+
+def drifts(path: Path, entry: HardwareCalibration) -> dict[str, Drift]:
+    """Each metric's drift as a calibration file keeps it, named by where it came from."""
+    source = f"calibrated ({path}, {len(entry.runs)} runs, {entry.measured_at or 'undated'})"
+    return {
+        metric: Drift(d.run_var, d.cell_var, d.df, source, d.process_var, d.process_df or math.inf)
+        for metric, d in entry.metrics.items()
+    }
 
 
 def calibrate(runs: Sequence[Run]) -> tuple[str, list[MetricCalibration], list[str]]:

@@ -15,12 +15,12 @@ renders the table, the JSON and the plot.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.analysis.calibrate import drifts
 from bench.analysis.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD
 from bench.analysis.levels import (
     DEFAULT_WINDOW,
@@ -80,15 +80,8 @@ def _hub(repo_id: str, metric: str, cell: str, **hub: Any) -> tuple[list[Point],
 
 def calibrated_drift(directory: Path | None, hardware: str, metric: str) -> Drift | None:
     """The drift `tfbench calibrate` measured for this hardware and metric in the runs' directory."""
-    if directory is None:
-        return None
-    found = calibration.find([directory, directory.parent])
-    entry = found[1].hardware.get(hardware) if found else None
-    d = entry.metrics.get(metric) if entry else None
-    if found is None or d is None:
-        return None
-    source = f"calibrated ({found[0]})"
-    return Drift(d.run_var, d.cell_var, d.df, source, d.process_var, d.process_df or math.inf)
+    found = calibration.find_entry([directory, directory.parent], hardware) if directory else None
+    return drifts(*found).get(metric) if found is not None else None
 
 
 def history(

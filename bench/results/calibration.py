@@ -72,6 +72,14 @@ def find(paths: Iterable[Path]) -> tuple[Path, Calibration] | None:
     return None
 
 
+def find_entry(paths: Iterable[Path], hardware: str) -> tuple[Path, HardwareCalibration] | None:
+    """The calibration of `hardware` in the first calibration.json among these paths, if it has one."""
+    found = find(paths)
+    if found is None or hardware not in found[1].hardware:
+        return None
+    return found[0], found[1].hardware[hardware]
+
+
 def save(path: Path, hardware: str, entry: dict[str, Any]) -> Calibration:
     """Add (or replace) one hardware's calibration in the file, keeping the others."""
     existing = load(path) if path.is_file() else Calibration()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 
 import numpy as np
 
@@ -43,6 +44,15 @@ def test_calibrate_writes_the_drift_beside_the_runs_and_compare_uses_it(tmp_path
     # An explicit file wins; a missing one is a mistake (exit 2).
     assert main(["compare", str(paths[0]), str(paths[1]), "--calibration", str(tmp_path / "nope.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+    # TFBENCH_CALIBRATION names the file as --calibration does.
+    moved = tmp_path / "kept.json"
+    (tmp_path / "out" / "calibration.json").rename(moved)
+    os.environ["TFBENCH_CALIBRATION"] = str(moved)
+    try:
+        assert main(["compare", str(paths[0]), str(paths[1]), "--format", "json"]) in (0, 1)
+    finally:
+        del os.environ["TFBENCH_CALIBRATION"]
+    assert json.loads(capsys.readouterr().out)["drift"].startswith(f"calibrated ({moved}")
 
 
 def test_calibrate_refuses_what_it_cannot_learn_from(tmp_path, capsys):
