@@ -427,18 +427,12 @@ class Runner:
         )
         fields = {**outcome.fields, "compile_cache": "reused" if reused else "fresh"}
         if outcome.status != "ok" or outcome.result is None:
-            extra = dict(outcome.result or {})
-            for key in ("runs", "stats", "processes"):
-                extra.pop(key, None)  # a failed process's partial numbers never join the cell's
-            return self._record(
-                cell,
-                outcome.status,
-                reason=outcome.reason,
-                error=outcome.error,
-                **measured,
-                **outcome.fields,
-                **{k: v for k, v in extra.items() if k not in measured and k not in outcome.fields},
-            )
+            # A failed process's partial numbers never join the cell's; what the others measured stays.
+            extra = {
+                k: v for k, v in (outcome.result or {}).items() if k not in ("runs", "stats", "processes")
+            }
+            fields = {**extra, **measured, **outcome.fields}
+            return self._record(cell, outcome.status, reason=outcome.reason, error=outcome.error, **fields)
         measured = add_process(measured, process, outcome.result, {**fields, "attempt": attempt})
         complete = len(measured["processes"]) >= processes
         if complete:
