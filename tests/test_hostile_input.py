@@ -135,7 +135,7 @@ def invoke(argv: list[str], env: dict[str, str] | None = None) -> Outcome:
         mock.patch.object(hf_constants, "HF_HUB_OFFLINE", True),
         mock.patch("bench.run.session.select_run", _tripwire),
         mock.patch("bench.run.runner.Runner.execute", _tripwire),
-        mock.patch("bench.run.runner.start_worker_server", _tripwire),
+        mock.patch("bench.run.workers.start_worker_server", _tripwire),
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):

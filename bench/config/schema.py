@@ -100,6 +100,8 @@ ALLOWED: dict[str, str] = {
     "seed": "an integer",
     "push_to_hub": "a Hub dataset repo id ORG/NAME to upload the run to, or null (no upload)",
     "push_private": "true or false: whether a repo created by the upload is private",
+    "transformers_source": "null (the installed transformers), or the transformers to measure: a "
+    "checkout, an unpacked wheel, a virtual environment, or another environment's python",
 }
 
 
@@ -139,6 +141,7 @@ class BenchConfig(BaseModel):
     seed: StrictInt = 0
     push_to_hub: Annotated[str, Field(strict=True)] | None = None
     push_private: StrictBool = True
+    transformers_source: Annotated[str, Field(min_length=1, strict=True)] | None = None
 
     @field_validator("*", mode="before")
     @classmethod

@@ -24,6 +24,7 @@ FIRST_PROCESS_KEYS = (
     "effective_attn_implementation",
     "worker_environment",
     "continuous_batching_config",
+    "api_adapted",
     "setup_time_s",
     "load_time_s",
     "warmup_time_s",

@@ -40,14 +40,26 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def identity(plan: Plan, settings: Mapping[str, Any], hardware: str, shard: str | None) -> dict[str, Any]:
-    """What must match for a run to be continued: mixing any of these would mix incomparable numbers."""
-    return {
+def identity(
+    plan: Plan,
+    settings: Mapping[str, Any],
+    hardware: str,
+    shard: str | None,
+    code: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What must match for a run to be continued: mixing any of these would mix incomparable numbers.
+
+    code: the transformers source measured instead of the installed one (absent when there is none,
+    so that runs started before the field existed still continue)."""
+    key = {
         "cells": _digest([[c.cell_id, c.runnable] for c in plan.cells]),
         "settings": dict(settings),
         "hardware": hardware,
         "shard": shard,
     }
+    if code:
+        key["code"] = dict(code)
+    return key
 
 
 def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -56,6 +68,7 @@ def identity_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
         "settings": "measurement settings",
         "hardware": "hardware",
         "shard": "shard",
+        "code": "the transformers measured",
     }
     out = []
     for key, label in words.items():

@@ -17,7 +17,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,7 +39,7 @@ from bench.results.records import (
 )
 from bench.results.store import RunDir, storage_errors
 from bench.run.resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
-from bench.run.workers import judge, now_iso, run_worker, signal_name, start_worker_server
+from bench.run.workers import LocalWorkers, judge, now_iso, signal_name
 from bench.secrets import redact_file
 
 # Record keys that hold what a cell's processes measured so far (kept across its attempts).
@@ -101,6 +101,7 @@ class Runner:
         run_meta: RunMeta,
         reporter: Any,
         previous: dict[str, CellRecord] | None = None,
+        workers: Any = None,
     ):
         self.rundir = rundir
         self.plan = plan
@@ -113,17 +114,20 @@ class Runner:
         self.current: Current | None = None
         self.meta: RunMeta | None = None
         self._held_log: Any = None
+        # Where workers come from: this process's fork server, or a side server (bench.run.side).
+        self.workers = workers or LocalWorkers()
+        self._done_before: list[tuple[Cell, CellRecord]] = []
 
     # -- signals ----------------------------------------------------------------------------
 
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def on_signal(self, signum: int, frame: Any) -> None:
         if self.state.stop_signal is None:
             self.state.stop_signal = signum
 
     def _install_signals(self) -> dict[int, Any]:
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, self._on_signal)
+            previous[sig] = signal.signal(sig, self.on_signal)
         return previous
 
     # -- the run ----------------------------------------------------------------------------
@@ -133,12 +137,12 @@ class Runner:
         try:
             return self._execute()
         except StorageError as exc:
-            raise self._storage_failed(exc) from exc
+            raise self.storage_failed(exc) from exc
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _storage_failed(self, exc: StorageError) -> StorageError:
+    def storage_failed(self, exc: StorageError) -> StorageError:
         """Stop in order when the results volume refuses a write (full, read-only, gone).
 
         The reporter is closed already and no worker is alive (nothing is written while one
@@ -217,6 +221,13 @@ class Runner:
         return rounds
 
     def _execute(self) -> int:
+        self.begin()
+        for _ in self.steps():
+            pass
+        return self.end()
+
+    def begin(self) -> None:
+        """Settle what an earlier invocation left, write run.json, record the skipped cells."""
         records = self.records
         for cid, rec in list(records.items()):
             if rec.status == "running":
@@ -230,6 +241,7 @@ class Runner:
         shutil.rmtree(self.rundir.work, ignore_errors=True)
         self.rundir.create()
         remove_stale_temporaries(self.rundir)
+        code = {"code_under_test": self.workers.description} if self.workers.description else {}
         meta = self.run_meta.model_copy(
             update={
                 "schema_version": SCHEMA_VERSION,
@@ -237,11 +249,12 @@ class Runner:
                 "finished_at": None,
                 "status": "running",
                 "started_at": self.run_meta.started_at or now_iso(),
+                **code,
             }
         )
         self.meta = meta
         self.rundir.write_run(meta)
-        done_before: list[tuple[Cell, CellRecord]] = []
+        self._done_before = []
         for cell in self.plan.cells:
             rec = records.get(cell.cell_id)
             if not cell.runnable and rec is None:
@@ -249,20 +262,25 @@ class Runner:
                 self.rundir.write_cell(rec)
                 records[cell.cell_id] = rec
             if rec is not None and self._final(rec):
-                done_before.append((cell, rec))
+                self._done_before.append((cell, rec))
+
+    def steps(self) -> Iterator[None]:
+        """Run the cells, one worker process per step (callers may interleave two runners' steps)."""
+        records, meta = self.records, self.meta
+        assert meta is not None
         todo = [
             c for c in self.plan.runnable if needs_run(records.get(c.cell_id), self.settings.max_attempts)
         ]
         self.reporter.start(self.plan)
         try:  # the live display must be closed whatever happens, or the terminal is left garbled
-            for cell, rec in done_before:
+            for cell, rec in self._done_before:
                 # Cells finished by an earlier invocation count, but only skips get their line again.
                 self.reporter.cell_done(cell, rec, final=True, quiet=rec.status != "skipped")
             if todo:
                 # Start the fork server now, so its one-time imports are not charged to the first cell.
                 self.reporter.note("starting the worker server (imports torch and transformers once)")
                 t = time.perf_counter()
-                start_worker_server(lambda: self.state.stop_signal is not None)
+                self.workers.start(lambda: self.state.stop_signal is not None)
                 meta.worker_server_start_s = time.perf_counter() - t
             while todo and self.state.stop_signal is None:
                 stopped: set[str] = set()  # cells whose process failed in this pass
@@ -277,6 +295,7 @@ class Runner:
                             self.reporter.cell_done(cell, rec, final=self._final(rec))
                         if rec.status not in ("ok", "partial"):
                             stopped.add(cell.cell_id)
+                        yield
                 # Failed cells get their next attempt after every other cell had its turn.
                 todo = [
                     c
@@ -287,6 +306,11 @@ class Runner:
                 ]
         finally:
             self.reporter.stop()
+
+    def end(self) -> int:
+        """Write the summary and the run's end; the exit code."""
+        records, meta = self.records, self.meta
+        assert meta is not None
         self._drop_caches()
         mine = [records[c.cell_id] for c in self.plan.cells if c.cell_id in records]
         self.rundir.write_summary(mine)
@@ -411,7 +435,7 @@ class Runner:
             cache_dir=str(cache),
             result_path=str(result_path),
         )
-        ended = run_worker(
+        ended = self.workers.run(
             task,
             f"tfbench-{cell.cell_id}-{process}",
             self.settings.cell_timeout_s,

@@ -36,6 +36,7 @@ from bench.run.machine import Accelerators, capabilities, detect_accelerators, e
 from bench.run.merge import try_merge
 from bench.run.resume import Selected, identity, select_run
 from bench.run.runner import Runner, new_run_id, now_iso
+from bench.run.side import open_side, side_capabilities, side_commit, side_environment
 
 DEFAULT_OUTPUT = "results"
 
@@ -63,6 +64,8 @@ class Job:
     key: dict[str, Any]
     shard: Shard | None = None
     selected: Selected | None = None
+    workers: Any = None  # a side server when transformers_source names the code to measure
+    env: dict[str, Any] | None = None  # run.json's environment as this job's workers see it
 
 
 def origin(lc: LoadedConfig, key: str) -> str:
@@ -94,6 +97,22 @@ def prepare(
 ) -> list[Job]:
     """A job per config. Every config is checked before the first cell runs: a bad line 3 must
     not cost lines 1-2; a refused run creates nothing."""
+    opened: list[Any] = []
+    try:
+        return _prepare(configs, request, accel, env, opened)
+    except BaseException:
+        for side in opened:  # a refused config must not leave a side server behind
+            side.close()
+        raise
+
+
+def _prepare(
+    configs: Sequence[LoadedConfig],
+    request: RunRequest,
+    accel: Accelerators,
+    env: dict[str, Any],
+    opened: list[Any],
+) -> list[Job]:
     shard = request.shard
     jobs: list[Job] = []
     for i, lc in enumerate(configs):
@@ -102,6 +121,12 @@ def prepare(
             caps = capabilities(cfg.device, accel)
         except UserError as exc:
             raise UserError(f"{exc}{origin(lc, 'device')}") from None
+        workers, job_env = None, env
+        if cfg.transformers_source:
+            label = "transformers_source" + origin(lc, "transformers_source")
+            workers = open_side(cfg.transformers_source, label)
+            opened.append(workers)
+            caps, job_env = side_capabilities(caps, workers.facts), side_environment(env, workers.facts)
         full = build_plan(cfg, caps)
         iterations = cfg.warmup_iterations + cfg.measurement_iterations
         plan = shard_plan(full, shard, iterations) if shard else full
@@ -120,9 +145,11 @@ def prepare(
                 "the same on every shard, so that the shards write one run"
             )
         settings = Settings.from_config(cfg)
-        hardware = hardware_label(Environment.model_validate(env), caps.device)
-        key = identity(full, settings.measured(), hardware, shard and shard.name)
-        jobs.append(Job(lc, full, plan, output, run_id, settings, key, shard))
+        hardware = hardware_label(Environment.model_validate(job_env), caps.device)
+        key = identity(
+            full, settings.measured(), hardware, shard and shard.name, workers and workers.description
+        )
+        jobs.append(Job(lc, full, plan, output, run_id, settings, key, shard, workers=workers, env=job_env))
     for job in jobs:
         check_output(job.output)
     return jobs
@@ -150,7 +177,7 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
         worst = EXIT_OK
         for job in jobs:
             assert job.selected is not None
-            code = run_job(job, env, commit, out, err, log)
+            code = run_job(job, job.env or env, side_commit(job.workers) or commit, out, err, log)
             job.selected.lock.release()
             if code not in (EXIT_OK, EXIT_CELL_FAILED):
                 return code  # interrupted: stop here, later configs are not started
@@ -160,6 +187,8 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
         for job in jobs:
             if job.selected is not None:
                 job.selected.lock.release()
+            if job.workers is not None:
+                job.workers.close()
 
 
 def exit_code(records: Sequence[CellRecord]) -> int:
@@ -255,7 +284,13 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
         )
         reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
         runner = Runner(
-            rundir, plan, job.settings, run_meta(job, env, commit), reporter, previous=sel.records
+            rundir,
+            plan,
+            job.settings,
+            run_meta(job, env, commit),
+            reporter,
+            previous=sel.records,
+            workers=job.workers,
         )
         code = runner.execute()
         records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]

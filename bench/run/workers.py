@@ -163,6 +163,32 @@ def run_worker(
     return ended
 
 
+class LocalWorkers:
+    """Workers forked from this process's own fork server: the transformers installed here.
+
+    The runner talks to its workers through this interface; bench.run.side offers the same for a
+    transformers source of another directory or environment, served by a process of its own.
+    """
+
+    description: dict[str, Any] | None = None  # what code the workers measure; None: this install's
+
+    def start(self, stop: Callable[[], bool]) -> bool:
+        return start_worker_server(stop)
+
+    def run(
+        self,
+        task: Task,
+        name: str,
+        timeout_s: float,
+        stopping: Callable[[], bool],
+        on_phase: Callable[[str, int, int], None],
+    ) -> Ended:
+        return run_worker(task, name, timeout_s, stopping, on_phase)
+
+    def close(self) -> None:
+        """The fork server ends with this process."""
+
+
 def _drain(receiver: Any, on_phase: Callable[[str, int, int], None]) -> None:
     try:
         while receiver.poll():
@@ -226,7 +252,7 @@ def judge(
             fields["isolation"] = {"spawn_s": spawn_s, "exit_s": exit_s, "overhead_s": spawn_s + exit_s}
         status = result.pop("status")
         error = result.pop("error", None)
-        reason = None
+        reason = result.pop("reason", None)  # a skip says why in words of its own
         if isinstance(error, dict):
             reason = f"{error.get('type', 'error')}: {error.get('message', '')}".strip()[:500]
             error["log_tail"] = log_tail(log_path)

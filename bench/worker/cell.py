@@ -25,7 +25,7 @@ import torch
 
 from bench.results.records import Task
 from bench.results.store import atomic_write_json
-from bench.worker import models, roofline
+from bench.worker import api, models, roofline
 from bench.worker.diagnose import ModelFault, describe_load_failure, is_oom, short_message
 from bench.worker.generate import (
     CellError,
@@ -78,7 +78,11 @@ def _memory(device: str) -> dict[str, Any]:
 
 
 def worker_environment(device: str) -> dict[str, Any]:
+    import transformers
+
     env: dict[str, Any] = {
+        "transformers": api.version(),
+        "transformers_path": os.path.dirname(transformers.__file__ or ""),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "torch_threads": torch.get_num_threads(),
@@ -120,9 +124,16 @@ def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> No
             time.sleep(3600)
 
 
+class Unsupported(Exception):
+    """The measured transformers lacks an API the cell needs: the cell is skipped, not failed."""
+
+
 def measure(task: Task, phase: Any) -> dict[str, Any]:
     cell = task.cell
     device = cell["device"]
+    lacking = api.missing(cell)
+    if lacking is not None:
+        raise Unsupported(lacking)
     torch.manual_seed(task.seed)
     phase("load", 0, 0)
     t = time.perf_counter()
@@ -274,6 +285,9 @@ def run_cell(task: Task, conn: Any, entered: float) -> None:
     try:
         result.update(measure(task, phase))
         result["status"] = "ok"
+    except Unsupported as exc:
+        result["status"], result["reason"] = "skipped", str(exc)
+        result["worker_environment"] = worker_environment(task.cell["device"])
     except BaseException as exc:  # noqa: BLE001 - every failure must become a result
         result["status"], result["error"] = failure(exc, task)
         traceback.print_exc()

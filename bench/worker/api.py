@@ -1,0 +1,88 @@
+"""What the measured transformers offers a cell.
+
+The code under test may be any recent transformers release or checkout (`transformers_source`,
+`tfbench ab`), not only the one the image pins. Each cell asks for APIs that came and went
+across releases: continuous batching and its config's options, CompileConfig's options, the
+attention implementations. A cell whose API is missing is skipped with the reason, never crashed;
+an option that was only renamed is translated, and the record says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import transformers
+
+# ContinuousBatchingConfig options under their older names (page_size was block_size before 5.17's
+# successor; the field is the same: tokens per cache page).
+RENAMED_CB_OPTIONS = {"page_size": "block_size"}
+# Options that only steer a behaviour newer releases added: without the option there is nothing
+# to steer (auto_switch_to_flash keeps newer releases from replacing the attention asked for).
+OPTIONAL_CB_OPTIONS = ("auto_switch_to_flash",)
+
+
+def version() -> str:
+    return str(getattr(transformers, "__version__", "unknown"))
+
+
+def parameters(obj: Any) -> set[str]:
+    try:
+        return set(inspect.signature(obj).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def attention_names() -> set[str]:
+    """The attention implementations this transformers registers (eager is built in)."""
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return {"eager"}
+    mapping = getattr(ALL_ATTENTION_FUNCTIONS, "_global_mapping", None)
+    names = set(mapping) if isinstance(mapping, dict) else set(ALL_ATTENTION_FUNCTIONS)
+    return names | {"eager"}
+
+
+def missing(cell: dict[str, Any]) -> str | None:
+    """Why this transformers cannot run the cell (the first API it lacks), or None."""
+    have = f"transformers {version()}"
+    if cell["continuous_batching"]:
+        if not hasattr(transformers, "ContinuousBatchingConfig"):
+            return f"{have} has no ContinuousBatchingConfig (continuous batching needs it)"
+        try:
+            from transformers.generation.continuous_batching import ContinuousMixin
+        except ImportError:
+            ContinuousMixin = None  # noqa: N806 - a class, when it exists
+        if ContinuousMixin is None or not hasattr(ContinuousMixin, "init_continuous_batching"):
+            return f"{have} has no init_continuous_batching (continuous batching needs it)"
+    if cell["compile"]:
+        if not hasattr(transformers, "CompileConfig"):
+            return f"{have} has no CompileConfig (compiled cells need it)"
+        lacking = {"mode", "fullgraph", "dynamic"} - parameters(transformers.CompileConfig)
+        if lacking:
+            return f"{have}: CompileConfig has no option {', '.join(sorted(lacking))}"
+    attn = cell["attn_implementation"]
+    names = attention_names()
+    wanted = f"paged|{attn}" if cell["continuous_batching"] else attn
+    if wanted not in names and attn not in names:
+        return f"{have} has no attention implementation {wanted!r} (it has {', '.join(sorted(names))})"
+    return None
+
+
+def continuous_batching_options(wanted: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The options for this release's ContinuousBatchingConfig, and what was translated or dropped."""
+    accepted = parameters(transformers.ContinuousBatchingConfig)
+    out: dict[str, Any] = {}
+    notes: list[str] = []
+    for key, value in wanted.items():
+        if key in accepted:
+            out[key] = value
+        elif key in RENAMED_CB_OPTIONS and RENAMED_CB_OPTIONS[key] in accepted:
+            out[RENAMED_CB_OPTIONS[key]] = value
+            notes.append(f"{key} passed as {RENAMED_CB_OPTIONS[key]} (its name in transformers {version()})")
+        elif key in OPTIONAL_CB_OPTIONS:
+            notes.append(f"{key} dropped: transformers {version()} has no such option")
+        else:
+            raise TypeError(f"transformers {version()}: ContinuousBatchingConfig has no option {key!r}")
+    return out, notes
