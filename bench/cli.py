@@ -56,6 +56,18 @@ def _add_field_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{key.replace('_', '-')}", **kwargs)
 
 
+def _add_verdict_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="[METRIC=]FRACTION",
+        help="smallest change that counts (default 0.05); METRIC=FRACTION for one metric, repeatable",
+    )
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tfbench", description="Benchmark Hugging Face transformers inference, cell by cell."
@@ -96,15 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "base", metavar="BASE", help="the reference run: a directory, or hub:ORG/NAME@COMMIT"
     )
     compare.add_argument("new", metavar="NEW", help="the run to judge: a directory, or hub:ORG/NAME@COMMIT")
-    compare.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    compare.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="[METRIC=]FRACTION",
-        help="smallest change that counts (default 0.05); METRIC=FRACTION for one metric, repeatable",
-    )
-    compare.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    _add_verdict_flags(compare)
     compare.add_argument(
         "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
     )
@@ -115,6 +119,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--html", metavar="FILE", help="also write an HTML report with the ratio plots")
     compare.add_argument("--png", metavar="DIR", help="also write the ratio plots as PNG files")
+
+    ab = sub.add_parser(
+        "ab",
+        help="measure two transformers sources interleaved on this machine, then compare (exit 1 on a regression)",
+    )
+    ab.add_argument("base", metavar="BASE", help="a transformers checkout, unpacked wheel, venv, or python")
+    ab.add_argument("new", metavar="NEW", help="the same forms as BASE: the code to judge")
+    ab.add_argument("--config", "-c", help="config file (default: TFBENCH_CONFIG, else the embedded default)")
+    ab.add_argument(
+        "--run-id", help="name the pair (<id>-base, <id>-new), so that the same command resumes it"
+    )
+    ab.add_argument(
+        "--order", choices=("abba", "shuffled"), default="abba", help="which side goes first at each step"
+    )
+    _add_verdict_flags(ab)
+    ab.add_argument("--log-format", choices=LOG_FORMATS, help="human (default) or json lines")
+    _add_field_flags(ab)
 
     calibrate = sub.add_parser(
         "calibrate",
@@ -302,24 +323,50 @@ def _load_run(source: str, log: Any) -> Run:
 
 def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
     from bench.analysis.compare import compare_runs, exit_code
-    from bench.output.compare import to_json, to_markdown, to_table
 
     base, new = _load_run(args.base, log), _load_run(args.new, log)
     cmp = compare_runs(
         base, new, _thresholds(args.threshold), args.alpha, _drift(base, new, args.calibration)
     )
+    _show_comparison(cmp, args, out, base, new)
+    return exit_code(cmp, strict=args.strict)
+
+
+def cmd_ab(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
+    from bench.analysis.compare import compare_runs, exit_code
+    from bench.errors import EXIT_CELL_FAILED
+    from bench.run.ab import run_ab
+
+    limits = _thresholds(args.threshold)  # bad flags exit 2 before anything is measured
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha = {args.alpha!r}: allowed: a number between 0 and 1 (0.05 for 95%)")
+    configs = _configs(args)
+    if len(configs) != 1:
+        raise UserError(f"--config holds {len(configs)} configs; `tfbench ab` measures one")
+    run_id = args.run_id or os.environ.get("TFBENCH_RUN_ID") or None
+    done = run_ab(configs[0], args.base, args.new, run_id, args.order, out, err, log)
+    if done.code not in (EXIT_OK, EXIT_CELL_FAILED):
+        return done.code  # interrupted: the same command continues both runs
+    base, new = _load_run(str(done.base), log), _load_run(str(done.new), log)
+    cmp = compare_runs(base, new, limits, args.alpha)  # one invocation: no drift between the sides
+    _show_comparison(cmp, args, out, base, new)
+    return max(done.code, exit_code(cmp))
+
+
+def _show_comparison(cmp: Any, args: argparse.Namespace, out: Console, base: Run, new: Run) -> None:
+    from bench.output.compare import to_json, to_markdown, to_table
+
     if args.format == "json":
         sys.stdout.write(json.dumps(to_json(cmp), indent=1) + "\n")
     elif args.format == "markdown":
         sys.stdout.write(to_markdown(cmp) + "\n")
     else:
         out.print(to_table(cmp))
-    if args.html or args.png:
+    if getattr(args, "html", None) or getattr(args, "png", None):
         from bench.output.html import write_compare_report
 
         for path in write_compare_report(cmp, args.html, args.png, base, new):
             sys.stderr.write(f"wrote {path}\n")
-    return exit_code(cmp, strict=args.strict)
 
 
 def _drift(base: Run, new: Run, given: str | None) -> Any:
@@ -526,6 +573,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_push(args, log)
         if args.command == "compare":
             return cmd_compare(args, out, log)
+        if args.command == "ab":
+            return cmd_ab(args, out, err, log)
         if args.command == "calibrate":
             return cmd_calibrate(args, log)
         if args.command == "report":

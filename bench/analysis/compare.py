@@ -349,6 +349,10 @@ def _run_info(run: Run) -> dict[str, Any]:
         "path": str(run.path),
         "status": run.meta.status,
         "measured_commit": run.meta.commit_sha,
+        "dirty": (run.meta.measured_commit.model_extra or {}).get("dirty")
+        if run.meta.measured_commit
+        else None,
+        "code": (run.meta.model_extra or {}).get("code_under_test"),  # a transformers_source / ab side
         "hardware": run.meta.hardware,
         "packages": {k: v for k, v in run.meta.packages().items() if k in SOFTWARE_KEYS},
         "cells": len(run.cells),

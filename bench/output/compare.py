@@ -263,7 +263,11 @@ def to_markdown(cmp: Comparison, max_rows: int = 200) -> str:
     def describe(info: dict[str, Any]) -> str:
         pkgs = info.get("packages") or {}
         extra = [f"commit `{short_sha(info.get('measured_commit'))}`"] if info.get("measured_commit") else []
+        if info.get("dirty"):
+            extra[-1:] = [f"{extra[-1]} with uncommitted changes" if extra else "uncommitted changes"]
         extra += [f"{k} {pkgs[k]}" for k in ("transformers", "torch") if pkgs.get(k)]
+        if (info.get("code") or {}).get("given"):
+            extra.append(f"from `{_md(info['code']['given'])}`")
         return f"`{_md(info['run_id'])}`" + (f" ({', '.join(extra)})" if extra else "")
 
     lines += [f"BASE {describe(cmp.base)} → NEW {describe(cmp.new)}", ""]

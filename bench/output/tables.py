@@ -258,10 +258,14 @@ def plan_lines(plan: Plan) -> Iterable[str]:
 class ProgressReporter:
     """A rich progress bar over the cells with the running cell and its phase; a line per finished cell."""
 
-    def __init__(self, console: Console, label: str = ""):
+    def __init__(self, console: Console, label: str = "", progress: Progress | None = None, tag: str = ""):
+        """progress: another reporter's display to add a bar to (two runs measured side by side);
+        tag: a word that starts each of this reporter's lines (which run it is)."""
         self.console = console
         self.label = label
-        self.progress = Progress(
+        self.owner = progress is None
+        self.tag = f"[dim]{escape(tag):<4}[/dim] " if tag else ""
+        self.progress = progress or Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -276,7 +280,8 @@ class ProgressReporter:
         self.done = 0
 
     def start(self, plan: Plan) -> None:
-        self.progress.start()
+        if self.owner:
+            self.progress.start()
         self.task_id = self.progress.add_task(self.label or "cells", total=len(plan.cells), current="")
 
     def cell_started(self, cell: Cell, attempt: int = 1, process: int = 0, processes: int = 1) -> None:
@@ -312,7 +317,7 @@ class ProgressReporter:
         if status != "skipped" and (attempt > 1 or retry):
             detail = f"[dim](attempt {attempt}{', will retry' if retry else ''})[/dim] {detail}"
         self.progress.console.print(
-            f"[{style}]{status:>11}[/{style}]  {escape(cell.name)}  [dim]{cell.cell_id[:8]}[/dim]  {detail}",
+            f"{self.tag}[{style}]{status:>11}[/{style}]  {escape(cell.name)}  [dim]{cell.cell_id[:8]}[/dim]  {detail}",
             highlight=False,
         )
 
@@ -321,4 +326,5 @@ class ProgressReporter:
             self.progress.update(self.task_id, current=escape(text))
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.owner:
+            self.progress.stop()

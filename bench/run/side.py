@@ -48,11 +48,14 @@ def probe() -> dict[str, Any]:
     import torch
     import transformers
 
+    import bench
     from bench.run.machine import package_versions
 
     packages = package_versions()
-    # A checkout's src/ has no metadata: the module's own version is the one measured.
+    # A checkout's src/ has no metadata: the module's own version is the one measured. tfbench is
+    # this one, on the path without an install.
     packages["transformers"] = transformers.__version__
+    packages["tfbench"] = bench.__version__
     return {
         "python": sys.executable,
         "python_version": platform.python_version(),

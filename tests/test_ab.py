@@ -1,0 +1,134 @@
+"""`tfbench ab BASE NEW` through entrypoint.py, as the container runs it: two copies of the installed
+transformers (one with a slowdown planted in Llama's forward), measured interleaved, then judged.
+Also `transformers_source`, its one-sided form, and the bad input both refuse before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+
+from tests.conftest import run_entrypoint, write_config
+from tests.transformers_copies import transformers_copy
+
+# Two processes per cell, so each side has a between-process spread; one cell keeps it short.
+AB = {"processes": 2, "measurement_iterations": 4, "run_name": "ab"}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """BASE: the installed transformers; NEW: the same with every Llama forward 20 ms slower."""
+    root = tmp_path_factory.mktemp("ab")
+    base = transformers_copy(root / "base", wheel_version=transformers.__version__)
+    new = transformers_copy(root / "new", delay_s=0.02)
+    config = write_config(root, **AB)
+    output = root / "results"
+    done = run_entrypoint(config, output, "ab", str(base), str(new), "--format", "markdown", timeout=600)
+    runs = {
+        json.loads(p.read_text())["ab"]["side"]: json.loads(p.read_text()) for p in output.glob("*/run.json")
+    }
+    return {"done": done, "runs": runs, "base": base, "new": new, "output": output}
+
+
+def test_planted_slowdown_is_a_regression(planted):
+    done = planted["done"]
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # The markdown a pull request gets: the headline and the cell under "Changed".
+    assert done.stdout.startswith("### tfbench compare: 1 regression")
+    assert "#### Changed" in done.stdout
+    assert f"from `{planted['new']}`" in done.stdout
+
+
+def test_two_runs_tagged_as_one_ab(planted):
+    runs = planted["runs"]
+    assert set(runs) == {"base", "new"}
+    base, new = runs["base"], runs["new"]
+    assert base["ab"]["id"] == new["ab"]["id"]
+    assert base["ab"]["runs"] == new["ab"]["runs"] == [base["run_id"], new["run_id"]]
+    assert base["run_id"].endswith("-ab-base") and new["run_id"].endswith("-ab-new")
+    assert base["code_under_test"]["kind"] == "wheel"
+    assert base["code_under_test"]["version"] == transformers.__version__
+    assert new["code_under_test"]["kind"] == "directory"
+    assert new["code_under_test"]["path"] == str(planted["new"])
+    assert base["identity"]["code"] != new["identity"]["code"]
+    for run in (base, new):
+        assert run["status"] == "finished"
+        assert run["environment"]["packages"]["transformers"] == transformers.__version__
+
+
+def test_sides_alternate_abba(planted):
+    """Process k of BASE runs next to process k of NEW, and each side goes first in turn."""
+    starts = []
+    for side, run in planted["runs"].items():
+        for path in (planted["output"] / run["run_id"] / "cells").glob("*.json"):
+            for p in json.loads(path.read_text())["processes"]:
+                starts.append((p["started_at"], side, p["index"]))
+    order = [(side, index) for _, side, index in sorted(starts)]
+    assert order == [("base", 0), ("new", 0), ("new", 1), ("base", 1)]
+
+
+def test_workers_imported_each_side_from_its_source(planted):
+    for side, source in (("base", planted["base"]), ("new", planted["new"])):
+        run = planted["runs"][side]
+        cell = next((planted["output"] / run["run_id"] / "cells").glob("*.json"))
+        env = json.loads(cell.read_text())["worker_environment"]
+        assert env["transformers_path"] == str(source / "transformers")
+
+
+def test_bad_sources_exit_2_before_any_model_loads(tmp_path):
+    config = write_config(tmp_path, **AB)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    (broken / "transformers").mkdir(parents=True)
+    # As an older release fails with this environment's huggingface_hub: an import it cannot find.
+    (broken / "transformers" / "__init__.py").write_text("import httpx_of_another_release\n")
+    good = transformers_copy(tmp_path / "good")
+    cases = [
+        ((str(tmp_path / "nowhere"), str(good)), "BASE"),
+        ((str(empty), str(good)), "holds no transformers"),
+        ((str(good), str(broken)), "No module named 'httpx_of_another_release'"),
+        ((str(good), str(config)), "not an executable python"),
+    ]
+    for (base, new), said in cases:
+        done = run_entrypoint(config, tmp_path / "results", "ab", base, new)
+        assert done.returncode == 2, done.stderr
+        assert said in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "results").glob("*/cells/*.json"))
+
+
+def test_ab_refuses_a_config_that_names_a_source(tmp_path):
+    good = transformers_copy(tmp_path / "good")
+    config = write_config(tmp_path, transformers_source=str(good), **AB)
+    done = run_entrypoint(config, tmp_path / "results", "ab", str(good), str(good))
+    assert done.returncode == 2
+    assert "leave transformers_source unset" in done.stderr
+
+
+def test_transformers_source_measures_the_named_copy(tmp_path):
+    """The one-sided form: `run` with TFBENCH_TRANSFORMERS_SOURCE measures the copy, not the install."""
+    source = transformers_copy(tmp_path / "src")
+    config = write_config(tmp_path, run_name="one-sided")
+    output = tmp_path / "results"
+    done = run_entrypoint(config, output, env={"TFBENCH_TRANSFORMERS_SOURCE": str(source)})
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = output.iterdir()
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["code_under_test"]["given"] == str(source)
+    assert run["identity"]["code"]["path"] == str(source)
+    (cell,) = (run_dir / "cells").glob("*.json")
+    assert json.loads(cell.read_text())["worker_environment"]["transformers_path"] == str(
+        source / "transformers"
+    )
+
+
+def test_transformers_source_that_holds_none_exits_2(tmp_path):
+    config = write_config(tmp_path)
+    done = run_entrypoint(config, tmp_path / "results", env={"TFBENCH_TRANSFORMERS_SOURCE": str(tmp_path)})
+    assert done.returncode == 2
+    assert "transformers_source" in done.stderr and "holds no transformers" in done.stderr
+    assert "TFBENCH_TRANSFORMERS_SOURCE" in done.stderr
