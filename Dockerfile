@@ -89,6 +89,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The CUDA images have no python; the CPU variant's base brings python3, python3-venv and tini.
 # python3-dev and gcc: Triton (torch.compile on a GPU) compiles its launcher at run time.
 # tini is PID 1: it forwards SIGTERM to tfbench and reaps the orphans of killed cells.
+# git: reads the commit of a mounted transformers checkout (`tfbench ab`, TFBENCH_TRANSFORMERS_SOURCE).
 # apt reads the CA secret as its sandbox user _apt, hence mode 0444 (a CA bundle is public).
 # Distribution packages follow the pinned base image's archive, hence no version pins.
 # hadolint ignore=DL3008
@@ -97,7 +98,7 @@ RUN --mount=type=secret,id=ca,mode=0444 \
         apt_ca=(); if [ -f /run/secrets/ca ]; then apt_ca=(-o Acquire::https::CAInfo=/run/secrets/ca); fi \
         && apt-get "${apt_ca[@]}" update \
         && DEBIAN_FRONTEND=noninteractive apt-get "${apt_ca[@]}" install -y --no-install-recommends \
-            python3 python3-venv python3-dev gcc libc6-dev tini \
+            python3 python3-venv python3-dev gcc libc6-dev tini git \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
     && python3 -m venv /opt/venv

@@ -13,7 +13,7 @@ IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' bench/__init_
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE ?= $(shell git remote get-url origin 2>/dev/null)
 
-.PHONY: install run test lint bench plan clean image test-image reliability
+.PHONY: install run test test-compat lint bench plan clean image test-image reliability
 
 install: $(STAMP)
 
@@ -33,6 +33,13 @@ plan: install
 test: install
 	$(PY) -m pytest -q
 
+# The end-to-end path against other transformers releases (tests/compat/): 5.23.0 as an unpacked
+# wheel, 5.17.0 in a venv of its own; built once into COMPAT_DIR and kept between runs.
+COMPAT_DIR ?= $(HOME)/.cache/tfbench/compat
+test-compat: install
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) scripts/compat_envs.sh $(COMPAT_DIR)
+	TFBENCH_COMPAT_DIR=$(COMPAT_DIR) $(PY) -m pytest -q tests/compat
+
 # The CI workflows (docs/ci/: every file there) with actionlint, which runs shellcheck on their
 # `run:` scripts; the shell scripts themselves with shellcheck.
 CI_WORKFLOWS = $(sort $(wildcard docs/ci/*.yml docs/ci/*.yaml))
@@ -41,7 +48,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
-	$(VENV)/bin/actionlint -shellcheck $(VENV)/bin/shellcheck -pyflakes= $(CI_WORKFLOWS)
+	$(VENV)/bin/actionlint -config-file .github/actionlint.yaml -shellcheck $(VENV)/bin/shellcheck -pyflakes= $(CI_WORKFLOWS)
 	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
 
 # The CUDA image, with a Docker engine that has BuildKit (not run by CI): VARIANT cu126 or cu130,

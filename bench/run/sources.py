@@ -46,7 +46,13 @@ def code_dir() -> Path:
 def _git(path: Path, *args: str) -> str | None:
     try:
         done = subprocess.run(
-            ["git", "-C", str(path), *args], capture_output=True, text=True, timeout=30, check=False
+            # safe.directory: a checkout mounted read-only is often owned by another uid, and
+            # reading its commit is all this does.
+            ["git", "-c", "safe.directory=*", "-C", str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
