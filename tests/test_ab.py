@@ -132,3 +132,44 @@ def test_transformers_source_that_holds_none_exits_2(tmp_path):
     assert done.returncode == 2
     assert "transformers_source" in done.stderr and "holds no transformers" in done.stderr
     assert "TFBENCH_TRANSFORMERS_SOURCE" in done.stderr
+
+
+def test_a_stopped_ab_continues_both_runs(tmp_path):
+    """SIGTERM mid-pair (a preempted VM): both runs are left interrupted; the same command continues
+    both, into the same two directories, and the pair is compared as one invocation."""
+    import signal
+
+    from tests.conftest import start_entrypoint, wait_for
+
+    source = transformers_copy(tmp_path / "tf")
+    config = write_config(tmp_path, batch_size=[1, 2], **AB)
+    output = tmp_path / "results"
+    args = ("ab", str(source), str(source), "--format", "json")
+    proc = start_entrypoint(config, output, *args)
+
+    def measured_one() -> bool:
+        for path in output.glob("*-base/cells/*.json"):
+            try:
+                if json.loads(path.read_text()).get("processes"):
+                    return True
+            except ValueError:
+                pass  # being replaced
+        return False
+
+    wait_for(measured_one, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    first = {p.parent.name: json.loads(p.read_text()) for p in output.glob("*/run.json")}
+    assert sorted(r["status"] for r in first.values()) == ["interrupted", "interrupted"]
+
+    done = run_entrypoint(config, output, *args, timeout=600)
+    assert done.returncode in (0, 1), done.stderr
+    after = {p.parent.name: json.loads(p.read_text()) for p in output.glob("*/run.json")}
+    assert set(after) == set(first)  # continued, not started again
+    assert {r["status"] for r in after.values()} == {"finished"}
+    assert len({r["ab"]["id"] for r in after.values()}) == 1
+    assert json.loads(done.stdout)["drift"].startswith("none")
+    for name in after:
+        for cell in (output / name / "cells").glob("*.json"):
+            assert len(json.loads(cell.read_text())["processes"]) == 2

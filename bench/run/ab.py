@@ -57,7 +57,9 @@ def side_configs(lc: LoadedConfig, base: str, new: str) -> list[LoadedConfig]:
         )
     out = []
     for name, given in zip(("BASE", "NEW"), (base, new)):
-        cfg = lc.config.model_copy(update={"transformers_source": given})
+        # Each side's runs are named apart (<run_name>-base, -new), so each resumes its own.
+        update = {"transformers_source": given, "run_name": f"{lc.config.run_name}-{name.lower()}"}
+        cfg = lc.config.model_copy(update=update)
         origins = {**lc.origins, "transformers_source": f"tfbench ab {name}"}
         out.append(replace(lc, config=cfg, origins=origins))
     return out
@@ -141,7 +143,7 @@ def run_ab(
         for name, job in zip(SIDES, jobs):
             job.run_id = f"{run_id}-{name}" if run_id else None
             job.key = {**job.key, "ab_side": name}  # two copies of one source are still two sides
-            output, run_name = job.output, f"{job.loaded.config.run_name}-{name}"
+            output, run_name = job.output, job.loaded.config.run_name
             job.selected = select_run(
                 output,
                 job.run_id,
