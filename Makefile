@@ -78,6 +78,7 @@ bench: install
 	$(PY) benchmarks/sampler.py --gil release
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/verdicts.py
+	$(PY) benchmarks/ab.py
 	$(PY) benchmarks/kill_loop.py
 	$(MAKE) reliability
 
