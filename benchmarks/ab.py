@@ -40,14 +40,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "ab.json"
 METRICS = ("e2e_latency", "ttft", "tpot")
 
 
-def ab(base: Path, new: Path, output: Path, run_id: str) -> tuple[dict[str, Any], float]:
-    """One `tfbench ab` of the demo; its JSON comparison and wall time."""
+def tfbench(*args: str) -> dict[str, Any]:
+    """`tfbench ARGS --format json` in a clean environment; its JSON comparison (exit 0 or 1)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TFBENCH_")}
     environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    args = ["ab", str(base), str(new), "--output", str(output), "--run-id", run_id, "--format", "json"]
-    t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", *args, "--log-format", "json"],
+        [sys.executable, "-m", "bench.cli", *args, "--format", "json"],
         cwd=ROOT,
         env=environ,
         capture_output=True,
@@ -55,23 +53,21 @@ def ab(base: Path, new: Path, output: Path, run_id: str) -> tuple[dict[str, Any]
         check=False,
     )
     if proc.returncode not in (0, 1):
-        raise SystemExit(f"ab {run_id} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout), time.perf_counter() - t
+        raise SystemExit(f"tfbench {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def ab(base: Path, new: Path, output: Path, run_id: str) -> tuple[dict[str, Any], float]:
+    """One `tfbench ab` of the demo; its comparison and wall time."""
+    t = time.perf_counter()
+    data = tfbench(
+        "ab", str(base), str(new), "--output", str(output), "--run-id", run_id, "--log-format", "json"
+    )
+    return data, time.perf_counter() - t
 
 
 def compare(base: Path, new: Path) -> dict[str, Any]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TFBENCH_")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cli", "compare", str(base), str(new), "--format", "json"],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"compare failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout)
+    return tfbench("compare", str(base), str(new))
 
 
 def main() -> int:

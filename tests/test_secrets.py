@@ -468,7 +468,7 @@ def test_a_log_left_by_a_killed_runner_is_redacted_on_restart(tmp_path: Path) ->
     env = {"HF_TOKEN": TOKEN}
     proc = start_entrypoint(config, output, env={**env, "TFBENCH_FAULT": f"{first}:hang"})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(output.glob(f"*/work/{first}.1")):
+    while time.monotonic() < deadline and not list(output.glob(f"*/work/{first}.1.*")):
         time.sleep(0.1)
     (log,) = output.glob(f"*/logs/{first}.log")
     # What a worker may print (an error quoting a header) while its runner is killed.

@@ -175,15 +175,7 @@ class LocalWorkers:
     def start(self, stop: Callable[[], bool]) -> bool:
         return start_worker_server(stop)
 
-    def run(
-        self,
-        task: Task,
-        name: str,
-        timeout_s: float,
-        stopping: Callable[[], bool],
-        on_phase: Callable[[str, int, int], None],
-    ) -> Ended:
-        return run_worker(task, name, timeout_s, stopping, on_phase)
+    run = staticmethod(run_worker)
 
     def close(self) -> None:
         """The fork server ends with this process."""

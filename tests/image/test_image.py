@@ -237,3 +237,28 @@ def test_docker_stop_then_restart_continues_the_run(client, tmp_path):
     assert all("ok" not in [a["status"] for a in r["attempts"]] for r in records)
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "finished" and len(meta["invocations"]) == 2
+
+
+def test_ab_inside_the_image(client, tmp_path):
+    """`tfbench ab` in the container: BASE the image's own site-packages (a directory holding
+    transformers), NEW the image's python (an environment); two runs on the host, one verdict."""
+    results = results_dir(tmp_path / "results")
+    cfg = config_dir(tmp_path / "cfg", processes=2, measurement_iterations=4, run_name="ab")
+    site = "$(python -c 'import os, transformers; print(os.path.dirname(os.path.dirname(transformers.__file__)))')"
+    script = f'exec python /app/entrypoint.py ab "{site}" /opt/venv/bin/python --format markdown'
+    code, output = run(
+        client,
+        cfg=cfg,
+        results=results,
+        entrypoint=["/usr/bin/tini", "--", "sh", "-c", script],
+        one_line=False,
+    )
+    assert code in (0, 1), output  # identical code: any verdict but a failure is an answer
+    assert "### tfbench compare:" in output
+    assert "Traceback" not in output
+    runs = {p.name: json.loads((p / "run.json").read_text()) for p in results.iterdir() if p.is_dir()}
+    sides = {r["ab"]["side"]: r for r in runs.values()}
+    assert set(sides) == {"base", "new"}
+    assert sides["base"]["code_under_test"]["kind"] == "directory"
+    assert sides["new"]["code_under_test"]["kind"] == "environment"
+    assert all(r["status"] == "finished" for r in runs.values())
