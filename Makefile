@@ -70,7 +70,8 @@ test-image: install
 		PY=$(PY) bash scripts/test_image.sh
 
 # Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency,
-# telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py); scale (10,000 cells) and the long kill-and-restart loop, whose
+# telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py) and through
+# `tfbench ab` (ab.py); scale (10,000 cells) and the long kill-and-restart loop, whose
 # figures (benchmarks/results/) RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.config.schema import LoadedConfig
-from bench.errors import EXIT_CELL_FAILED, EXIT_OK, StorageError, UserError
+from bench.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, StorageError, UserError
 from bench.output.logs import JsonReporter
 from bench.output.tables import ProgressReporter
 from bench.run.machine import detect_accelerators, environment
 from bench.run.resume import Selected, select_run
 from bench.run.runner import Runner, new_run_id
-from bench.run.session import Job, RunRequest, prepare, run_meta, set_aside
+from bench.run.session import Job, RunRequest, prepare, push_once, run_meta, set_aside
 from bench.run.side import side_commit
 
 SIDES = ("base", "new")
@@ -153,7 +153,16 @@ def run_ab(
                 job.plan,
                 lambda output=output, run_name=run_name: new_run_id(run_name, output),
             )
-        return _measure(jobs, env, order, lc.config.seed, err, log)
+        done = _measure(jobs, env, order, lc.config.seed, err, log)
+        cfg = jobs[0].loaded.config
+        if cfg.push_to_hub and done.code in (EXIT_OK, EXIT_CELL_FAILED):
+            # Both sides, as any finished run is pushed; a failed upload keeps the results (exit 3).
+            pushed = [
+                push_once(path, cfg.push_to_hub, cfg.push_private, log) for path in (done.base, done.new)
+            ]
+            if not all(pushed):
+                done.code = EXIT_PUSH_FAILED
+        return done
     finally:
         for job in jobs:
             if job.selected is not None:

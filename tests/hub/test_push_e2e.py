@@ -102,3 +102,18 @@ def test_rerun_of_a_named_finished_run_pushes_what_failed_before(tmp_path):
         assert third.returncode == 0 and "already pushed" in third.stderr
         assert len(hub.commits("bench-org/tfbench-results")) == 1
     assert _files(tmp_path / "out" / "nightly" / "cells") == cells_before
+
+
+def test_ab_pushes_both_runs(tmp_path):
+    """`tfbench ab` with push_to_hub uploads each side's run, as `run` uploads its one."""
+    from tests.transformers_copies import transformers_copy
+
+    source = transformers_copy(tmp_path / "tf")
+    config = write_config(tmp_path, processes=2, measurement_iterations=2)
+    with FakeHub() as hub:
+        proc = run_entrypoint(config, tmp_path / "out", "ab", str(source), str(source), env=_env(hub))
+        assert proc.returncode in (0, 1), proc.stderr
+        commits = hub.commits("bench-org/tfbench-results")
+    assert len(commits) == 2
+    for run_dir in (tmp_path / "out").iterdir():
+        assert json.loads((run_dir / "run.json").read_text())["pushed"]["repo"] == "bench-org/tfbench-results"
