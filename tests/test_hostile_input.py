@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bench import cli
+from bench.cli.inputs import DEFAULT_CONFIG
 from bench.config.schema import BenchConfig, field_names
 from bench.config.sources import load_configs
 from bench.errors import UserError
@@ -153,7 +154,7 @@ def accepted(
 ) -> bool:
     """Whether load_configs takes the input; any exception but ConfigError is a bug."""
     try:
-        load_configs(path, environ=environ or {}, flags=flags, default_path=cli.DEFAULT_CONFIG)
+        load_configs(path, environ=environ or {}, flags=flags, default_path=DEFAULT_CONFIG)
     except UserError:
         return False
     return True

@@ -1,4 +1,5 @@
-"""Command line: `tfbench run`, `tfbench plan`, `tfbench presets`.
+"""Command line: the parser, and `tfbench run`, `plan`, `merge`, `push`, `report`, `history`,
+`presets` (the verdict commands are in bench.cli.verdicts).
 
 Mistakes in configs, flags or TFBENCH_* variables exit 2 with a message before any model is
 loaded. This module and everything it imports stay free of torch.
@@ -17,25 +18,23 @@ from typing import Any
 from rich.console import Console
 
 from bench import __version__
+from bench.cli.inputs import load_config_args, load_run
+from bench.cli.verdicts import add_verdict_flags, cmd_ab, cmd_calibrate, cmd_compare
 from bench.config.presets import PRESETS
-from bench.config.schema import ALLOWED, DEMO_CONFIG, LoadedConfig, field_names
-from bench.config.sources import load_configs, parse_text_value
+from bench.config.schema import ALLOWED, LoadedConfig, field_names
 from bench.errors import (
     EXIT_OK,
     EXIT_PUSH_FAILED,
     EXIT_SIGINT,
     EXIT_USAGE,
-    ConfigNotFoundError,
     StorageError,
     UserError,
 )
 from bench.output.logs import LOG_FORMATS, HumanLog, JsonLog, log_format, warn_skipped
 from bench.plan.matrix import Plan, build_plan
-from bench.results.store import Run, open_run
 from bench.run.machine import capabilities, detect_accelerators
 from bench.secrets import redacting_output
 
-DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 DEFAULT_OUTPUT = "results"
 RICH_PLAN_LIMIT = 500
 BOOL_FIELDS = {"trust_remote_code", "compile_fullgraph", "gpu_monitoring", "push_private"}
@@ -54,18 +53,6 @@ def _add_field_flags(parser: argparse.ArgumentParser) -> None:
         if key in BOOL_FIELDS:
             kwargs.update(nargs="?", const="true")
         group.add_argument(f"--{key.replace('_', '-')}", **kwargs)
-
-
-def _add_verdict_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    parser.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="[METRIC=]FRACTION",
-        help="smallest change that counts (default 0.05); METRIC=FRACTION for one metric, repeatable",
-    )
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "base", metavar="BASE", help="the reference run: a directory, or hub:ORG/NAME@COMMIT"
     )
     compare.add_argument("new", metavar="NEW", help="the run to judge: a directory, or hub:ORG/NAME@COMMIT")
-    _add_verdict_flags(compare)
+    add_verdict_flags(compare)
     compare.add_argument(
         "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
     )
@@ -133,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument(
         "--order", choices=("abba", "shuffled"), default="abba", help="which side goes first at each step"
     )
-    _add_verdict_flags(ab)
+    add_verdict_flags(ab)
     ab.add_argument("--log-format", choices=LOG_FORMATS, help="human (default) or json lines")
     _add_field_flags(ab)
 
@@ -190,32 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for key in field_names():
-        value = getattr(args, f"field_{key}", None)
-        if value is not None:
-            out[key] = parse_text_value(key, value)
-    return out
-
-
-def _configs(args: argparse.Namespace) -> list[LoadedConfig]:
-    path = args.config or os.environ.get("TFBENCH_CONFIG") or None
-    if path == DEMO_CONFIG and not Path(path).exists():
-        path = None
-    try:
-        return load_configs(path, os.environ, _flags(args), default_path=DEFAULT_CONFIG)
-    except ConfigNotFoundError as exc:
-        raise ConfigNotFoundError(f"{exc} [from {'--config' if args.config else 'TFBENCH_CONFIG'}]") from None
-
-
 def cmd_plan(args: argparse.Namespace, out: Console) -> int:
     from bench.output.tables import plan_lines, plan_table, shard_table
     from bench.plan.shard import assign, shard_summary
 
     if args.shards is not None and args.shards < 1:
         raise UserError(f"--shards = {args.shards}: allowed: an integer >= 1")
-    configs = _configs(args)
+    configs = load_config_args(args)
     accel = detect_accelerators()
     plans: list[tuple[LoadedConfig, Plan]] = [
         (lc, build_plan(lc.config, capabilities(lc.config.device, accel, for_run=False))) for lc in configs
@@ -268,7 +236,7 @@ def cmd_run(args: argparse.Namespace, out: Console, err: Console, log: Any) -> i
     from bench.plan.shard import parse_shard
     from bench.run.session import RunRequest, run_configs
 
-    configs = _configs(args)
+    configs = load_config_args(args)
     request = RunRequest(
         run_id=args.run_id or os.environ.get("TFBENCH_RUN_ID") or None,
         run_id_source="--run-id" if args.run_id else "TFBENCH_RUN_ID",
@@ -284,167 +252,10 @@ def _shard_source(args: argparse.Namespace) -> str:
     return "TFBENCH_SHARD" if os.environ.get("TFBENCH_SHARD") else "JOB_COMPLETION_INDEX/TFBENCH_SHARD_COUNT"
 
 
-def _thresholds(items: list[str]) -> dict[str, float]:
-    from bench.analysis.compare import COMPARED_METRICS as METRICS
-
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.rpartition("=")
-        try:
-            fraction = float(value)
-        except ValueError:
-            raise UserError(f"--threshold {item!r}: FRACTION must be a number, e.g. 0.05") from None
-        for metric in [name] if sep else METRICS:
-            if metric not in METRICS:
-                raise UserError(
-                    f"--threshold {item!r}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}"
-                )
-            out[metric] = fraction
-    return out
-
-
-def _load_run(source: str, log: Any) -> Run:
-    """A run directory, or a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID); files in
-    its cells/ that are not records are named and skipped."""
-    if source.startswith("hub:"):
-        from bench.hub.pull import load_hub_run
-
-        repo, sep, ref = source[4:].partition("@")
-        if not sep or not ref:
-            raise UserError(
-                f"{source!r}: a Hub run is hub:ORG/NAME@COMMIT (a measured commit sha, 7+) or @RUN_ID"
-            )
-        return load_hub_run(repo, ref)
-    run = open_run(source)
-    for skipped in run.skipped:
-        warn_skipped(log, skipped)
-    return run
-
-
-def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from bench.analysis.compare import compare_runs, exit_code
-
-    base, new = _load_run(args.base, log), _load_run(args.new, log)
-    cmp = compare_runs(
-        base, new, _thresholds(args.threshold), args.alpha, _drift(base, new, args.calibration)
-    )
-    _show_comparison(cmp, args, out, base, new)
-    return exit_code(cmp, strict=args.strict)
-
-
-def cmd_ab(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
-    from bench.analysis.compare import compare_runs, exit_code
-    from bench.errors import EXIT_CELL_FAILED
-    from bench.run.ab import run_ab
-
-    limits = _thresholds(args.threshold)  # bad flags exit 2 before anything is measured
-    if not 0 < args.alpha < 1:
-        raise UserError(f"--alpha = {args.alpha!r}: allowed: a number between 0 and 1 (0.05 for 95%)")
-    configs = _configs(args)
-    if len(configs) != 1:
-        raise UserError(f"--config holds {len(configs)} configs; `tfbench ab` measures one")
-    run_id = args.run_id or os.environ.get("TFBENCH_RUN_ID") or None
-    done = run_ab(configs[0], args.base, args.new, run_id, args.order, out, err, log)
-    if done.code not in (EXIT_OK, EXIT_CELL_FAILED):
-        return done.code  # interrupted: the same command continues both runs
-    base, new = _load_run(str(done.base), log), _load_run(str(done.new), log)
-    cmp = compare_runs(base, new, limits, args.alpha)  # one invocation: no drift between the sides
-    _show_comparison(cmp, args, out, base, new)
-    return max(done.code, exit_code(cmp))
-
-
-def _show_comparison(cmp: Any, args: argparse.Namespace, out: Console, base: Run, new: Run) -> None:
-    from bench.output.compare import to_json, to_markdown, to_table
-
-    if args.format == "json":
-        sys.stdout.write(json.dumps(to_json(cmp), indent=1) + "\n")
-    elif args.format == "markdown":
-        sys.stdout.write(to_markdown(cmp) + "\n")
-    else:
-        out.print(to_table(cmp))
-    if getattr(args, "html", None) or getattr(args, "png", None):
-        from bench.output.html import write_compare_report
-
-        for path in write_compare_report(cmp, args.html, args.png, base, new):
-            sys.stderr.write(f"wrote {path}\n")
-
-
-def _drift(base: Run, new: Run, given: str | None) -> Any:
-    """Each metric's drift from the calibration of the runs' hardware, or None (compare decides)."""
-    from bench.analysis.calibrate import drifts
-    from bench.results import calibration
-
-    given = given or os.environ.get("TFBENCH_CALIBRATION") or None
-    if given is not None:
-        if not Path(given).is_file():
-            raise UserError(
-                f"calibration {given!r} (--calibration or TFBENCH_CALIBRATION): no such file "
-                "(make one with `tfbench calibrate RUN...`)"
-            )
-        paths = [Path(given)]
-    else:
-        paths = [r.path.parent for r in (new, base) if not str(r.path).startswith("hub:")]
-    found = calibration.find_entry(paths, new.meta.hardware)
-    return drifts(*found) if found is not None else None
-
-
-def cmd_calibrate(args: argparse.Namespace, log: Any) -> int:
-    from bench.analysis.calibrate import calibrate
-    from bench.analysis.noise import CannotEstimate
-    from bench.results import calibration
-    from bench.run.workers import now_iso
-
-    runs = [_load_run(path, log) for path in args.runs]
-    try:
-        hardware, metrics, notes = calibrate(runs)
-    except CannotEstimate as exc:
-        raise UserError(f"cannot calibrate from {len(runs)} runs: {exc}") from None
-    target = Path(args.write) if args.write else runs[0].path.parent / calibration.FILE_NAME
-    entry = {
-        "measured_at": now_iso(),
-        "runs": [r.run_id for r in runs],
-        "tfbench_version": __version__,
-        "metrics": {
-            m.metric: {
-                "run_var": m.run_var,
-                "cell_var": m.cell_var,
-                "df": m.df,
-                "process_var": m.process_var,
-                "process_df": m.process_df,
-                "cells": m.cells,
-            }
-            for m in metrics
-        },
-    }
-    try:
-        calibration.save(target, hardware, entry)
-    except OSError as exc:
-        raise UserError(f"--write {str(target)!r}: cannot write there: {exc.strerror or exc}") from None
-    rows = [
-        [
-            m.metric,
-            f"{m.run_var**0.5:.2%}",
-            f"{m.cell_var**0.5:.2%}",
-            f"{(m.process_var or 0) ** 0.5:.2%}",
-            str(m.cells),
-        ]
-        for m in metrics
-    ]
-    from bench.output.tables import aligned_lines
-
-    lines = [f"{hardware}: drift between {len(runs)} runs (standard deviations of the log level)"]
-    lines += aligned_lines(
-        ("metric", "run", "cell x run", "between processes", "cells"), rows, {1, 2, 3, 4}, rule=True
-    )
-    lines += [f"note: {n}" for n in notes] + [f"written to {target}"]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return EXIT_OK
-
-
 def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
     from bench.output.tables import print_summary
 
-    run = _load_run(args.run_dir, log)
+    run = load_run(args.run_dir, log)
     print_summary(out, run.records(), title=run.run_id)
     if args.html or args.png:
         from bench.output.html import write_run_report
