@@ -241,7 +241,8 @@ def test_docker_stop_then_restart_continues_the_run(client, tmp_path):
 
 def test_ab_inside_the_image(client, tmp_path):
     """`tfbench ab` in the container: BASE the image's own site-packages (a directory holding
-    transformers), NEW the image's python (an environment); two runs on the host, one verdict."""
+    transformers and its metadata, as an unpacked wheel does), NEW the image's python (an
+    environment); two runs on the host, one verdict."""
     results = results_dir(tmp_path / "results")
     cfg = config_dir(tmp_path / "cfg", processes=2, measurement_iterations=4, run_name="ab")
     site = "$(python -c 'import os, transformers; print(os.path.dirname(os.path.dirname(transformers.__file__)))')"
@@ -259,6 +260,10 @@ def test_ab_inside_the_image(client, tmp_path):
     runs = {p.name: json.loads((p / "run.json").read_text()) for p in results.iterdir() if p.is_dir()}
     sides = {r["ab"]["side"]: r for r in runs.values()}
     assert set(sides) == {"base", "new"}
-    assert sides["base"]["code_under_test"]["kind"] == "directory"
+    base = sides["base"]["code_under_test"]
+    assert (base["kind"], base["version"]) == (
+        "wheel",
+        sides["base"]["environment"]["packages"]["transformers"],
+    )
     assert sides["new"]["code_under_test"]["kind"] == "environment"
     assert all(r["status"] == "finished" for r in runs.values())
