@@ -173,3 +173,24 @@ def test_a_stopped_ab_continues_both_runs(tmp_path):
     for name in after:
         for cell in (output / name / "cells").glob("*.json"):
             assert len(json.loads(cell.read_text())["processes"]) == 2
+
+
+def test_what_a_side_server_prints_is_scrubbed_of_tokens(tmp_path):
+    """A source whose import prints the token (a library quoting a header in a warning): it reaches
+    the terminal through tfbench's own output, redacted, as everything tfbench prints."""
+    token = "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"
+    loud = tmp_path / "loud"
+    (loud / "transformers").mkdir(parents=True)
+    (loud / "transformers" / "__init__.py").write_text(
+        "import os, sys\n"
+        "print('warning: request with Authorization: Bearer ' + os.environ['HF_TOKEN'], file=sys.stderr)\n"
+        "raise ImportError('this release needs something else')\n"
+    )
+    config = write_config(tmp_path)
+    done = run_entrypoint(
+        config, tmp_path / "results", env={"TFBENCH_TRANSFORMERS_SOURCE": str(loud), "HF_TOKEN": token}
+    )
+    assert done.returncode == 2, done.stderr
+    assert "this release needs something else" in done.stderr
+    assert "warning: request with Authorization" in done.stderr  # relayed...
+    assert token not in done.stderr + done.stdout  # ...without the token

@@ -125,6 +125,15 @@ def serve() -> int:
     return 0
 
 
+def _relay(stream: Any) -> None:
+    """The side server's stderr (warnings of the imports it made) through this process's own, which
+    scrubs tokens (bench.secrets) as everything tfbench prints."""
+    with contextlib.suppress(OSError, ValueError), stream:
+        for line in iter(stream.readline, b""):
+            sys.stderr.write(line.decode("utf-8", "replace"))
+            sys.stderr.flush()
+
+
 class SideServerGone(RuntimeError):
     """The side server ended while the runner needed it (a crash: its stderr says why)."""
 
@@ -137,6 +146,7 @@ class SideWorkers:
         self.proc: subprocess.Popen[bytes] | None = None
         self.facts: dict[str, Any] = {}
         self._buffer = b""
+        self._relay: threading.Thread | None = None
 
     @property
     def description(self) -> dict[str, Any]:
@@ -149,10 +159,14 @@ class SideWorkers:
             [self.source.python, "-m", "bench.run.side"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=self.source.environ(),
             # Its own session: a Ctrl-C reaches the runner, which stops the worker in order.
             start_new_session=True,
         )
+        threading.Thread(
+            target=_relay, args=(self.proc.stderr,), name="tfbench-side-stderr", daemon=True
+        ).start()
         try:
             msg = self._receive(READY_TIMEOUT_S)
         except SideServerGone:
@@ -212,6 +226,8 @@ class SideWorkers:
             proc.wait()
         with contextlib.suppress(OSError):
             proc.stdout.close()  # type: ignore[union-attr]
+        if self._relay is not None:
+            self._relay.join(timeout=5)  # its last lines are printed before this process goes on
 
     def _send(self, msg: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
