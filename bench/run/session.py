@@ -123,7 +123,10 @@ def _prepare(
             raise UserError(f"{exc}{origin(lc, 'device')}") from None
         workers, job_env = None, env
         if cfg.transformers_source:
-            label = "transformers_source" + origin(lc, "transformers_source")
+            said = lc.origins.get("transformers_source", "")
+            # A side of `tfbench ab` is named as the command line names it: BASE or NEW.
+            ab_side = said.removeprefix("tfbench ab ") if said.startswith("tfbench ab ") else None
+            label = ab_side or "transformers_source" + origin(lc, "transformers_source")
             workers = open_side(cfg.transformers_source, label)
             opened.append(workers)
             caps, job_env = side_capabilities(caps, workers.facts), side_environment(env, workers.facts)
