@@ -62,6 +62,8 @@ def _describe(cp: ChangePoint) -> str:
         text += f" [{cp.ci_low:.3f}, {cp.ci_high:.3f}]"
     if cp.p_value is not None:
         text += f" p={cp.p_value:.2g}" if cp.p_value >= 1e-12 else " p<1e-12"
+    if cp.q_value is not None:  # adjusted for testing every commit
+        text += f" q={cp.q_value:.2g}" if cp.q_value >= 1e-12 else " q<1e-12"
     return text + (" (p50 rule)" if cp.method == "p50 rule" else "")
 
 
