@@ -23,7 +23,9 @@ def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ab")
     base = transformers_copy(root / "base", wheel_version=transformers.__version__)
     new = transformers_copy(root / "new", delay_s=0.02)
-    config = write_config(root, **AB)
+    # 4 processes a side: with 2, Welch's test has about 1 degree of freedom, and on a noisy machine
+    # even a 6x slower side can stay inconclusive at alpha/3.
+    config = write_config(root, **{**AB, "processes": 4})
     output = root / "results"
     done = run_entrypoint(config, output, "ab", str(base), str(new), "--format", "markdown", timeout=600)
     runs = {
@@ -67,7 +69,16 @@ def test_sides_alternate_abba(planted):
             for p in json.loads(path.read_text())["processes"]:
                 starts.append((p["started_at"], side, p["index"]))
     order = [(side, index) for _, side, index in sorted(starts)]
-    assert order == [("base", 0), ("new", 0), ("new", 1), ("base", 1)]
+    assert order == [
+        ("base", 0),
+        ("new", 0),
+        ("new", 1),
+        ("base", 1),
+        ("base", 2),
+        ("new", 2),
+        ("new", 3),
+        ("base", 3),
+    ]
 
 
 def test_workers_imported_each_side_from_its_source(planted):
