@@ -433,8 +433,7 @@ def compare_runs(
     drift: the run-to-run component, one for every metric or one per metric (a calibration); None:
     none when both runs come from one `tfbench ab` invocation, else the assumed one.
     """
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-        raise UserError(f"alpha must be between 0 and 1 (0.05 for 95% intervals), not {alpha!r}")
+    check_alpha(alpha)
     limits = resolve_thresholds(thresholds)
     warnings, notes = run_differences(base, new)
     together = same_invocation(base, new)
@@ -477,6 +476,12 @@ def compare_runs(
     if base.cells and new.cells and not (result.cells or result.not_compared):
         result.warnings.append("the two runs have no cell in common: were they run from different configs?")
     return result
+
+
+def check_alpha(alpha: Any) -> None:
+    """UserError (exit 2) for a significance level that is not one."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1 (0.05 for 95% intervals), not {alpha!r}")
 
 
 def exit_code(cmp: Comparison, strict: bool = False) -> int:

@@ -68,10 +68,9 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import false_discovery_control
-from scipy.stats import t as student_t
 
-from bench.analysis.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, KEY_METRICS
-from bench.analysis.noise import CannotEstimate, Drift, Side, assumed_drift, estimate
+from bench.analysis.compare import DEFAULT_ALPHA, DEFAULT_THRESHOLD, KEY_METRICS, check_alpha
+from bench.analysis.noise import CannotEstimate, Drift, Side, assumed_drift, estimate, t_estimate
 from bench.errors import UserError
 from bench.results.records import HIGHER_IS_BETTER
 from bench.results.series import Measurement
@@ -282,11 +281,8 @@ def _judge(
         b = [x for g in before for x in g.levels]
         a = [x for g in after for x in g.levels]
         if series is not None:
-            log_ratio, se, df = (
-                float(np.mean(a) - np.mean(b)),
-                math.sqrt(series[0] * (1 / len(a) + 1 / len(b))),
-                series[1],
-            )
+            se = math.sqrt(series[0] * (1 / len(a) + 1 / len(b)))
+            est = t_estimate(float(np.mean(a) - np.mean(b)), se, series[1], alpha)
             method = "t on runs, the history's run spread"
         else:
             prior = Drift(0.0, 0.0, math.inf, drift.source, _one_run_var(history, drift), drift.df)
@@ -294,21 +290,19 @@ def _judge(
                 est = estimate(Side(tuple(b), len(b)), Side(tuple(a), len(a)), prior, alpha)
             except CannotEstimate:
                 return None
-            log_ratio, se, df, method = est.log_ratio, est.se, est.df, "welch on runs"
-        t = log_ratio / se if se > 0 else math.inf
-        half = float(student_t.ppf(1 - alpha / 2, df)) * se
+            method = "welch on runs"
         # Every tested commit is returned: its p joins the history's family (change_points).
         return ChangePoint(
             **common,
-            direction=_direction(metric, math.exp(log_ratio)),
-            ratio=math.exp(log_ratio),
-            ci_low=math.exp(log_ratio - half),
-            ci_high=math.exp(log_ratio + half),
-            p_value=float(2 * student_t.sf(abs(t), df)),
+            direction=_direction(metric, est.ratio),
+            ratio=est.ratio,
+            ci_low=est.ci_low,
+            ci_high=est.ci_high,
+            p_value=est.p_value,
             method=method,
             n_before=len(b),
             n_after=len(a),
-            strength=abs(t),
+            strength=abs(est.log_ratio) / est.se if est.se > 0 else math.inf,
         )
     # The p50 rule: statistics only.
     b50 = [g.p50 for g in before if g.p50]
@@ -391,8 +385,7 @@ def check_params(threshold: Any, alpha: Any, window: Any) -> None:
         raise UserError(f"threshold must be a fraction >= 0 (0.05 for 5%), not {threshold!r}")
     if not math.isfinite(threshold):
         raise UserError(f"threshold must be finite, not {threshold!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise UserError(f"alpha must be between 0 and 1 (0.05 for 95% intervals), not {alpha!r}")
+    check_alpha(alpha)
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise UserError(f"window must be a whole number of commits >= 1, not {window!r}")
 

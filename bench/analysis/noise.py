@@ -174,12 +174,22 @@ def estimate(base: Side, new: Side, drift: Drift, alpha: float = 0.05) -> Estima
         return Estimate(d, 0.0, math.inf, p, math.exp(d), math.exp(d), 0.0, 0.0, 0.0)
     denominator = math.fsum(v * v / df for v, df in parts if v > 0 and math.isfinite(df))
     df = total * total / denominator if denominator > 0 else math.inf
-    se = math.sqrt(total)
-    t = d / se
-    p = float(2.0 * stats.t.sf(abs(t), df))
+    between = [math.sqrt(s.var) if s.var is not None else None for s in (base, new)]
+    return t_estimate(d, math.sqrt(total), df, alpha, between[0], between[1])
+
+
+def t_estimate(
+    d: float,
+    se: float,
+    df: float,
+    alpha: float = 0.05,
+    between_base: float | None = None,
+    between_new: float | None = None,
+) -> Estimate:
+    """The Estimate of a log ratio d with standard error se (> 0) on df degrees of freedom."""
+    p = float(2.0 * stats.t.sf(abs(d / se), df))
     q = float(stats.t.ppf(1.0 - alpha / 2.0, df))
     mde = (q + float(stats.t.ppf(POWER, df))) * se
-    between = [math.sqrt(s.var) if s.var is not None else None for s in (base, new)]
     return Estimate(
         log_ratio=d,
         se=se,
@@ -188,8 +198,8 @@ def estimate(base: Side, new: Side, drift: Drift, alpha: float = 0.05) -> Estima
         ci_low=math.exp(d - q * se),
         ci_high=math.exp(d + q * se),
         mde=math.expm1(mde),
-        between_base=between[0],
-        between_new=between[1],
+        between_base=between_base,
+        between_new=between_new,
     )
 
 
