@@ -14,8 +14,8 @@ from typing import Any
 
 import transformers
 
-# ContinuousBatchingConfig options under their older names (page_size was block_size before 5.17's
-# successor; the field is the same: tokens per cache page).
+# ContinuousBatchingConfig options under their older names (5.17 calls page_size block_size: the
+# same field, tokens per cache page).
 RENAMED_CB_OPTIONS = {"page_size": "block_size"}
 # Options that only steer a behaviour newer releases added: without the option there is nothing
 # to steer (auto_switch_to_flash keeps newer releases from replacing the attention asked for).
@@ -62,12 +62,21 @@ def missing(cell: dict[str, Any]) -> str | None:
         lacking = {"mode", "fullgraph", "dynamic"} - parameters(transformers.CompileConfig)
         if lacking:
             return f"{have}: CompileConfig has no option {', '.join(sorted(lacking))}"
-    attn = cell["attn_implementation"]
-    names = attention_names()
-    wanted = f"paged|{attn}" if cell["continuous_batching"] else attn
-    if wanted not in names and attn not in names:
-        return f"{have} has no attention implementation {wanted!r} (it has {', '.join(sorted(names))})"
+    names, accepted = attention_names(), expected_attn(cell)
+    if not accepted & names:
+        wanted = " or ".join(repr(a) for a in sorted(accepted))
+        return f"{have} has no attention implementation {wanted} (it has {', '.join(sorted(names))})"
     return None
+
+
+def expected_attn(cell: dict[str, Any]) -> set[str]:
+    """The attention implementations that are the one the cell asked for."""
+    attn = cell["attn_implementation"]
+    if not cell["continuous_batching"]:
+        return {attn}
+    # Continuous batching runs the paged variant of an attention (eager always; sdpa in releases
+    # before 5.18 too): the same kernel over a paged cache, not another attention.
+    return {f"paged|{attn}"} if attn == "eager" else {attn, f"paged|{attn}"}
 
 
 def continuous_batching_options(wanted: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

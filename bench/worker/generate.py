@@ -53,21 +53,12 @@ def _compile_config(cell: dict[str, Any]) -> CompileConfig:
     return cc
 
 
-def _expected_attn(cell: dict[str, Any]) -> set[str]:
-    attn = cell["attn_implementation"]
-    if not cell["continuous_batching"]:
-        return {attn}
-    # Continuous batching runs the paged variant of an attention (eager always; sdpa in releases
-    # before 5.18 too): the same kernel over a paged cache, not another attention.
-    return {f"paged|{attn}"} if attn == "eager" else {attn, f"paged|{attn}"}
-
-
 def check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     """The attention implementation the model runs; CellError when it is not the one asked for."""
     actual = getattr(net.config, "_attn_implementation", None)
     if cell["model"] == "synthetic:sleep":
         return str(actual)
-    if actual not in _expected_attn(cell):
+    if actual not in api.expected_attn(cell):
         raise CellError(
             f"attention implementation is {actual!r} {when}, not the {cell['attn_implementation']!r} asked for"
         )
