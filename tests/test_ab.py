@@ -103,9 +103,10 @@ def test_bad_sources_exit_2_before_any_model_loads(tmp_path):
         ((str(empty), str(good)), "holds no transformers"),
         ((str(good), str(broken)), "No module named 'httpx_of_another_release'"),
         ((str(good), str(config)), "not an executable python"),
+        ((str(good), str(good), "--run-id", "../pair"), "--run-id = '../pair'"),
     ]
-    for (base, new), said in cases:
-        done = run_entrypoint(config, tmp_path / "results", "ab", base, new)
+    for args, said in cases:
+        done = run_entrypoint(config, tmp_path / "results", "ab", *args)
         assert done.returncode == 2, done.stderr
         assert said in done.stderr
         assert "Traceback" not in done.stderr

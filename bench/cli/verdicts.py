@@ -40,18 +40,21 @@ def cmd_compare(args: argparse.Namespace, out: Console, log: Any) -> int:
 
 
 def cmd_ab(args: argparse.Namespace, out: Console, err: Console, log: Any) -> int:
-    from bench.analysis.compare import compare_runs, exit_code
+    from bench.analysis.compare import check_alpha, compare_runs, exit_code
     from bench.errors import EXIT_CELL_FAILED
     from bench.run.ab import run_ab
+    from bench.run.session import RunRequest
 
     limits = thresholds(args.threshold)  # bad flags exit 2 before anything is measured
-    if not 0 < args.alpha < 1:
-        raise UserError(f"--alpha = {args.alpha!r}: allowed: a number between 0 and 1 (0.05 for 95%)")
+    check_alpha(args.alpha)
     configs = load_config_args(args)
     if len(configs) != 1:
         raise UserError(f"--config holds {len(configs)} configs; `tfbench ab` measures one")
-    run_id = args.run_id or os.environ.get("TFBENCH_RUN_ID") or None
-    done = run_ab(configs[0], args.base, args.new, run_id, args.order, out, err, log)
+    request = RunRequest(
+        run_id=args.run_id or os.environ.get("TFBENCH_RUN_ID") or None,
+        run_id_source="--run-id" if args.run_id else "TFBENCH_RUN_ID",
+    )
+    done = run_ab(configs[0], args.base, args.new, request, args.order, out, err, log)
     if done.code not in (EXIT_OK, EXIT_CELL_FAILED):
         return done.code  # interrupted: the same command continues both runs
     base, new = load_run(str(done.base), log), load_run(str(done.new), log)

@@ -28,9 +28,9 @@ from bench.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, StorageErr
 from bench.output.logs import JsonReporter
 from bench.output.tables import ProgressReporter
 from bench.run.machine import detect_accelerators, environment
-from bench.run.resume import Selected, select_run
-from bench.run.runner import Runner, new_run_id
-from bench.run.session import Job, RunRequest, prepare, push_once, run_meta, set_aside
+from bench.run.resume import Selected
+from bench.run.runner import Runner
+from bench.run.session import Job, RunRequest, claim, job_run_id, prepare, push_once, run_meta, set_aside
 from bench.run.side import side_commit
 
 SIDES = ("base", "new")
@@ -126,7 +126,7 @@ def run_ab(
     lc: LoadedConfig,
     base: str,
     new: str,
-    run_id: str | None,
+    request: RunRequest,
     order: str,
     out: Any,
     err: Any,
@@ -135,24 +135,16 @@ def run_ab(
     """Measure both sides interleaved into two runs; the comparison is the caller's."""
     if order not in ORDERS:
         raise UserError(f"--order = {order!r}: allowed: {', '.join(ORDERS)}")
+    pair = job_run_id(request, 0, 1)  # a bad name exits 2 before anything starts
     accel = detect_accelerators()
     env = environment(accel)
-    jobs = prepare(side_configs(lc, base, new), RunRequest(), accel, env)
+    jobs = prepare(side_configs(lc, base, new), RunRequest(), accel, env, source_labels=("BASE", "NEW"))
     try:
         check_same(*jobs)
         for name, job in zip(SIDES, jobs):
-            job.run_id = f"{run_id}-{name}" if run_id else None
+            job.run_id = f"{pair}-{name}" if pair else None
             job.key = {**job.key, "ab_side": name}  # two copies of one source are still two sides
-            output, run_name = job.output, job.loaded.config.run_name
-            job.selected = select_run(
-                output,
-                job.run_id,
-                None,
-                run_name,
-                job.key,
-                job.plan,
-                lambda output=output, run_name=run_name: new_run_id(run_name, output),
-            )
+            claim(job)
         done = _measure(jobs, env, order, lc.config.seed, err, log)
         cfg = jobs[0].loaded.config
         if cfg.push_to_hub and done.code in (EXIT_OK, EXIT_CELL_FAILED):

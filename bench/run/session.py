@@ -93,13 +93,18 @@ def job_run_id(request: RunRequest, index: int, total: int) -> str | None:
 
 
 def prepare(
-    configs: Sequence[LoadedConfig], request: RunRequest, accel: Accelerators, env: dict[str, Any]
+    configs: Sequence[LoadedConfig],
+    request: RunRequest,
+    accel: Accelerators,
+    env: dict[str, Any],
+    source_labels: Sequence[str] | None = None,
 ) -> list[Job]:
     """A job per config. Every config is checked before the first cell runs: a bad line 3 must
-    not cost lines 1-2; a refused run creates nothing."""
+    not cost lines 1-2; a refused run creates nothing. source_labels: what each config's
+    transformers_source is called in messages (default: the field, and where it came from)."""
     opened: list[Any] = []
     try:
-        return _prepare(configs, request, accel, env, opened)
+        return _prepare(configs, request, accel, env, opened, source_labels)
     except BaseException:
         for side in opened:  # a refused config must not leave a side server behind
             side.close()
@@ -112,6 +117,7 @@ def _prepare(
     accel: Accelerators,
     env: dict[str, Any],
     opened: list[Any],
+    source_labels: Sequence[str] | None,
 ) -> list[Job]:
     shard = request.shard
     jobs: list[Job] = []
@@ -123,10 +129,11 @@ def _prepare(
             raise UserError(f"{exc}{origin(lc, 'device')}") from None
         workers, job_env = None, env
         if cfg.transformers_source:
-            said = lc.origins.get("transformers_source", "")
-            # A side of `tfbench ab` is named as the command line names it: BASE or NEW.
-            ab_side = said.removeprefix("tfbench ab ") if said.startswith("tfbench ab ") else None
-            label = ab_side or "transformers_source" + origin(lc, "transformers_source")
+            label = (
+                source_labels[i]
+                if source_labels
+                else "transformers_source" + origin(lc, "transformers_source")
+            )
             workers = open_side(cfg.transformers_source, label)
             opened.append(workers)
             caps, job_env = side_capabilities(caps, workers.facts), side_environment(env, workers.facts)
@@ -166,21 +173,16 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
     # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
     try:
         for job in jobs:
-            name, output = job.loaded.config.run_name, job.output
-            job.selected = select_run(
-                output,
-                job.run_id,
-                job.shard and job.shard.name,
-                name,
-                job.key,
-                job.plan,
-                lambda name=name, output=output: new_run_id(name, output),
-            )
+            claim(job)
         commit = measured_commit()
         worst = EXIT_OK
         for job in jobs:
             assert job.selected is not None
-            code = run_job(job, job.env or env, side_commit(job.workers) or commit, out, err, log)
+            # TFBENCH_COMMIT, said outright, wins over what a source's checkout says.
+            said = commit.get("source") == "TFBENCH_COMMIT"
+            code = run_job(
+                job, job.env or env, commit if said else side_commit(job.workers) or commit, out, err, log
+            )
             job.selected.lock.release()
             if code not in (EXIT_OK, EXIT_CELL_FAILED):
                 return code  # interrupted: stop here, later configs are not started
@@ -192,6 +194,20 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
                 job.selected.lock.release()
             if job.workers is not None:
                 job.workers.close()
+
+
+def claim(job: Job) -> None:
+    """Pick the job's run directory (continuing an unfinished run of its identity) and lock it."""
+    name, output = job.loaded.config.run_name, job.output
+    job.selected = select_run(
+        output,
+        job.run_id,
+        job.shard and job.shard.name,
+        name,
+        job.key,
+        job.plan,
+        lambda: new_run_id(name, output),
+    )
 
 
 def exit_code(records: Sequence[CellRecord]) -> int:

@@ -146,12 +146,10 @@ class SideWorkers:
         self.proc: subprocess.Popen[bytes] | None = None
         self.facts: dict[str, Any] = {}
         self._buffer = b""
-        self._relay: threading.Thread | None = None
-
-    @property
-    def description(self) -> dict[str, Any]:
-        """What this side measures, for run.json and the run's identity."""
-        return {**self.source.describe(), "transformers": self.facts.get("transformers")}
+        self._stderr_relay: threading.Thread | None = None
+        # What this side measures, for run.json and the run's identity: read once (git is asked
+        # for the checkout's commit), so that both say the same.
+        self.description: dict[str, Any] = {}
 
     def open(self) -> dict[str, Any]:
         """Start the side server and wait for what it imported; bad input (exit 2) if it cannot."""
@@ -164,9 +162,10 @@ class SideWorkers:
             # Its own session: a Ctrl-C reaches the runner, which stops the worker in order.
             start_new_session=True,
         )
-        threading.Thread(
+        self._stderr_relay = threading.Thread(
             target=_relay, args=(self.proc.stderr,), name="tfbench-side-stderr", daemon=True
-        ).start()
+        )
+        self._stderr_relay.start()
         try:
             msg = self._receive(READY_TIMEOUT_S)
         except SideServerGone:
@@ -181,16 +180,12 @@ class SideWorkers:
                 f"{self.source.python_label}: {why}"
             )
         self.facts = msg["ready"]
+        self.description = {**self.source.describe(), "transformers": self.facts.get("transformers")}
         return self.facts
 
     def start(self, stop: Callable[[], bool]) -> bool:
         self._send({"op": "start"})
-        while True:
-            msg = self._receive(0.2)
-            if msg is not None and "started" in msg:
-                return bool(msg["started"])
-            if stop():
-                self._send({"op": "stop"})
+        return bool(self._answer("started", stop))
 
     def run(
         self,
@@ -201,14 +196,20 @@ class SideWorkers:
         on_phase: Callable[[str, int, int], None],
     ) -> Ended:
         self._send({"op": "run", "task": task.model_dump(mode="json"), "name": name, "timeout_s": timeout_s})
+        return Ended(**self._answer("ended", stopping, on_phase))
+
+    def _answer(
+        self, key: str, stopping: Callable[[], bool], on_phase: Callable[[str, int, int], None] | None = None
+    ) -> Any:
+        """Wait for the side server's `key` message, relaying phases, and passing a stop on once."""
         told = False
         while True:
             msg = self._receive(0.2)
-            if msg is not None and "phase" in msg:
+            if msg is not None and "phase" in msg and on_phase is not None:
                 on_phase(*msg["phase"])
-            elif msg is not None and "ended" in msg:
-                return Ended(**msg["ended"])
-            if stopping() and not told:
+            elif msg is not None and key in msg:
+                return msg[key]
+            if not told and stopping():
                 self._send({"op": "stop"})
                 told = True
 
@@ -226,8 +227,8 @@ class SideWorkers:
             proc.wait()
         with contextlib.suppress(OSError):
             proc.stdout.close()  # type: ignore[union-attr]
-        if self._relay is not None:
-            self._relay.join(timeout=5)  # its last lines are printed before this process goes on
+        if self._stderr_relay is not None:
+            self._stderr_relay.join(timeout=5)  # its last lines are printed before this process goes on
 
     def _send(self, msg: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
@@ -281,8 +282,6 @@ def side_commit(side: SideWorkers | None) -> dict[str, Any] | None:
     """The measured commit of a side: its checkout's (with whether the tree was dirty), else its version."""
     if side is None:
         return None
-    if os.environ.get("TFBENCH_COMMIT"):
-        return None  # said outright: the caller's own lookup honours it
     described = side.description
     commit = described.get("commit") or {}
     return {
