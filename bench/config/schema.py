@@ -57,6 +57,7 @@ LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+AttnImplementation = Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]
 # \Z, not $: "$" also matches before a final newline, and "name\n" would pass.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # At most 96 characters, as the Hub allows.
@@ -84,6 +85,9 @@ ALLOWED: dict[str, str] = {
     "process_order": "round-robin (process k of every cell, then process k + 1) or shuffled "
     "(each round in an order drawn from seed)",
     "coverage": "an integer from 0 to 4, or null to use the explicit axes",
+    "combinations": "null (the cross product of the axes), or a list of mappings, each with "
+    "attn_implementation and optionally compile, compile_fullgraph, compile_dynamic, kernelize and "
+    "continuous_batching: exactly these combinations, each at every shape",
     "attn_implementation": "one or a list of " + ", ".join(ATTN_IMPLEMENTATIONS),
     "compile": "null (no compile) or one of " + ", ".join(COMPILE_MODES) + ", or a list of these",
     "compile_fullgraph": "true or false",
@@ -103,6 +107,21 @@ ALLOWED: dict[str, str] = {
     "transformers_source": "null (the installed transformers), or the transformers to measure: a "
     "checkout, an unpacked wheel, a virtual environment, or another environment's python",
 }
+
+
+class Combination(BaseModel):
+    """One (attention, compile, kernels, continuous batching) combination, when a config lists
+    them instead of crossing the axes. compile_fullgraph and compile_dynamic left out take the
+    config's own values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attn_implementation: AttnImplementation
+    compile: CompileMode = None
+    compile_fullgraph: StrictBool | None = None
+    compile_dynamic: StrictBool | None = None
+    kernelize: StrictBool = False
+    continuous_batching: StrictBool = False
 
 
 class BenchConfig(BaseModel):
@@ -125,7 +144,8 @@ class BenchConfig(BaseModel):
     processes: Annotated[StrictInt, Field(ge=1)] | None = None
     process_order: Literal["round-robin", "shuffled"] = "round-robin"
     coverage: Annotated[StrictInt, Field(ge=0, le=4)] | None = None
-    attn_implementation: list[Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]] = ["sdpa"]
+    combinations: list[Combination] | None = None
+    attn_implementation: list[AttnImplementation] = ["sdpa"]
     compile: list[CompileMode] = [None]
     compile_fullgraph: StrictBool = False
     compile_dynamic: StrictBool | None = None
@@ -218,7 +238,27 @@ class BenchConfig(BaseModel):
     def check_combinations(self, given: set[str]) -> list[tuple[str, Any, str]]:
         """Cross-field problems as (field, value, message); `given` is the set of fields a source set."""
         problems: list[tuple[str, Any, str]] = []
-        if self.coverage is not None:
+        if self.combinations is not None:
+            if not self.combinations:
+                problems.append(("combinations", [], "the list is empty"))
+            if self.coverage is not None:
+                problems.append(
+                    (
+                        "combinations",
+                        "[...]",
+                        f"cannot be combined with coverage={self.coverage}: use one of them",
+                    )
+                )
+            for name in AXIS_FIELDS:
+                if name in given:
+                    problems.append(
+                        (
+                            name,
+                            getattr(self, name),
+                            "cannot be combined with combinations: set it in each combination instead",
+                        )
+                    )
+        elif self.coverage is not None:
             for name in AXIS_FIELDS:
                 if name in given:
                     problems.append(
@@ -259,7 +299,10 @@ class BenchConfig(BaseModel):
                 )
             )
         compile_options_set = self.compile_fullgraph or self.compile_dynamic is not None
-        if compile_options_set and self.coverage is None and all(mode is None for mode in self.compile):
+        no_mode = all(mode is None for mode in self.compile) and not any(
+            c.compile for c in self.combinations or ()
+        )
+        if compile_options_set and self.coverage is None and no_mode:
             problems.append(
                 (
                     "compile_fullgraph" if self.compile_fullgraph else "compile_dynamic",

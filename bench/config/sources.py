@@ -26,6 +26,7 @@ from bench.config.schema import (
     MOUNT_HINT,
     NON_FIELD_ENV,
     BenchConfig,
+    Combination,
     LoadedConfig,
     did_you_mean,
     env_name,
@@ -263,6 +264,8 @@ def validate(merged: dict[str, Any], origins: dict[str, str], label: str) -> Loa
         for err in exc.errors():
             loc = err.get("loc") or ("?",)
             key = str(loc[0]) if err.get("type") != "extra_forbidden" else f"extra:{loc[0]}"
+            if loc[0] == "combinations" and len(loc) > 2:  # one problem per key of each combination
+                key = ".".join(str(p) for p in loc[:3])
             first.setdefault(key, err)
         problems = [_describe_error(err, merged, origins) for err in first.values()]
         raise ConfigError(problems, label) from None
@@ -280,6 +283,18 @@ def validate(merged: dict[str, Any], origins: dict[str, str], label: str) -> Loa
 def _describe_error(err: Mapping[str, Any], merged: dict[str, Any], origins: dict[str, str]) -> str:
     loc = [str(p) for p in err.get("loc", ())]
     top = loc[0] if loc else "?"
+    if top == "combinations" and len(loc) > 2:
+        name, kind = ".".join(loc[:3]), err.get("type")
+        allowed_keys = "allowed keys: " + ", ".join(Combination.model_fields)
+        if kind == "extra_forbidden":
+            message = f"not a key of a combination; {allowed_keys}"
+        elif kind == "missing":
+            message = "is required in every combination"
+        else:
+            message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        return _problem(
+            name, err.get("input") if kind != "missing" else None, message, origins.get(top), None
+        )
     if err.get("type") == "extra_forbidden":
         return (
             f"unknown field {top!r}{did_you_mean(top, field_names())} ({origins.get(top, 'config')}); "

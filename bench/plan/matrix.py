@@ -218,16 +218,38 @@ def skip_reason(
     return None
 
 
-def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
-    combos: list[Combo]
-    if config.coverage is not None:
-        combos = coverage_combos(config.coverage)
+def combinations(config: BenchConfig) -> list[tuple[str, str | None, bool, bool, bool, bool | None]]:
+    """(attn, compile mode, kernelize, continuous batching, fullgraph, dynamic) of every
+    combination the config asks for: a coverage level, its listed combinations, or the cross
+    product of its axes. fullgraph and dynamic only define the measurement of a compiled cell."""
+    if config.combinations is not None:
+        listed = []
+        for c in config.combinations:
+            fullgraph = config.compile_fullgraph if c.compile_fullgraph is None else c.compile_fullgraph
+            given = c.model_fields_set
+            dynamic = c.compile_dynamic if "compile_dynamic" in given else config.compile_dynamic
+            listed.append(
+                (c.attn_implementation, c.compile, c.kernelize, c.continuous_batching, fullgraph, dynamic)
+            )
+        combos = listed
     else:
-        combos = list(
-            itertools.product(
-                config.attn_implementation, config.compile, config.kernelize, config.continuous_batching
+        crossed: list[Combo] = (
+            coverage_combos(config.coverage)
+            if config.coverage is not None
+            else list(
+                itertools.product(
+                    config.attn_implementation, config.compile, config.kernelize, config.continuous_batching
+                )
             )
         )
+        combos = [(*c, config.compile_fullgraph, config.compile_dynamic) for c in crossed]
+    return [
+        (attn, mode, kern, cb, fullgraph if mode else False, dynamic if mode else None)
+        for attn, mode, kern, cb, fullgraph, dynamic in combos
+    ]
+
+
+def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
     shapes = list(itertools.product(config.batch_size, config.sequence_length, config.num_tokens_to_generate))
     dtype = resolve_dtype(config.dtype, caps.device)
     overrides = dict(config.synthetic_config)
@@ -240,10 +262,7 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
     }
     cells: list[Cell] = []
     seen: set[str] = set()
-    for attn, mode, kern, cb in combos:
-        # fullgraph/dynamic only define the measurement of a compiled cell.
-        fullgraph = config.compile_fullgraph if mode else False
-        dynamic = config.compile_dynamic if mode else None
+    for attn, mode, kern, cb, fullgraph, dynamic in combinations(config):
         reason_cache: dict[tuple[int, int], str | None] = {}
         for b, s, n in shapes:
             defining = {

@@ -514,3 +514,53 @@ def test_large_plan_json_without_torch(tmp_path: Path) -> None:
     assert len(cells) == 80 * 5 * 5 * 5
     assert len({c["cell_id"] for c in cells}) == len(cells)
     assert payload["capabilities"]["device"] == "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Listed combinations
+# ---------------------------------------------------------------------------------------------
+
+
+def test_listed_combinations_run_as_listed_at_every_shape() -> None:
+    listed = [
+        {"attn_implementation": "eager", "compile": "default", "compile_fullgraph": True},
+        {"attn_implementation": "sdpa", "continuous_batching": True},
+        {"attn_implementation": "eager", "compile": "default"},  # the config's fullgraph (false)
+    ]
+    plan = build_plan(config(combinations=listed, batch_size=[1, 2]), CUDA_FULL)
+    got = [(combo(c), c.compile_fullgraph, c.batch_size) for c in plan.cells]
+    assert got == [
+        (("eager", "default", False, False), True, 1),
+        (("eager", "default", False, False), True, 2),
+        (("sdpa", None, False, True), False, 1),
+        (("sdpa", None, False, True), False, 2),
+        (("eager", "default", False, False), False, 1),
+        (("eager", "default", False, False), False, 2),
+    ]
+    # the same combination listed twice is one cell
+    twice = build_plan(config(combinations=[listed[1], listed[1]]), CUDA_FULL)
+    assert len(twice.cells) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"combinations": [], "model": TINY}, "combinations = []: the list is empty"),
+        (
+            {"combinations": [{"attn_implementation": "sdpa"}], "coverage": 1},
+            "cannot be combined with coverage=1",
+        ),
+        (
+            {"combinations": [{"attn_implementation": "sdpa"}], "attn_implementation": "eager"},
+            "cannot be combined with combinations",
+        ),
+        ({"combinations": [{"attn_implementation": "paged"}]}, "combinations.0.attn_implementation"),
+        ({"combinations": [{"attn_implementation": "sdpa", "kernels": True}]}, "combinations.0.kernels"),
+    ],
+)
+def test_listed_combinations_are_checked(fields: dict[str, Any], words: str) -> None:
+    from bench.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        validate({"model": TINY, **fields}, {k: "file x" for k in fields}, "test")
+    assert words in str(info.value)
