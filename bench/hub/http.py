@@ -12,7 +12,7 @@ between two reads of the answer (and for a write that makes no progress, and for
 connection); a shorter limit huggingface_hub chose is kept. Only file contents that hf_xet
 moves (large files stored with Xet) travel outside this client, over hf_xet's own connections.
 
-A timeout is a failure like a 5xx: pushes retry it with their backoff (bench.hub.push); readers
+A timeout is a failure like a 5xx: pushes retry it with their backoff (bench.hub.commit); readers
 retry their listing of the repo with `with_retries` (hf_hub_download retries its own requests).
 """
 

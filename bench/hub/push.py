@@ -9,15 +9,15 @@ stored login, and never appears in a message: every error text is scrubbed of it
 the run directory is written. Every request has a connect and a read timeout (bench.hub.http).
 Failures that may pass (HTTP 408, 429, 5xx, a timeout, a dropped connection, a gateway's non-JSON
 answer) are retried with exponential backoff; the last failure raises PushError, which says how
-to push the same results later.
+to push the same results later. The errors, the checks, the scrubbing and the retry loop are
+bench.hub.commit's, shared with the push of benchmark_v2-format files; they are importable from
+here as well, where callers have always found them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import random
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,43 +26,24 @@ from pathlib import Path
 from typing import Any
 
 from bench import __version__
-from bench.errors import UserError
 from bench.hub.card import render_card
-from bench.hub.http import describe_timeout, hub_timeouts, use_timeouts
+from bench.hub.commit import (
+    PushConfigError,
+    check_repo_id,
+    commit_with_retries,
+    offline_mode,
+    scrub,
+    scrub_files,
+)
+from bench.hub.commit import PushError as PushError  # re-exported: callers catch it from here
+from bench.hub.http import hub_timeouts, use_timeouts
 from bench.hub.schema import CONFIG_FULL, CONFIG_SUMMARIZED, context_row, full_row, plain, summarized_row
 from bench.results.records import CellRecord
 from bench.results.store import Skipped, open_run
 from bench.results.summary import summary_row
-from bench.secrets import REDACTED, redact, redact_bytes
-
-logger = logging.getLogger(__name__)
-
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-MAX_BACKOFF_S = 60.0
-
 
 # ---------------------------------------------------------------------------------------------
-# Errors and results
-
-
-class PushConfigError(UserError):
-    """A push that cannot start: a malformed repo id, no token, the Hub switched off (exit 2)."""
-
-
-class PushError(Exception):
-    """A push that failed after its retries; the message names the repo and says how to push later.
-
-    The local results are untouched. `status` is the last HTTP status (None: no answer).
-    """
-
-    def __init__(
-        self, message: str, *, repo_id: str, status: int | None, retryable: bool, attempts: int
-    ) -> None:
-        super().__init__(message)
-        self.repo_id = repo_id
-        self.status = status
-        self.retryable = retryable
-        self.attempts = attempts
+# Results
 
 
 @dataclass(frozen=True)
@@ -79,39 +60,6 @@ class PushResult:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
-_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def check_repo_id(repo_id: Any, source: str = "--repo") -> str:
-    """ORG/NAME of a dataset repository, or PushConfigError saying what is allowed."""
-    allowed = "allowed: ORG/NAME (letters, digits, '-', '_', '.'; no '--' or '..'; at most 96 characters)"
-    if not isinstance(repo_id, str) or not repo_id.strip():
-        raise PushConfigError(f"{source} = {repo_id!r}: {allowed}")
-    value = repo_id.strip()
-    hint = ""
-    if value.startswith(("http://", "https://", "hf://")) or value.startswith("datasets/"):
-        hint = " (give the repository id, not a URL or a path with 'datasets/')"
-    parts = value.split("/")
-    ok = (
-        len(parts) == 2
-        and all(_REPO_PART.match(p) for p in parts)
-        and len(value) <= 96
-        and "--" not in value
-        and ".." not in value
-        and not value.endswith((".git", ".ipynb"))
-        and not parts[1].endswith(("-", "."))
-    )
-    if ok:
-        try:
-            from huggingface_hub.utils import validate_repo_id
-
-            validate_repo_id(value)
-        except Exception:  # HFValidationError: the library's own rules, stricter than ours
-            ok = False
-    if not ok:
-        raise PushConfigError(f"{source} = {repo_id!r}: {allowed}{hint}")
-    return value
-
 
 def resolve_token(token: str | None = None, environ: Mapping[str, str] | None = None) -> str:
     """The explicit token, else HF_TOKEN; a stored `hf auth login` token is deliberately not used."""
@@ -124,12 +72,6 @@ def resolve_token(token: str | None = None, environ: Mapping[str, str] | None = 
             "(e.g. `docker run -e HF_TOKEN ...`; the token is never written to the results or the logs)"
         )
     return value
-
-
-def offline_mode() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode())
 
 
 def check_push_config(
@@ -231,55 +173,6 @@ def build_files(
 # Push
 
 
-def scrub(text: str, token: str | None) -> str:
-    """The text without the token, secret environment values or anything shaped like a token."""
-    if token:
-        text = text.replace(token, REDACTED)
-    return redact(text)
-
-
-def _scrub_bytes(files: dict[str, bytes], token: str) -> dict[str, bytes]:
-    needle = token.encode()
-    return {p: redact_bytes(c.replace(needle, REDACTED.encode())) for p, c in files.items()}
-
-
-@dataclass
-class _Failure:
-    status: int | None
-    retryable: bool
-    detail: str
-    retry_after: float | None = None
-
-
-def _classify(exc: BaseException) -> _Failure:
-    """What went wrong, and whether trying again may help."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    if isinstance(exc, HfHubHTTPError):
-        response = getattr(exc, "response", None)
-        status = getattr(response, "status_code", None)
-        retry_after = None
-        if response is not None:
-            raw = response.headers.get("retry-after", "")
-            if raw.strip().isdigit():
-                retry_after = float(raw.strip())
-        server = getattr(exc, "server_message", None) or str(exc).splitlines()[0]
-        retryable = status in RETRY_STATUSES or (status is not None and status >= 500)
-        return _Failure(status, retryable, server.strip(), retry_after)
-    if isinstance(exc, OfflineModeIsEnabled):
-        return _Failure(None, False, "HF_HUB_OFFLINE=1 forbids reaching the Hub")
-    timeout = describe_timeout(exc)
-    if timeout is not None:  # retried like a 5xx
-        return _Failure(None, True, timeout)
-    if isinstance(exc, httpx2.TransportError):
-        return _Failure(None, True, f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, json.JSONDecodeError):  # a gateway's HTML error page where JSON was expected
-        return _Failure(None, True, "the Hub answered with something that is not JSON (a gateway error?)")
-    # e.g. ValueError: the Hub refused the card's metadata; anything else is not worth a retry either
-    return _Failure(None, False, f"{type(exc).__name__}: {exc}")
-
-
 _sleep: Callable[[float], None] = time.sleep  # tests replace it
 
 
@@ -361,77 +254,42 @@ def push_run(
     run_id = context["run_id"] or path.name
     summary, description = (scrub(text, secret) for text in _commit_message({**context, "run_id": run_id}))
     # Built once, before any request: the data files do not depend on what the Hub holds.
-    files = _scrub_bytes(build_files(path, repo_id=repo, environ=environ), secret)
+    files = scrub_files(build_files(path, repo_id=repo, environ=environ), secret)
     api = HfApi(endpoint=endpoint, token=secret, library_name="tfbench", library_version=__version__)
-    where = api.endpoint
 
-    attempts = 0
-    card_state = "created"
-    while True:
-        attempts += 1
-        try:
-            url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
-            existing = _fetch_card(api, repo, secret) if fetch_card else None
-            card_state = "updated" if existing is not None else ("created" if fetch_card else "generated")
-            files["README.md"] = scrub(render_card(existing, repo), secret).encode()
-            operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=c) for p, c in files.items()]
-            info = api.create_commit(
-                repo,
-                operations,
-                commit_message=summary,
-                commit_description=description,
-                repo_type="dataset",
-            )
-            return PushResult(
-                repo_id=repo,
-                repo_url=str(url),
-                commit_url=str(info.commit_url),
-                commit_oid=getattr(info, "oid", None),
-                files=tuple(files),
-                attempts=attempts,
-                card=card_state,
-            )
-        except (PushConfigError, PushError):
-            raise
-        except Exception as exc:
-            failure = _classify(exc)
-            status = f"HTTP {failure.status}" if failure.status is not None else "no HTTP answer"
-            detail = scrub(failure.detail, secret)
-            if failure.retryable and attempts <= retries:
-                wait = min(MAX_BACKOFF_S, backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
-                if failure.retry_after is not None:
-                    wait = min(MAX_BACKOFF_S, max(wait, failure.retry_after))
-                message = (
-                    f"push to {repo} failed ({status}: {detail}); retry {attempts}/{retries} in {wait:.1f} s"
-                )
-                logger.warning(message)
-                if log is not None:
-                    fields = {
-                        "repo": repo,
-                        "status": failure.status,
-                        "attempt": attempts,
-                        "wait_s": round(wait, 3),
-                    }
-                    log.emit("push_retry", level="warning", message=message, **fields)
-                _sleep(wait)
-                continue
-            if failure.status in (401, 403):
-                why = (
-                    f"the Hub refused the token ({status}): HF_TOKEN must be a token with write access "
-                    f"to {repo} (a fine-grained token needs write access to the {repo.split('/')[0]} namespace)"
-                )
-            elif failure.retryable:
-                why = f"{status} from {where} after {attempts} attempts: {detail}"
-            else:
-                why = f"{status} from {where}: {detail}"
-            message = (
-                f"could not push run {run_id} to the Hub dataset {repo}: {why}. "
-                f"The results are unchanged in {path}; push them later with: {later}"
-            )
-            raise PushError(
-                scrub(message, secret),
-                repo_id=repo,
-                status=failure.status,
-                retryable=failure.retryable,
-                attempts=attempts,
-            ) from None
+    def attempt(attempts: int) -> PushResult:
+        url = api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+        existing = _fetch_card(api, repo, secret) if fetch_card else None
+        card_state = "updated" if existing is not None else ("created" if fetch_card else "generated")
+        files["README.md"] = scrub(render_card(existing, repo), secret).encode()
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=c) for p, c in files.items()]
+        info = api.create_commit(
+            repo,
+            operations,
+            commit_message=summary,
+            commit_description=description,
+            repo_type="dataset",
+        )
+        return PushResult(
+            repo_id=repo,
+            repo_url=str(url),
+            commit_url=str(info.commit_url),
+            commit_oid=getattr(info, "oid", None),
+            files=tuple(files),
+            attempts=attempts,
+            card=card_state,
+        )
+
+    return commit_with_retries(
+        attempt,
+        repo_id=repo,
+        token=secret,
+        endpoint=api.endpoint,
+        what=f"run {run_id}",
+        later=later,
+        kept=str(path),
+        retries=retries,
+        backoff=backoff,
+        log=log,
+        sleep=_sleep,  # read at call time: tests replace the module's _sleep
+    )
