@@ -4,7 +4,7 @@
 The config comes from TFBENCH_CONFIG, else the mounted /cfg (config.yaml, .yml, .json or
 .jsonl there), else the embedded CPU demo; results go to TFBENCH_OUTPUT, else the mounted
 /results, else ./results. Arguments are passed to `tfbench run`, unless the first one names
-another subcommand (`ab BASE NEW`, `merge RUN_DIR`, `push RUN_DIR --repo ORG/NAME`, `plan`, ...), which
+another subcommand (`ab BASE NEW`, `v2 ...` (benchmark_v2's flags), `merge RUN_DIR`, `push RUN_DIR --repo ORG/NAME`, `plan`, ...), which
 then runs instead.
 """
 
@@ -18,7 +18,19 @@ signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 from bench.cli import main  # noqa: E402
 
-SUBCOMMANDS = ("run", "ab", "plan", "merge", "push", "compare", "calibrate", "report", "history", "presets")
+SUBCOMMANDS = (
+    "run",
+    "ab",
+    "plan",
+    "merge",
+    "push",
+    "compare",
+    "calibrate",
+    "report",
+    "history",
+    "presets",
+    "v2",
+)
 
 
 def container_defaults(environ: dict) -> None:

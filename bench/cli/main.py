@@ -18,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import __version__
+from bench.cli.benchmark_v2 import add_v2_parser, cmd_v2
 from bench.cli.inputs import load_config_args, load_run
 from bench.cli.verdicts import add_verdict_flags, cmd_ab, cmd_calibrate, cmd_compare
 from bench.config.presets import PRESETS
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_field_flags(plan)
 
     sub.add_parser("presets", help="list the synthetic model presets")
+    add_v2_parser(sub)
     return parser
 
 
@@ -392,6 +394,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_report(args, out, log)
         if args.command == "history":
             return cmd_history(args, log)
+        if args.command == "v2":
+            return cmd_v2(args, out, err, log)
         return cmd_presets(out)
     except (UserError, StorageError) as exc:
         log.emit("error", level="error", exit_code=exc.exit_code, message=str(exc))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ class RunRequest:
     run_id_source: str = "TFBENCH_RUN_ID"
     shard: Shard | None = None
     shard_source: str = "TFBENCH_SHARD"
+    commit: dict[str, Any] | None = None  # the measured commit as the command line says it
+    # Called with each run's directory once its invocation ends (finished or interrupted).
+    after: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -174,15 +177,17 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
     try:
         for job in jobs:
             claim(job)
-        commit = measured_commit()
+        commit = request.commit or measured_commit()
         worst = EXIT_OK
         for job in jobs:
             assert job.selected is not None
             # TFBENCH_COMMIT, said outright, wins over what a source's checkout says.
-            said = commit.get("source") == "TFBENCH_COMMIT"
+            said = commit.get("source") in ("TFBENCH_COMMIT", "--commit-id")
             code = run_job(
                 job, job.env or env, commit if said else side_commit(job.workers) or commit, out, err, log
             )
+            if request.after is not None:
+                request.after(job.selected.rundir.path)
             job.selected.lock.release()
             if code not in (EXIT_OK, EXIT_CELL_FAILED):
                 return code  # interrupted: stop here, later configs are not started

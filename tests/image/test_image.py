@@ -267,3 +267,30 @@ def test_ab_inside_the_image(client, tmp_path):
     )
     assert sides["new"]["code_under_test"]["kind"] == "environment"
     assert all(r["status"] == "finished" for r in runs.values())
+
+
+def test_benchmark_v2_command_line_inside_the_image(client, tmp_path):
+    """`docker run ... tfbench v2 <benchmark_v2's flags>`: results go to the mounted /results, in
+    tfbench's run directory and benchmark_v2's file beside it."""
+    results = results_dir(tmp_path / "results")
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "configs.jsonl").write_text(
+        '{"attn_implementation": "eager"}\n{"attn_implementation": "flex_attention", "continuous_batching": true}\n'
+    )
+    flags = ["--model-id", "synthetic:llama-tiny", "--config-file", "/cfg/configs.jsonl"]
+    flags += ["-w", "1", "-i", "2", "-b", "1", "-s", "16", "-n", "4", "--no-gpu-monitoring"]
+    code, output = run(client, cfg=cfg, results=results, command=["v2", *flags])
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert "benchmark_v2 would rewrite" in output  # flex_attention with continuous batching
+    run_dirs = [p for p in results.iterdir() if (p / "run.json").is_file()]
+    assert len(run_dirs) == 1
+    (v2_file,) = (results / "synthetic:llama-tiny").glob("*_benchmark_*.json")
+    entries = list(json.loads(v2_file.read_text()).values())
+    assert [e["config"]["name"] for e in entries] == [
+        "w1_i2-unmonitored-b1_s16_n4-eager-uncompiled-unkernelized-generate",
+        "w1_i2-unmonitored-b1_s16_n4-flex_attention-uncompiled-unkernelized-cb",
+    ]
+    assert [e["metadata"]["success"] for e in entries] == [True, False]
+    assert len(entries[0]["measurements"]["e2e_latency"]) == 2
