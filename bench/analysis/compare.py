@@ -45,6 +45,10 @@ Cells only in one run, and cells not ok in one of them (failed, skipped, oom, ..
 apart with both statuses. Runs on different hardware or with different measurement settings
 compare with a warning, not an error; software differences (torch, transformers, the measured
 commit) are listed as notes, since they are usually the point of the comparison.
+
+A side read from transformers' benchmark_v2 results (bench.results.benchmark_v2_read) gets a
+warning saying what it measured otherwise, and only what it records is compared (one GPU name, no
+CPU, torch alone, its warm-up and timed iterations).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from scipy import stats
 from bench.analysis.noise import NO_DRIFT, CannotEstimate, Drift, assumed_drift, estimate, side
 from bench.errors import UserError
 from bench.plan.matrix import Cell
+from bench.results.benchmark_v2_read import from_benchmark_v2
 from bench.results.records import HIGHER_IS_BETTER, RUN_METRICS, UNITS, CellRecord, RunMeta
 from bench.results.store import Run
 
@@ -373,7 +378,19 @@ def run_differences(base: Run, new: Run) -> tuple[list[str], list[str]]:
     warnings: list[str] = []
     notes: list[str] = []
     b_env, n_env = base.meta.environment, new.meta.environment
-    if b_env is not None and n_env is not None:
+    v2 = [(label, run) for label, run in (("BASE", base), ("NEW", new)) if from_benchmark_v2(run.meta)]
+    warnings += [benchmark_v2_warning(label, run) for label, run in v2]
+    if v2:
+        # benchmark_v2 records the name of one GPU and no CPU: compare what both sides know.
+        b_gpus, n_gpus = (
+            {g.name for g in (m.environment.gpus if m.environment else [])} for m in (base.meta, new.meta)
+        )
+        if b_gpus != n_gpus:
+            show_b, show_n = ", ".join(sorted(b_gpus)) or "none", ", ".join(sorted(n_gpus)) or "none"
+            warnings.append(
+                f"different hardware: GPUs {show_b} (BASE) vs {show_n} (NEW); the ratios mix the change with the machines"
+            )
+    elif b_env is not None and n_env is not None:
         for label, b, n in (
             ("GPUs", _gpus(base.meta), _gpus(new.meta)),
             ("CPU", b_env.cpu, n_env.cpu),
@@ -390,6 +407,8 @@ def run_differences(base: Run, new: Run) -> tuple[list[str], list[str]]:
         warnings.append(f"different hardware: {base.meta.hardware} (BASE) vs {new.meta.hardware} (NEW)")
     b_cfg, n_cfg = base.meta.config, new.meta.config
     for key in SETTINGS_KEYS:
+        if v2 and not all(key in run.meta.config for _, run in v2):
+            continue  # a setting benchmark_v2 does not have (seed, sampling) is no difference
         if key in b_cfg or key in n_cfg:
             b, n = b_cfg.get(key), n_cfg.get(key)
             if b != n:
@@ -404,16 +423,32 @@ def run_differences(base: Run, new: Run) -> tuple[list[str], list[str]]:
             )
     b_pkg, n_pkg = base.meta.packages(), new.meta.packages()
     for key in SOFTWARE_KEYS:
+        if v2 and not all(key in run.meta.packages() for _, run in v2):
+            continue  # benchmark_v2 records torch alone: the others are unknown there, not missing
         if b_pkg.get(key) != n_pkg.get(key):
             notes.append(f"{key} {b_pkg.get(key) or 'not installed'} -> {n_pkg.get(key) or 'not installed'}")
     for key in ("driver_version", "cuda_driver_version", "python"):
         b, n = getattr(b_env, key, None), getattr(n_env, key, None)
+        if v2 and any(getattr(run.meta.environment, key, None) is None for _, run in v2):
+            continue
         if b != n:
             notes.append(f"{key} {b} -> {n}")
     b_sha, n_sha = base.meta.commit_sha, new.meta.commit_sha
     if b_sha != n_sha:
         notes.append(f"measured commit {short_sha(b_sha)} -> {short_sha(n_sha)}")
     return warnings, notes
+
+
+def benchmark_v2_warning(label: str, run: Run) -> str:
+    """What a side read from transformers' benchmark_v2 results measured differently."""
+    return (
+        f"{label} is a benchmark_v2 run ({run.path}), measured otherwise than tfbench measures: each of "
+        "its cells ran in one process, so its process-to-process noise is unknown and the verdicts lean "
+        "on the other side's processes and on the calibration (or the assumed drift); its ttft and tpot "
+        "are rebuilt from float32-rounded times (benchmark_v2's inter-token latency is (end - first "
+        "token) / n, not tpot); its prompt is benchmark_v2's fixed English text cut to sequence_length "
+        "tokens (fewer if the text is shorter), not tfbench's prompt of exactly sequence_length tokens"
+    )
 
 
 def short_sha(sha: str | None) -> str:

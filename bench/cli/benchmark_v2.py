@@ -182,7 +182,7 @@ def push_v2(
 ) -> bool:
     """benchmark_v2's two JSONL files of a finished run, pushed once (run.json remembers it)."""
     from bench.hub.benchmark_v2_push import push_v2_files
-    from bench.hub.push import PushError
+    from bench.hub.commit import PushError
 
     run = open_run(run_path)
     records, meta = run.records(), run.meta

@@ -1,5 +1,5 @@
 """What the command line reads besides its flags: configs (file, TFBENCH_* variables and field
-flags) and runs (a directory, or a run pushed to a Hub dataset)."""
+flags) and runs (a directory, a run pushed to a Hub dataset, or a benchmark_v2 results file)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from bench.config.schema import DEMO_CONFIG, LoadedConfig, field_names
 from bench.config.sources import load_configs, parse_text_value
 from bench.errors import ConfigNotFoundError, UserError
 from bench.output.logs import warn_skipped
-from bench.results.store import Run, open_run
+from bench.results import benchmark_v2_read
+from bench.results.store import Run, RunFileError, open_run
 
 # The embedded CPU demo, run when no config is given.
 DEFAULT_CONFIG = Path(__file__).parent.parent / "default_config.yaml"
@@ -57,8 +58,10 @@ def thresholds(items: list[str]) -> dict[str, float]:
 
 
 def load_run(source: str, log: Any) -> Run:
-    """A run directory, or a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID); files in
-    its cells/ that are not records are named and skipped."""
+    """A run directory, a run pushed to a Hub dataset (hub:ORG/NAME@COMMIT or @RUN_ID), or a
+    transformers benchmark_v2 results file (<model>_benchmark_<time>.json, or the
+    benchmark_run_<time>.jsonl it pushes to a Hub dataset); files in its cells/
+    that are not records, and benchmark_v2 configs that are no tfbench cell, are named and skipped."""
     if source.startswith("hub:"):
         from bench.hub.pull import load_hub_run
 
@@ -68,7 +71,16 @@ def load_run(source: str, log: Any) -> Run:
                 f"{source!r}: a Hub run is hub:ORG/NAME@COMMIT (a measured commit sha, 7+) or @RUN_ID"
             )
         return load_hub_run(repo, ref)
-    run = open_run(source)
+    if Path(source).is_file():
+        try:
+            if source.endswith(".jsonl"):
+                run = benchmark_v2_read.read_hub_file(source)
+            else:
+                run = benchmark_v2_read.read_results_file(source)
+        except RunFileError as exc:
+            raise RunFileError(f"{exc}; or give a tfbench run directory, <output>/<run id>") from None
+    else:
+        run = open_run(source)
     for skipped in run.skipped:
         warn_skipped(log, skipped)
     return run

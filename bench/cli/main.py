@@ -93,9 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare two runs cell by cell: ratios, intervals, regression verdicts (exit 1 on a regression)",
     )
     compare.add_argument(
-        "base", metavar="BASE", help="the reference run: a directory, or hub:ORG/NAME@COMMIT"
+        "base",
+        metavar="BASE",
+        help="the reference run: a directory, hub:ORG/NAME@COMMIT, or a benchmark_v2 results file",
     )
-    compare.add_argument("new", metavar="NEW", help="the run to judge: a directory, or hub:ORG/NAME@COMMIT")
+    compare.add_argument(
+        "new",
+        metavar="NEW",
+        help="the run to judge: a directory, hub:ORG/NAME@COMMIT, or a benchmark_v2 results file",
+    )
     add_verdict_flags(compare)
     compare.add_argument(
         "--strict", action="store_true", help="also exit 1 when a cell ok in BASE is not ok in NEW"
@@ -137,13 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     report = sub.add_parser("report", help="a run's summary table, and plots as HTML or PNG")
-    report.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id>")
+    report.add_argument(
+        "run_dir", metavar="RUN_DIR", help="<output>/<run id>, or a benchmark_v2 results file"
+    )
     report.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     report.add_argument("--png", metavar="DIR", help="write the plots as PNG files")
 
     history = sub.add_parser("history", help="a metric of one cell across commits, with level shifts flagged")
-    history.add_argument("source", nargs="?", metavar="DIR", help="a directory of run directories")
-    history.add_argument("--repo", metavar="ORG/NAME", help="a Hub dataset that runs were pushed to")
+    history.add_argument(
+        "source",
+        nargs="?",
+        metavar="DIR",
+        help="a directory of run directories (and benchmark_v2 results files)",
+    )
+    history.add_argument(
+        "--repo",
+        metavar="ORG/NAME",
+        help="a Hub dataset that runs were pushed to (by tfbench or benchmark_v2)",
+    )
     history.add_argument("--metric", required=True, help="e2e_latency, ttft, tpot, e2e_throughput, ...")
     history.add_argument("--cell", required=True, help="a cell id (or a unique prefix of 4+), or a cell name")
     history.add_argument("--hardware", help="keep runs whose hardware contains this (default: the newest's)")

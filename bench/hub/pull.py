@@ -10,9 +10,12 @@ already downloaded are not fetched again: hub_measurements every `full/<run>.jso
 `summarized/<run>.jsonl` with raw=False, or for a run whose full file is missing), load_hub_run
 the `runs/*.json` and then the one run's `full/<run>.jsonl`. The token is the `token` argument or
 HF_TOKEN, never a stored login (as for pushes); without one the repo is read anonymously.
-HF_HUB_OFFLINE=1 is a UserError before any request. Every request has the connect and read
-timeouts of bench.hub.http; the listing is tried 3 times (hf_hub_download retries its own
-requests), and a Hub that does not answer is a UserError naming the endpoint and the timeout.
+A dataset in transformers' benchmark_v2 layout (full_results/ and summarized_results/
+benchmark_run_<time>.jsonl, no tfbench files) is read for the history too, each file as one run
+(bench.results.benchmark_v2_read). HF_HUB_OFFLINE=1 is a UserError before any request. Every
+request has the connect and read timeouts of bench.hub.http; the listing is tried 3 times
+(hf_hub_download retries its own requests), and a Hub that does not answer is a UserError
+naming the endpoint and the timeout.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from typing import Any
 
 from bench import __version__
 from bench.errors import UserError
+from bench.hub.commit import check_repo_id, offline_mode, scrub
 from bench.hub.http import describe_timeout, use_timeouts, with_retries
-from bench.hub.push import check_repo_id, offline_mode, scrub
 from bench.hub.schema import CONFIG_FULL, CONFIG_SUMMARIZED, row_record, row_stats
+from bench.results import benchmark_v2_read as v2
 from bench.results.records import CellRecord, RunMeta, ValidationError, describe_error
-from bench.results.series import Measurement, resolve_cell
-from bench.results.store import Run, load_meta
+from bench.results.series import Measurement, measurement, resolve_cell
+from bench.results.store import Run, RunFileError, load_meta
 
 DOWNLOAD_WORKERS = 8
 
@@ -73,15 +77,26 @@ def _hub_error(
     return UserError(scrub(f"cannot read {what} from the Hub dataset {repo}: {why}", secret))
 
 
-def _run_files(siblings: Iterable[str], raw: bool) -> list[str]:
-    """One data file per run: full/<run>.jsonl (raw samples) or summarized/<run>.jsonl."""
+def _run_files(
+    siblings: Iterable[str], raw: bool, full: str = CONFIG_FULL, summarized: str = CONFIG_SUMMARIZED
+) -> list[str]:
+    """One data file per run: full/<run>.jsonl (raw samples) or summarized/<run>.jsonl; with
+    benchmark_v2's folders, full_results/ or summarized_results/."""
     found: dict[str, dict[str, str]] = {}
     for name in siblings:
-        m = re.fullmatch(rf"({CONFIG_FULL}|{CONFIG_SUMMARIZED})/([^/]+)\.jsonl", name)
+        m = re.fullmatch(rf"({full}|{summarized})/([^/]+)\.jsonl", name)
         if m:
             found.setdefault(m.group(2), {})[m.group(1)] = name
-    order = (CONFIG_FULL, CONFIG_SUMMARIZED) if raw else (CONFIG_SUMMARIZED, CONFIG_FULL)
+    order = (full, summarized) if raw else (summarized, full)
     return [next(files[c] for c in order if c in files) for _, files in sorted(found.items())]
+
+
+def _data_files(siblings: Iterable[str], raw: bool) -> list[str]:
+    """tfbench's data files, else benchmark_v2's (a dataset transformers' benchmark_v2 or
+    `tfbench v2` pushed to). Never both: a run pushed in both layouts (`tfbench push` and
+    `tfbench v2`) would count twice, and tfbench's rows are the fuller record."""
+    names = list(siblings)
+    return _run_files(names, raw) or _run_files(names, raw, v2.HUB_FULL, v2.HUB_SUMMARIZED)
 
 
 def _parse_rows(path: str, needle: str) -> list[dict[str, Any]]:
@@ -112,8 +127,10 @@ def _download(
     cache_dir: str | os.PathLike[str] | None,
     what: str = "the history",
     revision: str | None = None,
+    benchmark_v2: bool = False,
 ) -> tuple[list[str], list[str]]:
-    """The files `select` picks from the dataset's file list, downloaded at one revision (in parallel)."""
+    """The files `select` picks from the dataset's file list, downloaded at one revision (in
+    parallel); benchmark_v2: `select` also takes benchmark_v2's files (said when there are none)."""
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
@@ -128,9 +145,11 @@ def _download(
         info = with_retries(lambda: api.dataset_info(repo, revision=revision), f"listing {repo}")
         files = select([s.rfilename for s in info.siblings or []])
         if not files:
+            v2_runs = f" and no benchmark_v2 runs ({v2.HUB_FULL}/*.jsonl or {v2.HUB_SUMMARIZED}/*.jsonl)"
             raise UserError(
                 f"the Hub dataset {repo} holds no tfbench runs ({CONFIG_FULL}/*.jsonl or "
-                f"{CONFIG_SUMMARIZED}/*.jsonl); runs get there with push_to_hub or `tfbench push`"
+                f"{CONFIG_SUMMARIZED}/*.jsonl){v2_runs if benchmark_v2 else ''}; runs get there with "
+                "push_to_hub or `tfbench push`"
             )
 
         def fetch(name: str) -> str:
@@ -236,9 +255,13 @@ def hub_measurements(
             f"cannot read the history from the Hub dataset {repo}: HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) "
             "forbids reaching the Hub; unset it, or give a local directory of run directories instead"
         )
-    files, paths = _download(repo, lambda names: _run_files(names, raw), endpoint, token, cache_dir)
+    files, paths = _download(
+        repo, lambda names: _data_files(names, raw), endpoint, token, cache_dir, benchmark_v2=True
+    )
 
     where = f"the Hub dataset {repo}"
+    if files[0].startswith((f"{v2.HUB_FULL}/", f"{v2.HUB_SUMMARIZED}/")):
+        return _benchmark_v2_measurements(repo, cell, files, paths)
     q = cell.strip()
     needle = json.dumps(q, ensure_ascii=False)[1:-1]
     try:
@@ -283,4 +306,29 @@ def hub_measurements(
                     source=f"hub:{repo}/{name}",
                 )
             )
+    return found, notes
+
+
+def _benchmark_v2_measurements(
+    repo: str, cell: str, files: list[str], paths: list[str]
+) -> tuple[list[Measurement], list[str]]:
+    """The records of `cell` in a dataset transformers' benchmark_v2 pushed to: each data file is
+    one run (bench.results.benchmark_v2_read), named by the file (benchmark_run_<time>)."""
+    where = f"the Hub dataset {repo}"
+    runs: list[tuple[str, Run]] = []
+    notes: list[str] = []
+    for name, path in zip(files, paths):
+        source = f"hub:{repo}/{name}"
+        try:
+            run = v2.read_hub_file(path, run_id=Path(name).stem, source=source)
+        except RunFileError as exc:
+            notes.append(f"{exc}: left out")
+            continue
+        notes += [f"{source}: {item.reason}: left out" for item in run.skipped]
+        runs.append((source, run))
+    known = {cid: record.name for _, run in runs for cid, record in run.cells.items()}
+    cell_id = resolve_cell(cell, known, where)
+    found = [
+        measurement(run.meta, run.cells[cell_id], source) for source, run in runs if cell_id in run.cells
+    ]
     return found, notes

@@ -1,9 +1,10 @@
 """`tfbench history`: one metric of one cell across commits, and the commits where its level shifted.
 
 `tfbench history DIR --metric tpot --cell CELL_ID` reads the run directories under DIR (or DIR
-itself when it is one run); `tfbench history --repo ORG/NAME ...` reads a Hub dataset that
-`push_to_hub` filled. It prints one row per measured commit (and writes a PNG with --plot) and
-flags the commits where the metric's level shifted. Informational: the exit code is 0 whatever
+itself when it is one run) and the transformers benchmark_v2 results files there (or one level
+down); `tfbench history --repo ORG/NAME ...` reads a Hub dataset that `push_to_hub` filled, or one
+that benchmark_v2 pushed to (its full_results/ and summarized_results/ files, one run each). It
+prints one row per measured commit (and writes a PNG with --plot) and flags the commits where the metric's level shifted. Informational: the exit code is 0 whatever
 the history shows (`tfbench compare` is the gate for one change); usage errors exit 2.
 
 The pieces: bench.results.series reads run directories and bench.hub.pull a Hub dataset, both

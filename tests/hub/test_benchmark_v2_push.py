@@ -15,7 +15,7 @@ from huggingface_hub.utils import close_session
 
 from bench.errors import EXIT_USAGE, UserError
 from bench.hub import benchmark_v2_push as v2
-from bench.hub.push import PushConfigError, PushError
+from bench.hub.commit import PushConfigError, PushError
 from tests.hub_server import FakeHub, Repo
 
 TOKEN = "hf_v2PushTokenThatMustNeverAppear0123"
