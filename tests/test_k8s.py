@@ -57,10 +57,13 @@ def _jobs() -> list[dict[str, Any]]:
     return [doc for _, doc in ALL if doc["kind"] == "Job"]
 
 
+def _sharded_jobs() -> list[dict[str, Any]]:
+    return [job for job in _jobs() if job["spec"].get("completionMode") == "Indexed"]
+
+
 def _sharded_job() -> dict[str, Any]:
-    indexed = [job for job in _jobs() if job["spec"].get("completionMode") == "Indexed"]
-    assert len(indexed) == 1, [job["metadata"]["name"] for job in indexed]
-    return indexed[0]
+    """The Indexed Job on a shared ReadWriteMany volume (job.yaml)."""
+    return _one("Job", "tfbench-run-1")
 
 
 def _pod_specs() -> list[dict[str, Any]]:
@@ -307,3 +310,33 @@ def test_readme_names_only_files_that_exist():
     readme = (ROOT / "README.md").read_text()
     for name in set(re.findall(r"scripts/k8s/([\w.-]+\.yaml)", readme)):
         assert (K8S / name).is_file(), name
+
+
+def test_the_s3_variant_needs_no_shared_volume():
+    """job-s3.yaml: the same sharded Job, each pod on its own emptyDir, the run in a bucket."""
+    assert {j["metadata"]["name"] for j in _sharded_jobs()} == {"tfbench-run-1", "tfbench-run-s3"}
+    shared, s3 = _sharded_job(), _one("Job", "tfbench-run-s3")
+    for key in (
+        "completions",
+        "parallelism",
+        "backoffLimitPerIndex",
+        "podReplacementPolicy",
+        "podFailurePolicy",
+    ):
+        assert s3["spec"][key] == shared["spec"][key], key
+    spec = s3["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = _env(container)
+    assert env["TFBENCH_SYNC_TO"]["value"].startswith("s3://")
+    assert (
+        env["TFBENCH_RUN_ID"] == _env(shared["spec"]["template"]["spec"]["containers"][0])["TFBENCH_RUN_ID"]
+    )
+    volumes = {volume["name"]: volume for volume in spec["volumes"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    assert volumes[mounts["/results"]] == {"name": "results", "emptyDir": {}}
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
+    # Credentials from an optional Secret or the service account's IAM role (IRSA), never a value here.
+    assert container["envFrom"] == [{"secretRef": {"name": "tfbench-s3", "optional": True}}]
+    account = _one("ServiceAccount", spec["serviceAccountName"])
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+    assert not any(var["name"].startswith("AWS_") for var in container["env"])

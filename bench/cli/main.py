@@ -83,7 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser(
         "merge", help="merge the shards of a sharded run into one run, checking every cell is there once"
     )
-    merge.add_argument("run_dir", metavar="RUN_DIR", help="<output>/<run id> of the sharded run")
+    merge.add_argument(
+        "run_dir",
+        metavar="RUN_DIR",
+        help="<output>/<run id> of the sharded run, or SYNC_TO_URL/<run id> in a sink",
+    )
     merge.add_argument(
         "--log-format", choices=LOG_FORMATS, help="human (default) or json lines (TFBENCH_LOG_FORMAT)"
     )
@@ -318,6 +322,8 @@ def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
     from bench.output.tables import print_summary
     from bench.run.merge import merge
 
+    if "://" in args.run_dir:
+        return merge_in_sink(args.run_dir, out, log)
     run_path = Path(args.run_dir)
     if not run_path.is_dir():
         raise UserError(f"{run_path} is not a directory; give <output>/<run id> of a sharded run")
@@ -333,6 +339,44 @@ def cmd_merge(args: argparse.Namespace, out: Console, log: Any) -> int:
         path=str(run_path),
         counts=counts,
         message=f"merged {shard_count} shards into {run_path} ({text})",
+    )
+    return EXIT_OK
+
+
+def merge_in_sink(url: str, out: Console, log: Any) -> int:
+    """`tfbench merge s3://BUCKET/PREFIX/RUN_ID`: the shards from the sink, merged here, the merged
+    run written back beside them."""
+    import tempfile
+
+    from bench.output.tables import print_summary
+    from bench.run.merge import merge
+    from bench.run.sink import Sink, SinkError, check_sink_url
+    from bench.run.sync import download_run, upload_tree
+
+    base, _, run_id = url.rstrip("/").rpartition("/")
+    if not run_id or "://" not in base:
+        raise UserError(
+            f"RUN_DIR {url!r}: a run in a sink is URL/RUN_ID, e.g. s3://bucket/prefix/20261202T101500Z-tfbench"
+        )
+    sink = Sink(check_sink_url(base, "RUN_DIR"))
+    with tempfile.TemporaryDirectory(prefix="tfbench-merge-") as tmp:
+        try:
+            files = download_run(sink, run_id, Path(tmp))
+            if not files:
+                raise UserError(f"{url}: no run {run_id} in {sink.url}")
+            merged, records = merge(Path(tmp) / run_id, warn=lambda skipped: warn_skipped(log, skipped))
+            written = upload_tree(sink, Path(tmp) / run_id, Path(tmp), skip=(f"{run_id}/shards/",))
+        except SinkError as exc:
+            log.emit("sync_failed", level="error", exit_code=EXIT_PUSH_FAILED, message=str(exc))
+            return EXIT_PUSH_FAILED
+    if log.human:
+        print_summary(out, records, title=f"{merged.run_id} (merged)")
+    log.emit(
+        "run_merged",
+        run_id=merged.run_id,
+        path=url,
+        counts=merged.counts or {},
+        message=f"merged the shards of {run_id} from {sink.url}; {written} files written back",
     )
     return EXIT_OK
 

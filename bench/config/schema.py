@@ -41,6 +41,7 @@ NON_FIELD_ENV = {
     "TFBENCH_HUB_READ_TIMEOUT_S",
     "TFBENCH_SLEEP_SCALE",
     "TFBENCH_CALIBRATION",
+    "TFBENCH_SYNC_LEASE_S",
 }
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"
@@ -104,6 +105,9 @@ ALLOWED: dict[str, str] = {
     "seed": "an integer",
     "push_to_hub": "a Hub dataset repo id ORG/NAME to upload the run to, or null (no upload)",
     "push_private": "true or false: whether a repo created by the upload is private",
+    "sync_to": "null (results stay on this machine), or an fsspec URL the run is copied to between cells "
+    "and restored from on a new machine: s3://BUCKET/PREFIX, gs://..., az://..., "
+    "hf://datasets/ORG/NAME/PREFIX or file:///ABSOLUTE/PATH",
     "transformers_source": "null (the installed transformers), or the transformers to measure: a "
     "checkout, an unpacked wheel, a virtual environment, or another environment's python",
 }
@@ -161,6 +165,7 @@ class BenchConfig(BaseModel):
     seed: StrictInt = 0
     push_to_hub: Annotated[str, Field(strict=True)] | None = None
     push_private: StrictBool = True
+    sync_to: Annotated[str, Field(min_length=1, strict=True)] | None = None
     transformers_source: Annotated[str, Field(min_length=1, strict=True)] | None = None
 
     @field_validator("*", mode="before")

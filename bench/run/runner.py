@@ -102,6 +102,7 @@ class Runner:
         reporter: Any,
         previous: dict[str, CellRecord] | None = None,
         workers: Any = None,
+        sync: Any = None,
     ):
         self.rundir = rundir
         self.plan = plan
@@ -117,6 +118,9 @@ class Runner:
         # Where workers come from: this process's fork server, or a side server (bench.run.side).
         self.workers = workers or LocalWorkers()
         self._done_before: list[tuple[Cell, CellRecord]] = []
+        # Copies final files to a durable sink between cells (bench.run.sync.RunSync), or None.
+        self.sync = sync
+        self.synced = True  # False when the sink could not take everything at the end
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -263,6 +267,8 @@ class Runner:
                 records[cell.cell_id] = rec
             if rec is not None and self._final(rec):
                 self._done_before.append((cell, rec))
+        if self.sync is not None:
+            self.sync.begin([rec for _, rec in self._done_before])
 
     def steps(self) -> Iterator[None]:
         """Run the cells, one worker process per step (callers may interleave two runners' steps)."""
@@ -293,6 +299,11 @@ class Runner:
                         records[cell.cell_id] = rec = self._unit(cell, process, records.get(cell.cell_id))
                         if rec.status != "partial":
                             self.reporter.cell_done(cell, rec, final=self._final(rec))
+                            if self.sync is not None:  # between cells: no worker is measuring now
+                                self.sync.cell(rec, final=self._final(rec))
+                                if self.sync.lost and self.state.stop_signal is None:
+                                    self.reporter.note(f"stopping: {self.sync.lost}")
+                                    self.state.stop_signal = signal.SIGTERM
                         if rec.status not in ("ok", "partial"):
                             stopped.add(cell.cell_id)
                         yield
@@ -324,6 +335,8 @@ class Runner:
         self.rundir.write_run(meta)
         with contextlib.suppress(OSError):
             self.rundir.work.rmdir()
+        if self.sync is not None:
+            self.synced = self.sync.end()
         if interrupted:
             return 128 + int(self.state.stop_signal or 0)
         return EXIT_CELL_FAILED if any(counts.get(s) for s in FAILED_STATUSES) else EXIT_OK

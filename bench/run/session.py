@@ -69,6 +69,8 @@ class Job:
     selected: Selected | None = None
     workers: Any = None  # a side server when transformers_source names the code to measure
     env: dict[str, Any] | None = None  # run.json's environment as this job's workers see it
+    sink: Any = None  # where the run is copied between cells (sync_to), or None
+    lease: Any = None  # this machine's lease on the run in the sink
 
 
 def origin(lc: LoadedConfig, key: str) -> str:
@@ -152,6 +154,16 @@ def _prepare(
                 check_push_config(cfg.push_to_hub)
             except UserError as exc:
                 raise UserError(f"{exc}{origin(lc, 'push_to_hub')}") from None
+        sink = None
+        if cfg.sync_to:
+            from bench.run.sink import Sink, check_sink_url
+            from bench.run.sync import lease_seconds
+
+            try:
+                sink = Sink(check_sink_url(cfg.sync_to, "sync_to" + origin(lc, "sync_to")))
+                lease_seconds()
+            except UserError as exc:
+                raise UserError(f"{exc}{origin(lc, 'sync_to')}") from None
         if shard and run_id is None:
             raise UserError(
                 f"shard {shard} ({request.shard_source}): a sharded run needs TFBENCH_RUN_ID (or --run-id), "
@@ -162,7 +174,9 @@ def _prepare(
         key = identity(
             full, settings.measured(), hardware, shard and shard.name, workers and workers.description
         )
-        jobs.append(Job(lc, full, plan, output, run_id, settings, key, shard, workers=workers, env=job_env))
+        jobs.append(
+            Job(lc, full, plan, output, run_id, settings, key, shard, workers=workers, env=job_env, sink=sink)
+        )
     for job in jobs:
         check_output(job.output)
     return jobs
@@ -176,7 +190,7 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
     # Then claim the run directories (continuing unfinished runs); each stays locked while it runs.
     try:
         for job in jobs:
-            claim(job)
+            claim(job, log)
         commit = request.commit or measured_commit()
         worst = EXIT_OK
         for job in jobs:
@@ -195,24 +209,50 @@ def run_configs(configs: Sequence[LoadedConfig], request: RunRequest, out: Any, 
         return worst
     finally:
         for job in jobs:
+            if job.lease is not None:
+                job.lease.release()
             if job.selected is not None:
                 job.selected.lock.release()
             if job.workers is not None:
                 job.workers.close()
 
 
-def claim(job: Job) -> None:
-    """Pick the job's run directory (continuing an unfinished run of its identity) and lock it."""
+def claim(job: Job, log: Any) -> None:
+    """Pick the job's run directory (continuing an unfinished run of its identity, from the sink
+    when this machine lacks it) and lock it; with a sink, take the run's lease there. A named run
+    is leased before it is restored, so that what is restored is what its last holder left."""
     name, output = job.loaded.config.run_name, job.output
+    shard = job.shard and job.shard.name
+    if job.sink is not None:
+        from bench.run.sync import Lease, lease_seconds, rel, restore
+
+        if job.run_id is not None:
+            job.lease = Lease(
+                job.sink, f"{job.run_id}/shards/{shard}" if shard else job.run_id, lease_seconds(), log
+            )
+            job.lease.acquire()
+        from bench.run.sink import SinkError
+
+        try:
+            restore(job.sink, output, job.run_id, shard, name, job.key, log)
+        except SinkError as exc:
+            log.emit(
+                "sync_unreachable",
+                level="warning",
+                message=f"cannot look for the run in the sink ({exc}); continuing with the results here",
+            )
     job.selected = select_run(
         output,
         job.run_id,
-        job.shard and job.shard.name,
+        shard,
         name,
         job.key,
         job.plan,
         lambda: new_run_id(name, output),
     )
+    if job.sink is not None and job.lease is None and not job.selected.finished:
+        job.lease = Lease(job.sink, rel(job.selected.rundir.path, output), lease_seconds(), log)
+        job.lease.acquire()
 
 
 def exit_code(records: Sequence[CellRecord]) -> int:
@@ -289,6 +329,14 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
             "Choose another run id (or none) for a new run.",
         )
         code = exit_code(records)
+        if job.sink is not None:  # a finished run whose sync did not finish: catch up now
+            from bench.run.sync import RunSync
+
+            sync = RunSync(job.sink, rundir.path, job.output, log)
+            sync.begin(records)
+            if not sync.end():
+                sync_failed(job, sync, log)
+                code = EXIT_PUSH_FAILED
     else:
         settled = sum(1 for r in sel.records.values() if r.status in ("ok", "skipped"))
         continued = sel.meta is not None
@@ -307,6 +355,11 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
             + f" -> {rundir.path}",
         )
         reporter = ProgressReporter(err, label=label) if log.human else JsonReporter(log, run_id)
+        sync = None
+        if job.sink is not None:
+            from bench.run.sync import RunSync
+
+            sync = RunSync(job.sink, rundir.path, job.output, log, job.lease)
         runner = Runner(
             rundir,
             plan,
@@ -315,8 +368,12 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
             reporter,
             previous=sel.records,
             workers=job.workers,
+            sync=sync,
         )
         code = runner.execute()
+        if not runner.synced and code in (EXIT_OK, EXIT_CELL_FAILED):
+            sync_failed(job, sync, log)
+            code = EXIT_PUSH_FAILED
         records = [runner.records[c.cell_id] for c in plan.cells if c.cell_id in runner.records]
     counts = status_counts(records)
     if log.human:
@@ -343,12 +400,44 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
     return code if pushed else EXIT_PUSH_FAILED
 
 
+def sync_failed(job: Job, sync: Any, log: Any) -> None:
+    assert job.selected is not None
+    log.emit(
+        "sync_failed",
+        level="error",
+        exit_code=EXIT_PUSH_FAILED,
+        pending=len(sync.pending),
+        message=f"{len(sync.pending)} files of run {job.selected.rundir.run_id} could not be copied to "
+        f"{job.sink.url} ({sync.failures[-1] if sync.failures else 'unreachable'}). The results are complete "
+        "here; the same command copies them once the sink answers",
+    )
+
+
 def merge_if_last(job: Job, log: Any) -> bool:
     """A shard that finishes merges the run when every shard has finished (else says what is pending)."""
     assert job.selected is not None and job.shard is not None
     run_id, shard = job.selected.rundir.run_id, job.shard
     run_path = job.output / run_id
+    if job.sink is not None:  # the other shards are in the sink, not on this machine
+        from bench.run.sink import SinkError
+        from bench.run.sync import download_run
+
+        try:
+            download_run(job.sink, run_id, job.output)
+        except SinkError as exc:
+            log.emit("merge_pending", run_id=run_id, message=f"shard {shard} done; not merged: {exc}")
+            return False
     merged, pending = try_merge(run_path, lambda skipped: warn_skipped(log, skipped))
+    if merged is not None and job.sink is not None:
+        from bench.run.sink import SinkError
+        from bench.run.sync import upload_tree
+
+        try:
+            upload_tree(job.sink, run_path, job.output, skip=(f"{run_id}/shards/",))
+        except SinkError as exc:
+            log.emit(
+                "sync_failed", level="warning", message=f"merged here, not copied to {job.sink.url}: {exc}"
+            )
     if merged is not None:
         log.emit(
             "run_merged",
