@@ -30,6 +30,7 @@ SUITES = (
     "tests/test_foreign_files.py",
     "tests/test_hostile_input.py",
     "tests/test_secrets.py",
+    "tests/test_sync.py",
 )
 
 
@@ -464,6 +465,54 @@ SECRET_ROWS: list[Row] = [
     ),
 ]
 
+SY = "tests/test_sync.py::"
+SYNC_ROWS: list[Row] = [
+    Row(
+        "the machine replaced: the runner SIGKILLed mid-run, its disk deleted, the same command on an empty one",
+        (SY + "test_a_replaced_machine_continues_from_the_sink",),
+        "1 (5-cell run, killed after 2 cells reached the sink)",
+        "the new machine waited out the dead one's lease, restored the run from the sink and finished it: every "
+        "cell one record, the cells recorded before the kill not measured again (same start time and worker "
+        "pid), nothing sent back",
+        "the attempt running at the kill, and cells finished but not yet uploaded (run again)",
+    ),
+    Row(
+        "the sink down for part of the run",
+        (SY + "test_the_sink_down_for_part_of_the_run",),
+        "1 (S3 server stopped after the first cell, restarted after two more)",
+        "the cells went on, one warning; the pending records went up when the sink answered; exit 0, every cell in "
+        "the sink",
+        "nothing",
+    ),
+    Row(
+        "the sink down from start to end",
+        (SY + "test_a_sink_down_to_the_end_exits_3_and_the_next_invocation_catches_up",),
+        "1",
+        "the run measured and finished locally; exit 3 naming the sink and what is pending, no traceback; the next "
+        "invocation found the run finished and uploaded the rest: exit 0",
+        "nothing",
+    ),
+    Row(
+        "shards without a shared directory; two machines on one run",
+        (
+            SY + "test_shards_merge_from_the_sink_without_a_shared_directory",
+            SY + "test_two_machines_on_one_run_never_record_a_cell_twice",
+        ),
+        "1 each (2 shards on separate disks; 2 machines started on one run id)",
+        "the last shard merged from the sink and wrote the merged run there (`tfbench merge URL` too); the second "
+        "machine waited for the lease, saw it renewed and exited 2 naming the holder, having measured nothing",
+        "nothing",
+    ),
+    Row(
+        "credentials of the sink",
+        (SY + "test_a_run_is_copied_to_the_sink_without_credentials",),
+        "1",
+        "the secret key used by every request is in no local file, no object in the sink and no output; the sink "
+        "holds the same bytes as the results directory",
+        "nothing",
+    ),
+]
+
 SECTIONS: list[tuple[str, str, list[Row]]] = [
     (
         "Faults",
@@ -492,6 +541,12 @@ SECTIONS: list[tuple[str, str, list[Row]]] = [
         INPUT,
     ),
     ("Secrets and the container user", "", SECRET_ROWS),
+    (
+        "A machine that does not come back (sync_to)",
+        "Runs synced to a real S3-compatible server (moto on 127.0.0.1) while the machine, its disk or the sink "
+        "fails; the container entry in subprocesses, as users run it.",
+        SYNC_ROWS,
+    ),
 ]
 
 NOT_SURVIVED = [
@@ -572,6 +627,29 @@ def _loop_section() -> list[str]:
     return out
 
 
+def _sink_loop_section() -> list[str]:
+    k = (_load("sync") or {}).get("kill_loop")
+    out = ["## The kill loop on empty machines", ""]
+    if k is None:
+        return [*out, "Not run yet: run `make bench`.", ""]
+    codes = ", ".join(f"{code}: {n}" for code, n in k["exit_codes"].items())
+    s = _load("sync") or {}
+    out += [
+        f"`make bench` (benchmarks/sync.py) on {s['date']}, {s['machine']}: {k['trials']} trials (seed {k['seed']}), "
+        "each on a new, empty results directory with the run synced to an S3 server (moto on 127.0.0.1), "
+        f"SIGTERM or SIGKILL at a random instant between {k['delay_s'][0]:g} s and {k['delay_s'][1]:g} s, the "
+        "directory deleted after each kill; the next start restores the run from the sink.",
+        "",
+        "| trials | runs finished and checked in the sink | cells checked, each one record | exit codes of the killed "
+        "runner | restored from the sink | attempts run again | measured twice |",
+        "|---|---|---|---|---|---|---|",
+        f"| {k['trials']} | {k['runs_checked']} | {k['cells_checked']} | {codes} | {k['restored']} | "
+        f"{k['lost_attempts']} cut by SIGKILL, {k['interrupted_attempts']} stopped by SIGTERM | {k['kept_twice']} |",
+        "",
+    ]
+    return out
+
+
 def render() -> str:
     out = [
         "# Reliability",
@@ -593,6 +671,7 @@ def render() -> str:
             out.append(f"| {row.fault} | {row.trials_text()} | {row.happened} | {row.lost} | {tests} |")
         out.append("")
     out += _loop_section()
+    out += _sink_loop_section()
     out += _scale_section()
     out += ["## What cannot be survived", ""]
     for what, why in NOT_SURVIVED:

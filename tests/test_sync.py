@@ -131,6 +131,7 @@ def test_a_replaced_machine_continues_from_the_sink(s3: S3Server, tmp_path: Path
     second = _run(config, tmp_path / "vm2", env)
     assert second.returncode == 0, second.stderr
     assert "restored run spot" in second.stderr
+    assert "the sink already holds" not in second.stderr  # what it restored is not sent back
     after = _cells(_objects(s3), "spot")
     assert len(after) == len(SLOW["batch_size"]) and all(r["status"] == "ok" for r in after.values())
     for cell_id, record in before.items():  # measured once, on the first machine, never again

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ DEFAULT_LEASE_S = 120.0
 LEASE_ENV = "TFBENCH_SYNC_LEASE_S"
 SMALL_LOG_BYTES = 64 * 1024  # a cell's log goes up only when it is small
 UNFINISHED = ("running", "interrupted")
+ATTEMPTS = "attempts"  # <run>/attempts/<cell_id>.json: a cell's record before it is final
 
 
 def lease_seconds(environ: dict[str, str] | None = None) -> float:
@@ -143,6 +145,14 @@ def restore(
     count = _download(
         sink, found, output, keep=lambda p: shard is not None or not p.startswith(f"{found}/shards/")
     )
+    # A cell without a final record continues from its attempts so far.
+    attempts, cells = output / found / ATTEMPTS, output / found / "cells"
+    for path in sorted(attempts.glob("*.json")) if attempts.is_dir() else []:
+        cells.mkdir(parents=True, exist_ok=True)
+        if not (cells / path.name).exists():
+            path.replace(cells / path.name)
+    if attempts.is_dir():
+        shutil.rmtree(attempts)
     log.emit(
         "run_restored",
         run_id=meta.run_id,
@@ -263,7 +273,7 @@ class RunSync:
     def begin(self, done: Iterable[CellRecord]) -> None:
         """At the start of an invocation: what the sink has, and the final records it lacks."""
         try:
-            self.uploaded = {f"{self.prefix}/{n}" for n in self.sink.list(f"{self.prefix}/cells")}
+            self.uploaded = {f"{self.prefix}/cells/{n}" for n in self.sink.list(f"{self.prefix}/cells")}
         except SinkError:
             self.uploaded = set()
         for record in done:
@@ -281,10 +291,14 @@ class RunSync:
                 self.pending[rel(log, self.output)] = False
 
     def cell(self, record: CellRecord, final: bool) -> None:
-        """After a cell's attempt: its record goes up once it is final, with run.json."""
+        """After a cell's attempt: its record goes up once it is final, with run.json. An attempt
+        that is not final (failed with attempts left, interrupted) goes to attempts/, so that a
+        new machine continues the cell's attempt count rather than starting it afresh."""
         if final:
             self._queue_record(record)
             self.pending[f"{self.prefix}/run.json"] = False
+        elif record.status != "running":
+            self.pending[f"{self.prefix}/{ATTEMPTS}/{record.cell_id}.json"] = False
         self.flush(quick=True)
 
     def end(self) -> bool:
@@ -300,9 +314,15 @@ class RunSync:
         """Upload what is pending. quick (between cells): while the sink is down, one upload is
         tried as a probe, the rest waits."""
         start = time.perf_counter()
+        # While the sink is down, a gap between cells probes it with one try, not the retries.
+        retries = self.sink.retries
+        if quick and self.down:
+            self.sink.retries = 0
         try:
             for name, once in list(self.pending.items()):
                 path = self.output / name
+                if f"/{ATTEMPTS}/" in name:  # the cell's record as it stands, sent as its attempts
+                    path = self.run_path / "cells" / name.rsplit("/", 1)[1]
                 try:
                     data = path.read_bytes()
                 except OSError:
@@ -339,4 +359,5 @@ class RunSync:
                 self.pending.pop(name)
                 self.uploaded.add(name)
         finally:
+            self.sink.retries = retries
             self.time_s += time.perf_counter() - start
