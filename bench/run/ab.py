@@ -55,6 +55,11 @@ def side_configs(lc: LoadedConfig, base: str, new: str) -> list[LoadedConfig]:
             f" [from {lc.origins.get('transformers_source', 'the config')}]: "
             "`tfbench ab` measures BASE and NEW; leave transformers_source unset"
         )
+    if lc.config.sync_to:
+        raise UserError(
+            f"sync_to = {lc.config.sync_to!r} [from {lc.origins.get('sync_to', 'the config')}]: "
+            "`tfbench ab` keeps its two runs on this machine; leave sync_to unset (copy them with `tfbench push`)"
+        )
     out = []
     for name, given in zip(("BASE", "NEW"), (base, new)):
         # Each side's runs are named apart (<run_name>-base, -new), so each resumes its own.
@@ -144,7 +149,7 @@ def run_ab(
         for name, job in zip(SIDES, jobs):
             job.run_id = f"{pair}-{name}" if pair else None
             job.key = {**job.key, "ab_side": name}  # two copies of one source are still two sides
-            claim(job)
+            claim(job, log)
         done = _measure(jobs, env, order, lc.config.seed, err, log)
         cfg = jobs[0].loaded.config
         if cfg.push_to_hub and done.code in (EXIT_OK, EXIT_CELL_FAILED):

@@ -63,3 +63,6 @@ def test_side_configs_set_each_source_and_refuse_one_given():
     given = BenchConfig.model_validate({"model": "synthetic:llama-tiny", "transformers_source": "/x"})
     with pytest.raises(UserError, match="leave transformers_source unset"):
         side_configs(LoadedConfig(given, "cfg.yaml"), "/a", "/b")
+    synced = BenchConfig.model_validate({"model": "synthetic:llama-tiny", "sync_to": "s3://bucket/runs"})
+    with pytest.raises(UserError, match="leave sync_to unset"):
+        side_configs(LoadedConfig(synced, "cfg.yaml"), "/a", "/b")
