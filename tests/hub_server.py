@@ -1,14 +1,28 @@
 """A local stand-in for the Hugging Face Hub: just what huggingface_hub 2.4.0 calls to create a
-dataset repo and commit small files to it (read from the installed library's source):
+dataset repo, commit small files to it and read them back, with HfApi or HfFileSystem (hf://, the
+run sink) (read from the installed library's source):
 
     POST /api/repos/create                                 HfApi.create_repo (409 when it exists)
     GET  /api/{type}s/{ns}/{name}[/revision/{rev}]         HfApi.repo_info (create_repo after a
                                                            401/403 with exist_ok; create_commit when
-                                                           every file is unchanged)
+                                                           every file is unchanged; HfFileSystem,
+                                                           to resolve every path)
     POST /api/validate-yaml                                create_commit, when README.md is committed
     POST /api/{type}s/{ns}/{name}/preupload/{rev}          create_commit: upload mode of each file
-    POST /api/{type}s/{ns}/{name}/commit/{rev}             create_commit: NDJSON, base64 contents
-    GET  /{type}s/{ns}/{name}/resolve/{rev}/{path}         a file's content (tfbench reads README.md)
+    POST /api/{type}s/{ns}/{name}/commit/{rev}             create_commit: NDJSON, base64 contents;
+                                                           412 when header.parentCommit is not the
+                                                           head, 404 when a deleted file is absent
+    GET  /{type}s/{ns}/{name}/resolve/{rev}/{path}         a file's content (tfbench reads README.md;
+    HEAD                                                   HfFileSystem reads a file), Range too
+    GET  /api/{type}s/{ns}/{name}/tree/{rev}[/{path}]      list_repo_tree (HfFileSystem ls, find,
+                                                           info): ?recursive, ?expand, paginated
+                                                           with a Link header (?cursor)
+    POST /api/{type}s/{ns}/{name}/paths-info/{rev}         get_paths_info (HfFileSystem info):
+                                                           form data paths=...&expand=...
+
+{rev} is "main" (the head) or a commit's oid (the files as of that commit); any other is
+RevisionNotFound. A path that is not there is EntryNotFound (404, X-Error-Code), which
+huggingface_hub raises as RemoteEntryNotFoundError.
 
 Every request is recorded (method, path, headers, body). `fail(status, times, ...)` answers the
 next matching requests with an error before serving normally; `fail(status)` with times=None
@@ -29,7 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import yaml
 
@@ -42,7 +56,11 @@ ROUTES = (
     ("GET", re.compile(rf"^/api/{_REPO}(?:/revision/(?P<rev>[^/]+))?$"), "repo_info"),
     ("GET", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
     ("HEAD", re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"), "resolve"),
+    ("GET", re.compile(rf"^/api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$"), "tree"),
+    ("POST", re.compile(rf"^/api/{_REPO}/paths-info/(?P<rev>[^/]+)$"), "paths_info"),
 )
+# The Hub's pages of a tree listing: 1000 entries, 50 when each is expanded with its last commit.
+PAGE_SIZE, EXPANDED_PAGE_SIZE = 1000, 50
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -75,6 +93,62 @@ class Repo:
     def sha(self) -> str:
         return self.commits[-1]["oid"] if self.commits else "0" * 40
 
+    def at(self, rev: str) -> tuple[str, dict[str, bytes]] | None:
+        """(oid, files) at `rev`: "main" or the head's oid -> the files now; an older commit's oid
+        -> replayed from the commits' added and deleted files; None for any other revision. (A
+        repository of the real Hub starts with a commit; one of ours starts empty, at 0*40.)"""
+        if rev in ("main", self.sha):
+            return self.sha, self.files
+        if rev == "0" * 40:  # the head of a repository before its first commit
+            return rev, {}
+        oids = [c["oid"] for c in self.commits]
+        if rev not in oids:
+            return None
+        files: dict[str, bytes] = {}
+        for commit in self.commits[: oids.index(rev) + 1]:
+            for path in commit.get("deleted", []):
+                files.pop(path, None)
+            files.update(commit.get("files", {}))
+        return rev, files
+
+
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
+
+
+@dataclass
+class _Snapshot:
+    repo: Repo
+    oid: str
+    files: dict[str, bytes]
+
+    def entry(self, path: str, expand: bool) -> dict[str, Any] | None:
+        """`path` as the tree and paths-info endpoints describe it; None when it is not there."""
+        data = self.files.get(path)
+        below = sorted(p for p in self.files if p.startswith(path + "/"))
+        if data is not None:
+            entry = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": path}
+        elif below:
+            tree = hashlib.sha1("\0".join(below).encode()).hexdigest()  # any stable oid will do
+            entry = {"type": "directory", "oid": tree, "size": 0, "path": path}
+        else:
+            return None
+        if expand:
+            entry["lastCommit"] = self.last_commit(path)
+        return entry
+
+    def last_commit(self, path: str) -> dict[str, str]:
+        """The newest commit up to this one that touched `path` (or a file below it)."""
+        oids = [c["oid"] for c in self.repo.commits]
+        upto = self.repo.commits[: oids.index(self.oid) + 1] if self.oid in oids else []
+        for commit in reversed(upto):
+            changed = [*commit.get("files", {}), *commit.get("deleted", [])]
+            if any(p == path or p.startswith(path + "/") for p in changed):
+                break
+        else:
+            commit = upto[-1] if upto else {"oid": self.oid}
+        title = commit.get("summary", "")
+        return {"id": commit["oid"], "title": title, "date": "2026-01-01T00:00:00.000Z"}
+
 
 @dataclass
 class _Failure:
@@ -91,6 +165,7 @@ class FakeHub:
     def __init__(self, token: str | None = None):
         self.token = token  # when set, any other Authorization is answered 401
         self.requests: list[Request] = []
+        self.page_size: int | None = None  # entries per page of a tree listing; None: the Hub's
         self.repos: dict[str, Repo] = {}
         self._failures: list[_Failure] = []
         self._lock = threading.Lock()
@@ -214,7 +289,7 @@ class FakeHub:
 
         return Handler
 
-    def _answer(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _answer(self, request: Request, params: dict[str, str]) -> Answer:
         failure = self._take_failure(request.endpoint)
         if failure is not None:
             return failure.status, failure.headers, failure.body
@@ -233,7 +308,7 @@ class FakeHub:
         prefix = "" if repo.type == "model" else f"{repo.type}s/"
         return f"{self.endpoint}/{prefix}{repo.repo_id}"
 
-    def _create_repo(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _create_repo(self, request: Request, params: dict[str, str]) -> Answer:
         payload = request.json()
         repo_id = (
             f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
@@ -247,16 +322,27 @@ class FakeHub:
             repo = self.repos[repo_id] = Repo(repo_id, payload.get("type") or "model", private)
         return _json(200, {"url": self._url(repo), "name": repo_id, "id": repo_id})
 
-    def _repo_info(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _snapshot(self, params: dict[str, str]) -> _Snapshot | Answer:
+        """The repository at the revision asked for (a copy of its files); else the 404."""
         repo = self._repo(params)
         if repo is None:
             return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-        siblings = [{"rfilename": p} for p in sorted(repo.files)]
+        with self._lock:
+            found = repo.at(params.get("rev", "main"))
+        if found is None:
+            return _json(404, {"error": "Invalid rev id"}, {"X-Error-Code": "RevisionNotFound"})
+        return _Snapshot(repo, found[0], dict(found[1]))
+
+    def _repo_info(self, request: Request, params: dict[str, str]) -> Answer:
+        at = self._snapshot(params)
+        if not isinstance(at, _Snapshot):
+            return at
+        siblings = [{"rfilename": p} for p in sorted(at.files)]
         return _json(
-            200, {"id": repo.repo_id, "sha": repo.sha, "private": repo.private, "siblings": siblings}
+            200, {"id": at.repo.repo_id, "sha": at.oid, "private": at.repo.private, "siblings": siblings}
         )
 
-    def _validate_yaml(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _validate_yaml(self, request: Request, params: dict[str, str]) -> Answer:
         content = request.json().get("content", "")
         lines = content.splitlines()
         if lines and lines[0] == "---" and "---" in lines[1:]:
@@ -269,7 +355,7 @@ class FakeHub:
                 return _json(400, {"errors": [{"message": "metadata must be a mapping"}], "warnings": []})
         return _json(200, {"errors": [], "warnings": []})
 
-    def _preupload(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _preupload(self, request: Request, params: dict[str, str]) -> Answer:
         repo = self._repo(params)
         if repo is None:
             return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
@@ -286,7 +372,7 @@ class FakeHub:
             )
         return _json(200, {"files": files, "commitOid": repo.sha})
 
-    def _commit(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    def _commit(self, request: Request, params: dict[str, str]) -> Answer:
         repo = self._repo(params)
         if repo is None:
             return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
@@ -295,7 +381,7 @@ class FakeHub:
         if header is None or not header.get("summary"):
             return _json(400, {"error": "a commit needs a header with a summary"})
         added: dict[str, bytes] = {}
-        deleted: list[str] = []
+        deletions: list[tuple[str, str]] = []  # (key, path)
         for item in items:
             key, value = item["key"], item["value"]
             if key == "file":
@@ -303,10 +389,22 @@ class FakeHub:
                     return _json(400, {"error": "fake hub: only base64 file contents"})
                 added[value["path"]] = base64.b64decode(value["content"])
             elif key in ("deletedFile", "deletedFolder"):
-                deleted.append(value["path"])
+                deletions.append((key, value["path"]))
             elif key != "header":
                 return _json(400, {"error": f"fake hub: {key} is not supported (LFS)"})
         with self._lock:
+            # The Hub's compare-and-swap: a commit on top of a head that moved since is refused.
+            if header.get("parentCommit") not in (None, repo.sha):
+                return _json(412, {"error": "A commit has happened since. Please refresh and try again."})
+            deleted: list[str] = []
+            for key, path in deletions:
+                folder = path.rstrip("/") + "/"
+                gone = [path] if key == "deletedFile" else [p for p in repo.files if p.startswith(folder)]
+                if not gone or gone[0] not in repo.files:
+                    what = "file" if key == "deletedFile" else "folder"
+                    message = f"A {what} with this name doesn't exist: {path}"
+                    return _json(404, {"error": message}, {"X-Error-Code": "EntryNotFound"})
+                deleted += gone
             for path in deleted:
                 repo.files.pop(path, None)
             repo.files.update(added)
@@ -323,21 +421,69 @@ class FakeHub:
         url = f"{self._url(repo)}/commit/{oid}"
         return _json(200, {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None})
 
-    def _resolve(self, request: Request, params: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        repo = self._repo(params)
-        if repo is None:
-            return _json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-        data = repo.files.get(params["path"])
+    def _resolve(self, request: Request, params: dict[str, str]) -> Answer:
+        at = self._snapshot(params)
+        if not isinstance(at, _Snapshot):
+            return at
+        data = at.files.get(params["path"])
         if data is None:
             return _json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
         headers = {"Content-Type": "application/octet-stream", "ETag": f'"{git_blob_sha1(data)}"'}
-        headers["X-Repo-Commit"] = repo.sha
-        return 200, headers, data
+        headers.update({"X-Repo-Commit": at.oid, "Accept-Ranges": "bytes"})
+        # HfFileSystem reads a part (a buffered read), or the rest after a dropped stream
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", "").strip())
+        if ranged is None:
+            return 200, headers, data
+        first = int(ranged[1])
+        last = min(int(ranged[2]) if ranged[2] else len(data) - 1, len(data) - 1)
+        if first > last:
+            return 416, {"Content-Range": f"bytes */{len(data)}"}, b""
+        headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+        return 206, headers, data[first : last + 1]
+
+    def _tree(self, request: Request, params: dict[str, str]) -> Answer:
+        at = self._snapshot(params)
+        if not isinstance(at, _Snapshot):
+            return at
+        recursive, expand = _flag(request.query, "recursive"), _flag(request.query, "expand")
+        path = params.get("path", "").strip("/")
+        prefix = f"{path}/" if path else ""
+        below = [p for p in at.files if p.startswith(prefix)]
+        if path and not below:  # nothing there, or a file: the Hub lists folders only
+            return _json(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+        names: set[str] = set()
+        for name in below:
+            parts = name[len(prefix) :].split("/")
+            for depth in range(1, (len(parts) if recursive else 1) + 1):
+                names.add(prefix + "/".join(parts[:depth]))
+        entries = [at.entry(n, expand) for n in names]
+        # folders first, like the Hub's "tree first" order; the client sorts anyway
+        entries.sort(key=lambda e: (e["type"] != "directory", e["path"]))  # type: ignore[index]
+        size = self.page_size or (EXPANDED_PAGE_SIZE if expand else PAGE_SIZE)
+        cursor = request.query.get("cursor", ["0"])[0]
+        if not cursor.isdigit():
+            return _json(400, {"error": f"fake hub: invalid cursor {cursor!r}"})
+        start = int(cursor)
+        headers = {}
+        if start + size < len(entries):  # the next page's URL, as the Hub gives it (GitHub's style)
+            query = urlencode({**{k: v[0] for k, v in request.query.items()}, "cursor": start + size})
+            headers["Link"] = f'<{self.endpoint}{quote(request.path)}?{query}>; rel="next"'
+        return _json(200, entries[start : start + size], headers)
+
+    def _paths_info(self, request: Request, params: dict[str, str]) -> Answer:
+        at = self._snapshot(params)
+        if not isinstance(at, _Snapshot):
+            return at
+        form = parse_qs(request.body.decode())  # application/x-www-form-urlencoded
+        entries = [at.entry(p.strip("/"), _flag(form, "expand")) for p in form.get("paths", [])]
+        return _json(200, [e for e in entries if e is not None])  # paths not there are left out
 
 
-def _json(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, ["false"])[0].lower() in ("1", "true")
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Answer:
     return status, {"Content-Type": "application/json", **(headers or {})}, json.dumps(body).encode()
 
 

@@ -10,15 +10,15 @@ cells and restores them on a new machine. Files are addressed by names relative 
 - create: exclusive; True when this call created the file, False when it existed. On S3 a
   conditional PUT (If-None-Match: *: 412 when the key exists; moto honours it too); in a
   directory, a complete temporary file hard-linked to the name (link fails when the name exists,
-  and no reader sees a half-written file). fsspec's other stores check, then write: two writers
-  can both succeed there (the Hub: each write is a commit, and none can be conditional).
+  and no reader sees a half-written file); on the Hub, a commit whose parent must be the commit
+  the file was found absent in (bench.run.sink_hub). Elsewhere (GCS, Azure) check, then write.
 
 An operation failing transiently (connection refused or reset, a timeout, HTTP 408/429/5xx,
 throttling) is tried again after backoff_s, 2*backoff_s, ... seconds, `retries` times; then, or at
 once for any other failure, SinkError. Ours is the only retry loop (botocore's and s3fs's, 5 tries
 with sleeps up to 15 s, are off), so that a dead sink costs a bounded time. An S3 request gives up
 after `timeout_s` to connect and `timeout_s` between two reads; Hub requests take tfbench's Hub
-timeouts (bench.hub.http); a directory has none (local disk).
+timeouts (bench.hub.http), and some are retried inside (bench.run.sink_hub); a directory has none.
 
 Credentials: only what each library finds in its standard places (AWS_* variables, a config file,
 an instance role; GOOGLE_APPLICATION_CREDENTIALS; AZURE_STORAGE_*; HF_TOKEN); a URL carrying one
@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from bench.errors import UserError
-from bench.hub import http as hub_http
+from bench.run import sink_hub
 from bench.secrets import REDACTED, looks_like_token, redact
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def is_transient(exc: BaseException) -> bool:
             if status in (408, 429) or status >= 500 or _TRANSIENT_CODE.fullmatch(code):
                 return True
     if "huggingface_hub" in sys.modules:
-        return hub_http.transient(exc)
+        return sink_hub.transient(exc)
     return False
 
 
@@ -326,8 +326,8 @@ class Sink:
             }
             config.update(options.pop("config_kwargs", None) or {})
             options = {"use_listings_cache": False, **options, "config_kwargs": config}
-        elif self.scheme == "hf":
-            hub_http.use_timeouts()
+        elif self.scheme == "hf":  # HfFileSystem, with what it lacks for a sink (bench.run.sink_hub)
+            return sink_hub.filesystem(**options), self.url[len("hf://") :]
         # A filesystem of our own: fsspec shares instances with equal options, and we change one.
         fs, root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **options)
         if self.scheme == "s3":
