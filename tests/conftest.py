@@ -104,3 +104,22 @@ def tiny_config(tmp_path: Path):
         return write_config(tmp_path, **fields)
 
     return make
+
+
+def race(calls: list[Any]) -> list[Any]:
+    """Run `calls` at the same moment on threads of their own; their results in order."""
+    import threading
+
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from bench import __version__
 from bench.hub.commit import (
+    CommitResult,
     Failure,
     PushConfigError,
     check_repo_id,
@@ -36,16 +36,6 @@ from bench.hub.http import hub_timeouts, use_timeouts
 
 TOKEN_ENV = "PUSH_TO_HUB_TOKEN"  # benchmark_v2's variable
 SOURCE = "--push-result-to-dataset"  # benchmark_v2's flag, named in messages about the repo id
-
-
-@dataclass(frozen=True)
-class V2PushResult:
-    repo_id: str
-    repo_url: str  # the dataset page, e.g. https://huggingface.co/datasets/ORG/NAME
-    commit_url: str
-    commit_oid: str | None
-    files: tuple[str, ...]  # paths in the repository
-    attempts: int  # 1 when the first try went through
 
 
 def resolve_v2_token(token: str | None = None, environ: Mapping[str, str] | None = None) -> str:
@@ -114,7 +104,7 @@ def push_v2_files(
     environ: Mapping[str, str] | None = None,
     log: Any = None,
     later: str,
-) -> V2PushResult:
+) -> CommitResult:
     """Upload `files` (path in the repository -> content) as one commit to an existing dataset.
 
     The caller passes full_results/benchmark_run_<ts>.jsonl and
@@ -142,13 +132,13 @@ def push_v2_files(
     description = f"Results in transformers' benchmark_v2 format, written by tfbench {__version__}."
     api = HfApi(endpoint=endpoint, token=secret, library_name="tfbench", library_version=__version__)
 
-    def attempt(attempts: int) -> V2PushResult:
+    def attempt(attempts: int) -> CommitResult:
         # No create_repo: benchmark_v2 requires the dataset to exist, and so does this push.
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=c) for p, c in content.items()]
         info = api.create_commit(
             repo, operations, commit_message=summary, commit_description=description, repo_type="dataset"
         )
-        return V2PushResult(
+        return CommitResult(
             repo_id=repo,
             repo_url=f"{api.endpoint}/datasets/{repo}",
             commit_url=str(info.commit_url),

@@ -36,6 +36,18 @@ T = TypeVar("T")
 # Errors
 
 
+@dataclass(frozen=True)
+class CommitResult:
+    """What one commit of files to a dataset repo gave."""
+
+    repo_id: str
+    repo_url: str  # the dataset page, e.g. https://huggingface.co/datasets/ORG/NAME
+    commit_url: str
+    commit_oid: str | None
+    files: tuple[str, ...]  # paths in the repository
+    attempts: int  # 1 when the first try went through
+
+
 class PushConfigError(UserError):
     """A push that cannot start: a malformed repo id, no token, the Hub switched off (exit 2)."""
 

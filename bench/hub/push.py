@@ -28,6 +28,7 @@ from typing import Any
 from bench import __version__
 from bench.hub.card import render_card
 from bench.hub.commit import (
+    CommitResult,
     PushConfigError,
     check_repo_id,
     commit_with_retries,
@@ -47,13 +48,7 @@ from bench.results.summary import summary_row
 
 
 @dataclass(frozen=True)
-class PushResult:
-    repo_id: str
-    repo_url: str  # the dataset page, e.g. https://huggingface.co/datasets/ORG/NAME
-    commit_url: str
-    commit_oid: str | None
-    files: tuple[str, ...]  # paths in the repository
-    attempts: int  # 1 when the first try went through
+class PushResult(CommitResult):
     card: str  # "created" (none on the Hub yet), "updated" (prose kept), "generated" (fetch_card=False)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +23,7 @@ from bench.run.sink import (
     release_lease,
     renew_lease,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, race
 from tests.hub_server import SilentHub
 from tests.s3_server import ENV, REMOVED, S3Server, serve
 
@@ -60,29 +59,13 @@ def sink(request: pytest.FixtureRequest, tmp_path) -> Sink:
     return Sink(f"file://{tmp_path}/sink", **FAST)
 
 
-def _race(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run `calls` at the same moment on threads of their own; their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return results
-
-
 # ---------------------------------------------------------------------------------- operations
 
 
-def test_put_get_list_delete(sink: Sink):
+def basic_operations(sink: Sink) -> None:
+    """put, get, list and delete on an empty sink (every kind of sink goes through this)."""
     assert sink.get("r1/run.json") is None
-    assert sink.list("r1") == []
+    assert sink.list("r1") == [] and sink.list("") == []
     sink.put("r1/run.json", b'{"a": 1}')
     sink.put("r1/cells/b.json", b"b")
     sink.put("r1/cells/a.json", b"a")
@@ -95,9 +78,14 @@ def test_put_get_list_delete(sink: Sink):
     assert sink.get("r1/run.json") == b"replaced"
     sink.delete("r1/cells/a.json")
     sink.delete("r1/cells/a.json")  # absent: nothing to do
-    assert sink.get("r1/cells/a.json") is None
+    sink.delete("r1/never/there.json")
+    assert sink.get("r1/cells/a.json") is None and sink.get("r1/nothing/x.json") is None
     assert sink.list("r1/cells") == ["b.json"]
     assert sink.list("r1/nothing") == []
+
+
+def test_put_get_list_delete(sink: Sink):
+    basic_operations(sink)
 
 
 def test_create_is_exclusive(sink: Sink):
@@ -109,7 +97,7 @@ def test_create_is_exclusive(sink: Sink):
 def test_of_two_racing_creates_exactly_one_wins(sink: Sink):
     for n in range(4):
         rel = f"race/{n}.json"
-        won = _race([lambda rel=rel: sink.create(rel, b"A"), lambda rel=rel: sink.create(rel, b"B")])
+        won = race([lambda rel=rel: sink.create(rel, b"A"), lambda rel=rel: sink.create(rel, b"B")])
         assert sorted(won) == [False, True]
         assert sink.get(rel) == (b"A" if won[0] else b"B")
 
@@ -432,7 +420,7 @@ def test_a_damaged_lease_counts_as_expired(sink: Sink):
 def test_of_two_machines_racing_for_a_lease_one_gets_it(s3: S3Server):
     sink = Sink(s3.url("runs"), **FAST)
     for run in ("r1", "r2", "r3"):
-        states = _race([lambda run=run, o=o: acquire_lease(sink, run, o, 60) for o in ("A", "B")])
+        states = race([lambda run=run, o=o: acquire_lease(sink, run, o, 60) for o in ("A", "B")])
         assert sorted(s.held for s in states) == [False, True]
         winner = next(s.owner for s in states if s.held)
         assert all(s.owner == winner for s in states)

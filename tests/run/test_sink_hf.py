@@ -9,7 +9,6 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +26,9 @@ from bench.run.sink import (
     release_lease,
     renew_lease,
 )
-from tests.conftest import ROOT, clean_env, run_entrypoint, write_config
+from tests.conftest import ROOT, clean_env, race, run_entrypoint, write_config
 from tests.hub_server import FakeHub, Repo, serve
+from tests.run.test_sink import basic_operations
 
 TOKEN = "hf_sinkTestTokenThatMustNeverAppear0123"
 REPO = "bench-org/tfbench-sink"
@@ -60,46 +60,13 @@ def _failure(call: Callable[[], Any]) -> SinkError:
     return caught.value
 
 
-def _race(calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run `calls` at the same moment on threads of their own; their results in order."""
-    barrier = threading.Barrier(len(calls))
-    results: list[Any] = [None] * len(calls)
-
-    def run(i: int) -> None:
-        barrier.wait()
-        results[i] = calls[i]()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    return results
-
-
 # ---------------------------------------------------------------------------------- operations
 
 
 def test_put_get_list_delete(hub: FakeHub):
     sink = _sink(hub)
-    assert sink.get("r1/run.json") is None
-    assert sink.list("r1") == [] and sink.list("") == []
-    sink.put("r1/run.json", b'{"a": 1}')
-    sink.put("r1/cells/b.json", b"b")
-    sink.put("r1/cells/a.json", b"a")
-    sink.put("r10/run.json", b"other run")  # shares a prefix of characters, not of directories
-    assert sink.get("r1/run.json") == b'{"a": 1}'
-    assert sink.list("r1") == ["cells/a.json", "cells/b.json", "run.json"]
-    assert sink.list("r1/cells") == ["a.json", "b.json"]
-    assert sink.list("") == ["r1/cells/a.json", "r1/cells/b.json", "r1/run.json", "r10/run.json"]
-    sink.put("r1/run.json", b"replaced")
-    assert sink.get("r1/run.json") == b"replaced"
-    sink.delete("r1/cells/a.json")
-    sink.delete("r1/cells/a.json")  # absent (the Hub answers 404): nothing to do
-    sink.delete("r1/never/there.json")
-    assert sink.get("r1/cells/a.json") is None and sink.get("r1/nothing/x.json") is None
-    assert sink.list("r1/cells") == ["b.json"]
-    assert sink.list("r1/nothing") == [] and sink.list("r1/run.json") == []
+    basic_operations(sink)  # the same operations as on S3 and a directory
+    assert sink.list("r1/run.json") == []
     # in the repository below the prefix, one commit per write
     files = hub.repos[REPO].files
     assert files == {
@@ -151,7 +118,7 @@ def test_of_two_racing_creates_exactly_one_wins(hub: FakeHub):
     sink = _sink(hub)
     for n in range(4):
         rel = f"race/{n}.json"
-        won = _race([lambda rel=rel: sink.create(rel, b"A"), lambda rel=rel: sink.create(rel, b"B")])
+        won = race([lambda rel=rel: sink.create(rel, b"A"), lambda rel=rel: sink.create(rel, b"B")])
         assert sorted(won) == [False, True]
         assert sink.get(rel) == (b"A" if won[0] else b"B")
 
@@ -296,7 +263,7 @@ def test_lease_acquire_refuse_take_over_renew_release(hub: FakeHub):
 def test_of_two_machines_racing_for_a_lease_one_gets_it(hub: FakeHub):
     sink = _sink(hub)
     for run in ("r1", "r2"):
-        states = _race([lambda run=run, o=o: acquire_lease(sink, run, o, 60) for o in ("A", "B")])
+        states = race([lambda run=run, o=o: acquire_lease(sink, run, o, 60) for o in ("A", "B")])
         assert sorted(s.held for s in states) == [False, True]
         winner = next(s.owner for s in states if s.held)
         assert all(s.owner == winner for s in states)
