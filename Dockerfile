@@ -5,8 +5,9 @@
 #   cu130            make image VARIANT=cu130   (--build-arg VARIANT=cu130)
 #                    torch 2.13.0+cu130 on CUDA 13.0.2: Turing to Blackwell (sm75-sm120), driver >= 580
 #   cpu (tests)      make test-image, which builds it with --build-arg VARIANT=cpu
-#                    --build-arg FLASH_ATTN=none --build-arg CPU_BASE_IMAGE=tfbench-base:bookworm
-#                    and torch from the CPU wheel it puts in .docker-wheels/.
+#                    --build-arg FLASH_ATTN=none --build-arg HUB_KERNELS= --build-arg
+#                    CPU_BASE_IMAGE=tfbench-base:bookworm and torch from the CPU wheel it puts in
+#                    .docker-wheels/.
 #
 # flash-attn, FLASH_ATTN=wheel|build|none (see README, Docker):
 #   wheel (default)  a prebuilt wheel for exactly this torch/CUDA/python, pinned by URL and sha256.
@@ -16,6 +17,11 @@
 #                    nvcc: hours, and about 10 GB of memory per MAX_JOBS.
 #   none             no flash-attn: tfbench skips flash_attention_2 cells with the reason.
 #
+# Attention kernels from the Hub (attn_implementation: ORG/NAME@REVISION, see README, Docker): the
+# CUDA variants install the kernels package, which transformers loads them with, and fetch the
+# kernels of HUB_KERNELS at build time into KERNELS_CACHE=/opt/kernels (outside the /cache volume,
+# which would hide it), where transformers finds them with HF_HUB_OFFLINE=1. The CPU variant: none.
+#
 # Stages: base-<VARIANT> -> python -> torch -> flash-attn-<FLASH_ATTN> -> venv -> runtime (the last,
 # default target). BuildKit builds only the stages the target needs: wheel and none never pull
 # the devel image or run nvcc.
@@ -23,7 +29,8 @@
 # Pins. Base images by digest (the tag stays in the reference, and in the comment above it);
 # scripts/pin_images.sh checks them and the wheels' sha256 on a machine with network, and
 # rewrites the ARG lines below (--update). Everything else comes from constraints.txt, the
-# file the dev install uses.
+# file the dev install uses (kernels too; its own dependencies are resolved by pip at build time:
+# the package index this project is developed with lacks the kernels release transformers asks for).
 #
 # Certificates: where a network re-signs TLS, pass its CA bundle as a build secret
 # (--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt). pip (PIP_CERT), flash-attn's setup.py
@@ -62,6 +69,12 @@ ARG FLASH_ATTN_VERSION=2.8.3.post2
 ARG FLASH_ATTN_SDIST_SHA256=d0f9f0b08a986cdeadbffcf5ec8b3a8f514366c68ad1853d3ab061bc83cc340b
 ARG TORCH_CUDA_ARCH_LIST_CU126="8.0;9.0"
 ARG TORCH_CUDA_ARCH_LIST_CU130="8.0;9.0;10.0;12.0"
+
+# ---- pins: Hub kernels fetched at build time, ORG/NAME@REVISION separated by spaces. Each needs its
+# revision: a commit, or a version branch v<N> (what transformers loads for ORG/NAME without one,
+# FLASH_ATTN_KERNEL_VERSIONS in its modeling_flash_attention_utils.py: v4 of flash-attn2 for torch
+# >= 2.10; fetched as the branch, it also serves that plain name offline). "": none.
+ARG HUB_KERNELS="kernels-community/flash-attn2@v4"
 
 # ---- the base images of each variant: runtime (python, torch, the image) and devel (nvcc)
 FROM ${CU126_RUNTIME_IMAGE} AS base-cu126
@@ -160,7 +173,7 @@ RUN --mount=type=secret,id=ca \
 # FLASH_ATTENTION_FORCE_BUILD=TRUE: setup.py does not first try to fetch a prebuilt wheel (there is
 # none for torch 2.13; with FALSE it tries, through SSL_CERT_FILE, and compiles when that fails).
 # Its build tools are pinned here, not read from constraints.txt, so that editing that file
-# does not recompile flash-attn (psutil: the same version as there).
+# does not recompile flash-attn (psutil, packaging: the same versions as there).
 # hadolint ignore=DL3006
 FROM devel-${VARIANT} AS flash-attn-compile
 ARG VARIANT
@@ -211,7 +224,9 @@ FROM flash-attn-${FLASH_ATTN} AS flash-attn
 # constraints.txt. The dependencies (read from pyproject.toml) get their own layer, so that a
 # code change reinstalls only tfbench itself.
 FROM torch AS venv
+ARG VARIANT
 ARG FLASH_ATTN
+ARG HUB_KERNELS
 COPY pyproject.toml constraints.txt /src/
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=secret,id=ca \
@@ -222,6 +237,29 @@ RUN --mount=type=secret,id=ca \
     && shopt -s nullglob && fa=(/fa/flash_attn-*.whl) \
     && if [ "$FLASH_ATTN" = none ]; then [ ${#fa[@]} = 0 ]; else [ ${#fa[@]} = 1 ]; fi \
     && pip install -c /src/constraints.txt -r /src/requirements.txt "${fa[@]}"
+# Hub kernels: kernels (the CUDA variants) and each kernel of HUB_KERNELS, the build of it for this
+# torch and CUDA, as kernels' install_kernel picks it (no GPU needed: it reads torch.version.cuda),
+# into the cache that get_kernel reads offline (KERNELS_CACHE). huggingface_hub's HTTP client
+# (httpcore2) takes the CA secret as SSL_CERT_FILE. A revision is required: an unpinned kernel
+# would change under a run.
+RUN --mount=type=secret,id=ca \
+    if [ -f /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca SSL_CERT_FILE=/run/secrets/ca; fi \
+    && mkdir -p /opt/kernels \
+    && read -r -a kernels <<< "$HUB_KERNELS" \
+    && if [ "$VARIANT" = cpu ]; then \
+        if [ ${#kernels[@]} -gt 0 ]; then \
+            echo "error: HUB_KERNELS: the CPU variant has no hub kernels (they need a GPU); build it with HUB_KERNELS=" >&2; \
+            exit 1; \
+        fi; \
+    else \
+        pip install -c /src/constraints.txt kernels \
+        && KERNELS_CACHE=/opt/kernels python -c 'import re, sys; \
+from kernels import install_kernel; \
+form = r"([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)@([A-Za-z0-9][A-Za-z0-9._-]*)"; \
+bad = [k for k in sys.argv[1:] if not re.fullmatch(form, k)]; \
+bad and sys.exit("HUB_KERNELS: %s: each needs the form ORG/NAME@REVISION (a commit, or a version branch v<N>)" % " ".join(bad)); \
+[print("hub kernel", k, "->", install_kernel(*re.fullmatch(form, k).groups())) for k in sys.argv[1:]]' "${kernels[@]}"; \
+    fi
 COPY README.md /src/
 COPY bench /src/bench
 # flash_attn is not imported here: its extension needs the GPU driver's libcuda.
@@ -230,6 +268,12 @@ RUN --mount=type=secret,id=ca \
     && pip install --no-deps /src \
     && pip check \
     && python -c "import bench, torch; print('tfbench', bench.__version__, 'torch', torch.__version__)" \
+    && python -c 'import importlib.metadata as m, os, sys; \
+from transformers.utils.import_utils import KERNELS_MAX_VERSION as high, KERNELS_MIN_VERSION as low, is_kernels_available; \
+cpu = os.environ["VARIANT"] == "cpu"; \
+have = [d.version for d in m.distributions() if d.metadata["Name"] == "kernels"]; \
+print("kernels", have[0] if have else "not installed", "(transformers asks for >= %s, < %s)" % (low, high)); \
+sys.exit(0 if cpu or is_kernels_available() else "kernels %s: transformers loads hub kernels only with >= %s, < %s" % (have[0] if have else "not installed", low, high))' \
     && python -c 'import importlib.metadata as m, os, sys; \
 have = [d.version for d in m.distributions() if d.metadata["Name"].lower().replace("_", "-") == "flash-attn"]; \
 none = os.environ["FLASH_ATTN"] == "none"; \
@@ -240,6 +284,7 @@ sys.exit(0 if bool(have) != none else "FLASH_ATTN=%s, but flash-attn: %s" % (os.
 FROM python AS runtime
 ARG VARIANT
 ARG FLASH_ATTN
+ARG HUB_KERNELS
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Ubuntu's images have a user with uid 1000 (ubuntu): it makes way for tfbench.
 RUN if user=$(getent passwd 1000 | cut -d: -f1) && [ -n "$user" ]; then userdel --remove "$user"; fi \
@@ -249,12 +294,15 @@ RUN if user=$(getent passwd 1000 | cut -d: -f1) && [ -n "$user" ]; then userdel 
     && mkdir -p /app /cfg /results /cache/huggingface \
     && chown tfbench:tfbench /cfg /results /cache /cache/huggingface
 COPY --from=venv /opt/venv /opt/venv
+# Owned by tfbench: online (no HF_HUB_OFFLINE) kernels may fetch a newer commit of a branch there.
+COPY --from=venv --chown=1000:1000 /opt/kernels /opt/kernels
 COPY entrypoint.py /app/entrypoint.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TFBENCH_CONFIG=/cfg \
     TFBENCH_OUTPUT=/results \
-    HF_HOME=/cache/huggingface
+    HF_HOME=/cache/huggingface \
+    KERNELS_CACHE=/opt/kernels
 # Last, so that a new revision only relabels the image.
 ARG VERSION=dev
 ARG REVISION=unknown
@@ -266,7 +314,8 @@ LABEL org.opencontainers.image.title="tfbench" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.github.tfbench.variant="${VARIANT}" \
-      io.github.tfbench.flash-attn="${FLASH_ATTN}"
+      io.github.tfbench.flash-attn="${FLASH_ATTN}" \
+      io.github.tfbench.hub-kernels="${HUB_KERNELS}"
 USER 1000:1000
 WORKDIR /home/tfbench
 VOLUME ["/results", "/cache"]

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # The Dockerfile's pins that need the network to resolve: the base images' digests, the sha256 of
-# the prebuilt flash-attn wheels (FLASH_ATTN=wheel) and of the flash-attn sdist (FLASH_ATTN=build).
-# Run it where Docker Hub, GitHub and PyPI can be reached.
+# the prebuilt flash-attn wheels (FLASH_ATTN=wheel) and of the flash-attn sdist (FLASH_ATTN=build),
+# and the revisions of the Hub kernels the CUDA images fetch (HUB_KERNELS).
+# Run it where Docker Hub, GitHub, PyPI and the Hugging Face Hub can be reached.
 #
 #   scripts/pin_images.sh --list     the pins as the Dockerfile has them (no network)
-#   scripts/pin_images.sh --check    every pinned digest still resolves and every sha256 matches
-#                                    what is downloaded; exit 1 on a mismatch or an unfilled pin
+#   scripts/pin_images.sh --check    every pinned digest still resolves, every sha256 matches
+#                                    what is downloaded, and every Hub kernel's revision exists
+#                                    (with the commit it is now); exit 1 on a mismatch or an
+#                                    unfilled pin
 #   scripts/pin_images.sh --update   rewrites the ARG lines in place: each image to the digest its
 #                                    tag points to now, each sha256 to the downloaded file's;
-#                                    then review `git diff Dockerfile` and commit it
+#                                    then review `git diff Dockerfile` and commit it. A Hub
+#                                    kernel's revision is left as written: a version branch (v4)
+#                                    moves to a commit only by hand, as the README says why
 #
 # Needs docker with buildx (docker buildx imagetools inspect), curl, sha256sum and python3.
 # CA_BUNDLE: a CA bundle for curl where the network re-signs TLS. DOCKERFILE: another file.
+# HF_ENDPOINT: another Hub (default https://huggingface.co).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKERFILE=${DOCKERFILE:-Dockerfile}
@@ -71,6 +77,7 @@ if [ "$MODE" = --list ]; then
     done
     echo "FLASH_ATTN_VERSION=$(arg FLASH_ATTN_VERSION)"
     echo "FLASH_ATTN_SDIST_SHA256=$(arg FLASH_ATTN_SDIST_SHA256)"
+    echo "HUB_KERNELS=$(arg HUB_KERNELS | tr -d '"')"
     exit 0
 fi
 
@@ -146,6 +153,21 @@ if sdist_url=$(curl_ "https://pypi.org/pypi/flash-attn/$version/json" |
 else
     fail "FLASH_ATTN_SDIST_SHA256: no sdist of flash-attn $version on PyPI"
 fi
+
+# ---- Hub kernels: each ORG/NAME@REVISION must exist on the Hub (the kernels API, as
+# huggingface_hub's kernel_info asks it); the commit it resolves to now is printed.
+read -r -a hub_kernels <<<"$(arg HUB_KERNELS | tr -d '"')"
+for kernel in "${hub_kernels[@]}"; do
+    repo=${kernel%@*} rev=${kernel#*@}
+    if [ "$repo" = "$kernel" ]; then
+        fail "HUB_KERNELS: $kernel has no @REVISION"
+    elif commit=$(curl_ "${HF_ENDPOINT:-https://huggingface.co}/api/kernels/$repo/revision/$rev" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["sha"])'); then
+        echo "ok    HUB_KERNELS: $kernel (now commit $commit)"
+    else
+        fail "HUB_KERNELS: $kernel does not resolve on the Hub"
+    fi
+done
 
 if [ "$failures" -gt 0 ]; then
     echo "$failures pin(s) to fix" >&2

@@ -200,7 +200,8 @@ secret=()
 [ -z "${CA_BUNDLE:-}" ] || secret=(--secret "id=ca,src=$CA_BUNDLE")
 log "building $IMAGE (CPU variant)"
 DOCKER_BUILDKIT=1 "$DOCKER" build --network=host --progress=plain "${secret[@]}" \
-    --build-arg VARIANT=cpu --build-arg FLASH_ATTN=none --build-arg CPU_BASE_IMAGE="$BASE_IMAGE" \
+    --build-arg VARIANT=cpu --build-arg FLASH_ATTN=none --build-arg HUB_KERNELS= \
+    --build-arg CPU_BASE_IMAGE="$BASE_IMAGE" \
     --build-arg TORCH_VERSION="$TORCH_VERSION" --build-arg VERSION="$VERSION" \
     --build-arg REVISION="$REVISION" --build-arg SOURCE="$SOURCE" \
     -t "$IMAGE" . >"$CACHE/build.log" 2>&1 || {

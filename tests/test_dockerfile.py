@@ -197,9 +197,79 @@ def test_pin_script_sees_every_pin():
     expected = {f"{v.upper()}_{f}_IMAGE" for v in CUDA_VARIANTS for f in ("RUNTIME", "DEVEL")}
     expected |= {f"FLASH_ATTN_WHEEL_{v.upper()}" for v in CUDA_VARIANTS}
     expected |= {f"FLASH_ATTN_WHEEL_SHA256_{v.upper()}" for v in CUDA_VARIANTS}
-    expected |= {"FLASH_ATTN_VERSION", "FLASH_ATTN_SDIST_SHA256"}
+    expected |= {"FLASH_ATTN_VERSION", "FLASH_ATTN_SDIST_SHA256", "HUB_KERNELS"}
     assert set(pins) == expected
     assert all(pins[name] == _arg(name) for name in pins)
+
+
+# ---- attention kernels from the Hub (HUB_KERNELS) and the kernels package
+
+
+def _hub_kernels() -> list[str]:
+    return _arg("HUB_KERNELS").split()
+
+
+def test_hub_kernels_are_pinned_and_are_what_transformers_loads():
+    """Each one has its revision: a commit, or the version branch transformers loads for the bare
+    name (FLASH_ATTN_KERNEL_VERSIONS, for the image's torch: the dev install's, same release)."""
+    import torch
+    from transformers.integrations.hub_kernels import is_kernel
+    from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_VERSIONS
+
+    from bench.config.schema import hub_kernel
+
+    assert torch.__version__.split("+")[0] == _arg("TORCH_VERSION")
+    kernels = _hub_kernels()
+    assert "kernels-community/flash-attn2@v4" in kernels  # the default: flash attention 2 for every GPU
+    for entry in kernels:
+        parsed = hub_kernel(entry)
+        # the config and transformers take it as a kernel name; no function, a revision
+        assert parsed is not None and parsed.function is None and is_kernel(entry), entry
+        assert parsed.revision is not None, entry
+        if re.fullmatch(r"v\d+", parsed.revision):
+            assert int(parsed.revision[1:]) == FLASH_ATTN_KERNEL_VERSIONS.get(parsed.repo, 1), entry
+        else:
+            assert re.fullmatch(r"[0-9a-f]{40}", parsed.revision), entry
+
+
+def test_the_kernels_pin_is_in_the_range_transformers_asks_for():
+    import transformers
+    from packaging.version import Version
+
+    from bench.run.machine import kernels_requirement
+
+    constraints = (ROOT / "constraints.txt").read_text()
+    pinned = re.search(r"^kernels==(\S+)$", constraints, flags=re.M)
+    transformers_pin = re.search(r"^transformers==(\S+)$", constraints, flags=re.M)
+    # the image installs the transformers of constraints.txt: the one here, asking for that range
+    assert pinned and transformers_pin and transformers.__version__ == transformers_pin.group(1)
+    low, high = kernels_requirement()
+    assert Version(low) <= Version(pinned.group(1)) < Version(high)
+
+
+def test_hub_kernels_are_fetched_into_a_cache_outside_the_cache_volume_in_the_cuda_variants_only():
+    (run,) = [r for r in _runs() if "install_kernel" in r]
+    assert 'read -r -a kernels <<< "$HUB_KERNELS"' in run
+    # the CPU variant: no kernels package, and HUB_KERNELS must be empty (make test-image says so)
+    assert 'if [ "$VARIANT" = cpu ]; then' in run and "HUB_KERNELS=" in run and "exit 1" in run
+    assert "--build-arg HUB_KERNELS= " in (ROOT / "scripts" / "test_image.sh").read_text()
+    # the CUDA variants: kernels at the constraints' version, each kernel at its revision
+    assert "pip install -c /src/constraints.txt kernels" in run
+    assert (
+        "KERNELS_CACHE=/opt/kernels python -c" in run
+        and "install_kernel(*re.fullmatch(form, k).groups())" in run
+    )
+    assert "ORG/NAME@REVISION" in run and 'sys.exit("HUB_KERNELS:' in run  # no revision: the build stops
+    assert (
+        "SSL_CERT_FILE=/run/secrets/ca" in run
+    )  # huggingface_hub's client (httpcore2) reads that, not PIP_CERT
+    # the build checks that transformers will load hub kernels with the kernels it installed
+    (check,) = [r for r in _runs() if "is_kernels_available()" in r]
+    assert "cpu or is_kernels_available()" in check
+    # the runtime reads them there, offline too; /cache is a volume and would hide them
+    assert "KERNELS_CACHE=/opt/kernels" in DOCKERFILE.split("FROM python AS runtime", 1)[1]
+    assert "COPY --from=venv --chown=1000:1000 /opt/kernels /opt/kernels" in DOCKERFILE
+    assert 'io.github.tfbench.hub-kernels="${HUB_KERNELS}"' in DOCKERFILE
 
 
 # ---- the publishing workflow
@@ -251,4 +321,11 @@ def test_readme_docker_section_covers_every_choice_and_variant():
     for variant in CUDA_VARIANTS:
         assert f"`{variant}`" in section, variant
     assert "docker pull ghcr.io/" in section
+    for word in (
+        "`HUB_KERNELS`",
+        "`KERNELS_CACHE=/opt/kernels`",
+        "HF_HUB_OFFLINE=1",
+        "kernels-community/flash-attn2@v4",
+    ):
+        assert word in section, word
     assert section.index("docker pull") < section.index("make image")  # where published, pull first

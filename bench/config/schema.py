@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from bench.config.presets import PRESETS, SYNTHETIC_PREFIX, is_synthetic, preset_for
 from bench.secrets import looks_like_token
@@ -58,7 +68,56 @@ LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
-AttnImplementation = Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]
+BuiltinAttention = Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]
+# An attention kernel from the Hub, in transformers' own form (its `is_kernel`, integrations/
+# hub_kernels.py): ORG/NAME, then @REVISION (a branch, tag or commit; without it transformers picks
+# the kernel's version branch it was tested with), then :FUNCTION (a function of the kernel to
+# call). transformers takes any characters but / and : in each part; these are the Hub's own,
+# so that a typo is an error here rather than a failed download in every worker.
+HUB_KERNEL_RE = re.compile(
+    r"^(?P<repo>(?=[^@:]{3,96}(?:[@:]|\Z))[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)"
+    r"(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9._-]{0,199}))?"
+    r"(?::(?P<function>[A-Za-z_][A-Za-z0-9_]{0,99}))?\Z"
+)
+HUB_KERNEL_FORM = "ORG/NAME[@REVISION][:FUNCTION]"
+
+
+@dataclass(frozen=True)
+class HubKernel:
+    """An attn_implementation that names a kernel repo on the Hub, as transformers reads it."""
+
+    repo: str
+    revision: str | None
+    function: str | None
+
+
+def hub_kernel(attn: str) -> HubKernel | None:
+    """The hub kernel `attn` names, or None for a built-in attention (or no valid kernel name)."""
+    match = HUB_KERNEL_RE.match(attn)
+    if match is None or ".." in attn:
+        return None
+    return HubKernel(match.group("repo"), match.group("revision"), match.group("function"))
+
+
+_BUILTIN_ATTENTION = TypeAdapter(BuiltinAttention)
+
+
+def _attention(value: Any) -> str:
+    """A built-in name (the Literal), else a hub kernel name; one message naming both when neither."""
+    try:
+        return _BUILTIN_ATTENTION.validate_python(value)
+    except ValidationError:
+        pass
+    if isinstance(value, str) and hub_kernel(value) is not None:
+        return value
+    if isinstance(value, str) and "/" in value:
+        raise ValueError(
+            f"not a hub kernel name of the form {HUB_KERNEL_FORM} (letters, digits, . _ - in each part)"
+        )
+    raise ValueError(f"not one of {', '.join(ATTN_IMPLEMENTATIONS)}, nor a hub kernel {HUB_KERNEL_FORM}")
+
+
+AttnImplementation = Annotated[str, PlainValidator(_attention)]
 # \Z, not $: "$" also matches before a final newline, and "name\n" would pass.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 # At most 96 characters, as the Hub allows.
@@ -89,7 +148,10 @@ ALLOWED: dict[str, str] = {
     "combinations": "null (the cross product of the axes), or a list of mappings, each with "
     "attn_implementation and optionally compile, compile_fullgraph, compile_dynamic, kernelize and "
     "continuous_batching: exactly these combinations, each at every shape",
-    "attn_implementation": "one or a list of " + ", ".join(ATTN_IMPLEMENTATIONS),
+    "attn_implementation": "one or a list of "
+    + ", ".join(ATTN_IMPLEMENTATIONS)
+    + f", or a hub kernel {HUB_KERNEL_FORM} (e.g. kernels-community/flash-attn2@v4: "
+    "transformers loads it with the kernels package, on a CUDA GPU)",
     "compile": "null (no compile) or one of " + ", ".join(COMPILE_MODES) + ", or a list of these",
     "compile_fullgraph": "true or false",
     "compile_dynamic": "true, false or null",

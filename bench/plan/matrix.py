@@ -12,8 +12,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from bench.config.presets import preset_for
-from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig
+from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, HubKernel, hub_kernel
 
 # Bump only if the meaning of a cell changes; ids must stay stable across releases otherwise.
 CELL_ID_VERSION = 1
@@ -56,6 +58,17 @@ class Capabilities:
     device: str  # "cuda" or "cpu"
     flash_attn: bool
     kernels: bool
+    # What a hub kernel (attn_implementation ORG/NAME[@REVISION]) needs besides a GPU: the kernels
+    # package's installed version, and the range the measured transformers asks for ((min, max),
+    # min included; None where it names none, or where this is not known).
+    kernels_version: str | None = None
+    kernels_required: tuple[str, str] | None = None
+    # While HF_HUB_OFFLINE is set, kernels looks only in its cache: that directory, and what it
+    # can load from there: ORG/NAME@REVISION for every ref and commit with a build, ORG/NAME alone
+    # for a repo LOCAL_KERNELS maps to a directory (any revision). None: online, where a kernel
+    # missing from the cache is downloaded when a worker loads it.
+    offline_kernels_cache: str | None = None
+    cached_hub_kernels: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +148,9 @@ class Plan:
                 "device": self.capabilities.device,
                 "flash_attn": self.capabilities.flash_attn,
                 "kernels": self.capabilities.kernels,
+                "kernels_version": self.capabilities.kernels_version,
+                "kernels_required": self.capabilities.kernels_required,
+                "offline_kernels_cache": self.capabilities.offline_kernels_cache,
             },
             "cells": [c.to_dict() for c in self.cells],
             "warnings": self.warnings,
@@ -181,10 +197,18 @@ def skip_reason(
     caps: Capabilities,
 ) -> str | None:
     """Why this combination cannot run here, or None. First matching rule wins."""
+    kernel = hub_kernel(attn)
+    # transformers takes a hub kernel whose name says flash for flash attention (its
+    # is_flash_attention_requested: "flash" in the name), with what that implies below.
+    flash = attn == "flash_attention_2" or (kernel is not None and "flash" in attn)
     preset = preset_for(model)
     if preset is not None:
-        if attn not in preset.attn_implementations:
-            return f"synthetic:{preset.name} does not support {attn} (supports: {', '.join(preset.attn_implementations)})"
+        # A hub kernel is an attention function like flash_attention_2's: an architecture that
+        # takes flash_attention_2 takes it.
+        takes_kernels = "flash_attention_2" in preset.attn_implementations
+        if attn not in preset.attn_implementations and not (kernel is not None and takes_kernels):
+            supports = [*preset.attn_implementations, *(["hub kernels"] if takes_kernels else [])]
+            return f"synthetic:{preset.name} does not support {attn} (supports: {', '.join(supports)})"
         if mode is not None and not preset.compilable:
             return f"synthetic:{preset.name} cannot be compiled"
         if cb and not preset.continuous_batching:
@@ -200,10 +224,17 @@ def skip_reason(
             return "flash_attention_2 needs a CUDA GPU (device is cpu)"
         if not caps.flash_attn:
             return "flash_attention_2 needs the flash-attn package, which is not installed"
+    if kernel is not None and (reason := hub_kernel_reason(attn, kernel, caps)) is not None:
+        return reason
     if kernelize and not caps.kernels:
         return "kernelize needs the kernels package, which is not installed"
-    if attn == "flash_attention_2" and mode is not None and not cb:
-        return "flash_attention_2 with torch.compile is not supported by plain generate"
+    if flash and mode is not None and not cb:
+        return f"{attn} with torch.compile is not supported by plain generate"
+    if cb and kernel is not None and not flash:
+        return (
+            f"continuous batching runs eager, sdpa or a flash attention only, and transformers does not "
+            f"read {attn} as flash attention (no 'flash' in its name)"
+        )
     if cb and attn == "flex_attention":
         return "continuous batching does not support flex_attention"
     if cb and mode not in CB_COMPILE_MODES:
@@ -216,6 +247,52 @@ def skip_reason(
             "reduce-overhead only adds CUDA graphs, which do not exist on cpu: it would measure mode default"
         )
     return None
+
+
+def hub_kernel_reason(attn: str, kernel: HubKernel, caps: Capabilities) -> str | None:
+    """Why the hub kernel `attn` cannot load here, or None: transformers loads it through the
+    kernels package (get_kernel), for the GPU, and only from the kernels cache while offline."""
+    if caps.device != "cuda":
+        return f"{attn} is a hub kernel: it needs a CUDA GPU (device is {caps.device})"
+    wanted = ""
+    if caps.kernels_required is not None:
+        low, high = caps.kernels_required
+        wanted = f"kernels >= {low}, < {high}"
+    if not caps.kernels:
+        asks = f" (transformers asks for {wanted})" if wanted else ""
+        return f"{attn} is a hub kernel: it needs the kernels package{asks}, which is not installed"
+    if wanted and not _within(caps.kernels_version, caps.kernels_required):
+        return (
+            f"{attn} is a hub kernel: transformers loads hub kernels only with {wanted}, "
+            f"and kernels {caps.kernels_version or '(version unknown)'} is installed"
+        )
+    if caps.offline_kernels_cache is not None and kernel.repo not in caps.cached_hub_kernels:
+        cached = caps.cached_hub_kernels
+        if kernel.revision is not None and f"{kernel.repo}@{kernel.revision}" not in cached:
+            return (
+                f"{attn} is a hub kernel, HF_HUB_OFFLINE is set, and {kernel.repo}@{kernel.revision} is "
+                f"not in the kernels cache {caps.offline_kernels_cache}: pre-fetch it (the image: "
+                "--build-arg HUB_KERNELS) or unset HF_HUB_OFFLINE"
+            )
+        # Without a revision transformers asks for one version branch (v1, v2, ...) of the kernel,
+        # and which one depends on the torch it runs with, unknown to the parent (which never
+        # imports torch): any cached version passes here, and a worker names the one it missed.
+        versions = [k for k in cached if k.startswith(f"{kernel.repo}@v") and k.rpartition("@v")[2].isdigit()]
+        if kernel.revision is None and not versions:
+            return (
+                f"{attn} is a hub kernel, HF_HUB_OFFLINE is set, and no version branch (v1, v2, ...) "
+                f"of {kernel.repo} is in the kernels cache {caps.offline_kernels_cache}: pre-fetch it "
+                "(the image: --build-arg HUB_KERNELS) or unset HF_HUB_OFFLINE"
+            )
+    return None
+
+
+def _within(version: str | None, required: tuple[str, str]) -> bool:
+    """Whether `version` is in [min, max), as transformers' is_kernels_available compares it."""
+    try:
+        return version is not None and Version(required[0]) <= Version(version) < Version(required[1])
+    except InvalidVersion:
+        return False
 
 
 def combinations(config: BenchConfig) -> list[tuple[str, str | None, bool, bool, bool, bool | None]]:

@@ -12,8 +12,11 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
@@ -127,14 +130,15 @@ def is_installed(module: str) -> bool:
         return False
 
 
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in TRACKED_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: _version(name) for name in TRACKED_PACKAGES}
 
 
 def cpu_model() -> str:
@@ -184,7 +188,12 @@ def environment(accel: Accelerators) -> dict[str, Any]:
     }
 
 
-def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) -> Capabilities:
+def capabilities(
+    config_device: str,
+    accel: Accelerators,
+    for_run: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> Capabilities:
     """What the plan may assume. A run on cuda needs a GPU here; a plan for cuda may be made anywhere."""
     if config_device == "cuda" and not accel.cuda and for_run:
         raise UserError(
@@ -192,4 +201,87 @@ def capabilities(config_device: str, accel: Accelerators, for_run: bool = True) 
             "In Docker, pass the GPUs with `docker run --gpus all ...`; or set device: cpu."
         )
     device = config_device if config_device != "auto" else ("cuda" if accel.cuda else "cpu")
-    return Capabilities(device=device, flash_attn=is_installed("flash_attn"), kernels=is_installed("kernels"))
+    environ = os.environ if environ is None else environ
+    cache = offline_kernels_cache(environ)
+    return Capabilities(
+        device=device,
+        flash_attn=is_installed("flash_attn"),
+        kernels=is_installed("kernels"),
+        kernels_version=_version("kernels"),
+        kernels_required=kernels_requirement(),
+        offline_kernels_cache=cache,
+        cached_hub_kernels=cached_hub_kernels(cache, environ) if cache is not None else frozenset(),
+    )
+
+
+def kernels_requirement(package_dir: str | None = None) -> tuple[str, str] | None:
+    """The kernels versions [min, max) transformers loads hub kernels with (KERNELS_MIN_VERSION and
+    KERNELS_MAX_VERSION of its utils/import_utils.py), read from its source: the parent does not
+    import transformers (most of a second and some 570 modules). None where it names no range."""
+    if package_dir is None:
+        try:
+            spec = importlib.util.find_spec("transformers")
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        package_dir = list(spec.submodule_search_locations)[0]
+    try:
+        source = (Path(package_dir) / "utils" / "import_utils.py").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    found = [re.search(rf'^KERNELS_{end}_VERSION = "([^"]+)"$', source, flags=re.M) for end in ("MIN", "MAX")]
+    if found[0] is None or found[1] is None:
+        return None
+    return found[0].group(1), found[1].group(1)
+
+
+def _true(value: str | None) -> bool:
+    """huggingface_hub's reading of a boolean variable (constants._is_true)."""
+    return value is not None and value.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def offline_kernels_cache(environ: Mapping[str, str]) -> str | None:
+    """The directory kernels loads hub kernels from while HF_HUB_OFFLINE is set (None when it is not).
+
+    kernels reads KERNELS_CACHE, else huggingface_hub's hub cache (kernels' hf_hub._get_cache_dir
+    and _versions._get_available_versions_from_cache); huggingface_hub finds that one as its
+    constants.HF_HUB_CACHE does, which this repeats: the parent reads the variables of the run,
+    not those huggingface_hub saw when it was imported."""
+    if not _true(environ.get("HF_HUB_OFFLINE") or environ.get("TRANSFORMERS_OFFLINE")):
+        return None
+    if environ.get("KERNELS_CACHE"):
+        return environ["KERNELS_CACHE"]
+    home = environ.get("HF_HOME") or os.path.join(
+        environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    hub = environ.get("HF_HUB_CACHE") or environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(hub))
+
+
+def cached_hub_kernels(cache: str, environ: Mapping[str, str]) -> frozenset[str]:
+    """What kernels can load offline: ORG/NAME@REVISION for every commit in `cache` with a build and
+    every ref (branch, tag) that points at one, and ORG/NAME alone for each repo LOCAL_KERNELS maps
+    to a directory (kernels loads that one for any revision, before looking in the cache)."""
+    found: set[str] = set()
+    try:
+        repos = sorted(Path(cache).glob("kernels--*--*"))  # huggingface_hub's repo_folder_name
+    except OSError:
+        repos = []
+    for folder in repos:
+        repo = folder.name.removeprefix("kernels--").replace("--", "/", 1)
+        snapshots, refs = folder / "snapshots", folder / "refs"
+        try:
+            commits = {p.name for p in snapshots.iterdir() if (p / "build").is_dir()}
+        except OSError:
+            continue
+        found |= {f"{repo}@{commit}" for commit in commits}
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            for ref in refs.iterdir():
+                if ref.is_file() and ref.read_text(encoding="utf-8").strip() in commits:
+                    found.add(f"{repo}@{ref.name}")
+    for entry in (environ.get("LOCAL_KERNELS") or "").split(":"):
+        repo, sep, _ = entry.partition("=")
+        if sep and repo:
+            found.add(repo)
+    return frozenset(found)

@@ -49,7 +49,7 @@ def probe() -> dict[str, Any]:
     import transformers
 
     import bench
-    from bench.run.machine import package_versions
+    from bench.run.machine import kernels_requirement, package_versions
 
     packages = package_versions()
     # A checkout's src/ has no metadata: the module's own version is the one measured. tfbench is
@@ -65,6 +65,8 @@ def probe() -> dict[str, Any]:
         "torch_cuda": torch.version.cuda,
         "flash_attn": importlib.util.find_spec("flash_attn") is not None,
         "kernels": importlib.util.find_spec("kernels") is not None,
+        "kernels_version": packages.get("kernels"),
+        "kernels_required": kernels_requirement(os.path.dirname(transformers.__file__ or "")),
         "packages": packages,
     }
 
@@ -265,8 +267,16 @@ def open_side(given: str, label: str) -> SideWorkers:
 
 
 def side_capabilities(caps: Capabilities, facts: dict[str, Any]) -> Capabilities:
-    """What the plan may assume on a side: optional packages as its environment has them."""
-    return replace(caps, flash_attn=bool(facts.get("flash_attn")), kernels=bool(facts.get("kernels")))
+    """What the plan may assume on a side: optional packages as its environment has them, and the
+    kernels versions its transformers asks for."""
+    required = facts.get("kernels_required")
+    return replace(
+        caps,
+        flash_attn=bool(facts.get("flash_attn")),
+        kernels=bool(facts.get("kernels")),
+        kernels_version=facts.get("kernels_version"),
+        kernels_required=(str(required[0]), str(required[1])) if required else None,
+    )
 
 
 def side_environment(env: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:

@@ -9,10 +9,13 @@ an option that was only renamed is translated, and the record says so.
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 from typing import Any
 
 import transformers
+
+from bench.config.schema import hub_kernel
 
 # ContinuousBatchingConfig options under their older names (5.17 calls page_size block_size: the
 # same field, tokens per cache page).
@@ -62,6 +65,8 @@ def missing(cell: dict[str, Any]) -> str | None:
         lacking = {"mode", "fullgraph", "dynamic"} - parameters(transformers.CompileConfig)
         if lacking:
             return f"{have}: CompileConfig has no option {', '.join(sorted(lacking))}"
+    if hub_kernel(cell["attn_implementation"]) is not None:
+        return missing_hub_kernels(cell["attn_implementation"])
     names, accepted = attention_names(), expected_attn(cell)
     if not accepted & names:
         wanted = " or ".join(repr(a) for a in sorted(accepted))
@@ -69,8 +74,33 @@ def missing(cell: dict[str, Any]) -> str | None:
     return None
 
 
+def missing_hub_kernels(attn: str) -> str | None:
+    """Why this transformers cannot load the hub kernel `attn`: it does not read the name as one,
+    or the installed kernels is outside the versions it asks for (it would raise at load)."""
+    have = f"transformers {version()}"
+    try:
+        from transformers.integrations.hub_kernels import is_kernel
+        from transformers.utils import import_utils
+    except ImportError:
+        return f"{have} cannot load attention kernels from the Hub (no integrations.hub_kernels.is_kernel)"
+    if not is_kernel(attn):
+        return f"{have} does not read {attn!r} as a hub kernel"
+    available = getattr(import_utils, "is_kernels_available", None)
+    if callable(available) and not available():
+        low = getattr(import_utils, "KERNELS_MIN_VERSION", "?")
+        high = getattr(import_utils, "KERNELS_MAX_VERSION", "?")
+        try:
+            installed = f"kernels {importlib.metadata.version('kernels')} is installed"
+        except importlib.metadata.PackageNotFoundError:
+            installed = "kernels is not installed"
+        return f"{have} loads hub kernels only with kernels >= {low}, < {high}, and {installed}"
+    return None
+
+
 def expected_attn(cell: dict[str, Any]) -> set[str]:
-    """The attention implementations that are the one the cell asked for."""
+    """The attention implementations that are the one the cell asked for. A hub kernel is its name
+    as given: transformers registers the kernel under it and sets the config to it; a model that
+    swaps in another kernel (its _compatible_flash_implementations) shows that other name."""
     attn = cell["attn_implementation"]
     if not cell["continuous_batching"]:
         return {attn}

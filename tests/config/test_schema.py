@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench.cli import main
-from bench.config.schema import ATTN_IMPLEMENTATIONS, BenchConfig
+from bench.config.schema import ATTN_IMPLEMENTATIONS, BenchConfig, HubKernel, hub_kernel
 from bench.config.sources import load_configs, parse_text_value, read_env, validate
 from bench.errors import ConfigError, ConfigNotFoundError
 
@@ -426,6 +426,21 @@ BAD_FILE_VALUES = [
         ['attn_implementation = ["sdpa", "flash_attention_3"]', "one or a list of eager, sdpa"],
     ),
     (
+        "hub-kernel-empty-revision",
+        "attn_implementation: kernels-community/flash-attn2@\n",
+        [
+            "attn_implementation = 'kernels-community/flash-attn2@'",
+            "not a hub kernel name of the form ORG/NAME[@REVISION][:FUNCTION]",
+            "allowed: one or a list of eager, sdpa, flex_attention, flash_attention_2, or a hub kernel",
+            "[from file {path}]",
+        ],
+    ),
+    (
+        "hub-kernel-bare-name",  # transformers' kernel names always carry their org
+        "attn_implementation: vllm-flash-attn3\n",
+        ["attn_implementation = 'vllm-flash-attn3'", "nor a hub kernel ORG/NAME[@REVISION][:FUNCTION]"],
+    ),
+    (
         "unknown-compile-mode",
         "compile: fast\n",
         [
@@ -546,6 +561,80 @@ def test_model_path_that_exists_is_accepted(tmp_path: Path) -> None:
 def test_path_like_models_must_exist(model: str) -> None:
     with pytest.raises(ConfigError, match="no such model directory"):
         validate({"model": model}, {}, "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention kernels from the Hub
+
+
+@pytest.mark.parametrize(
+    ("value", "kernel"),
+    [
+        ("kernels-community/flash-attn2", HubKernel("kernels-community/flash-attn2", None, None)),
+        ("kernels-community/flash-attn2@v4", HubKernel("kernels-community/flash-attn2", "v4", None)),
+        (
+            "kernels-community/vllm-flash-attn3@v1",
+            HubKernel("kernels-community/vllm-flash-attn3", "v1", None),
+        ),
+        (
+            "kernels-community/flash-attn3@" + "0123456789abcdef" * 2 + "01234567",
+            HubKernel("kernels-community/flash-attn3", "0123456789abcdef" * 2 + "01234567", None),
+        ),
+        ("org/kernel@v1.2.3:custom_kernel", HubKernel("org/kernel", "v1.2.3", "custom_kernel")),
+        ("org/kernel:custom_kernel", HubKernel("org/kernel", None, "custom_kernel")),
+    ],
+)
+def test_hub_kernels_are_attention_implementations(value: str, kernel: HubKernel) -> None:
+    """transformers' forms (ORG/NAME[@REVISION][:FUNCTION]), alone or beside the built-ins."""
+    assert hub_kernel(value) == kernel
+    config = validate({"model": MODEL, "attn_implementation": ["sdpa", value]}, {}, "test").config
+    assert config.attn_implementation == ["sdpa", value]
+    listed = validate({"model": MODEL, "combinations": [{"attn_implementation": value}]}, {}, "test").config
+    assert listed.combinations[0].attn_implementation == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "kernels-community/flash-attn2@",  # an empty revision
+        "kernels-community/flash-attn2@refs/pr/1",  # transformers splits on / and :
+        "kernels-community/flash-attn2:",
+        "kernels-community/flash-attn2@v4:fn:more",
+        "a/b/c",
+        "org/../kernel",
+        "org /kernel",
+        "org/kernel@v4\n",
+        "/kernel",
+        "o/" + "k" * 95,  # longer than a Hub repo id
+        "flash_attention_3",
+        "vllm-flash-attn3",
+    ],
+)
+def test_malformed_hub_kernels_are_refused_naming_the_form(value: str) -> None:
+    assert hub_kernel(value) is None
+    with pytest.raises(ConfigError) as exc:
+        validate({"model": MODEL, "attn_implementation": value}, {"attn_implementation": "file x"}, "test")
+    (problem,) = exc.value.problems
+    assert problem.startswith("attn_implementation = ")
+    assert "ORG/NAME[@REVISION][:FUNCTION]" in problem and "eager, sdpa" in problem
+    assert "[from file x]" in problem
+
+
+def test_a_malformed_hub_kernel_in_a_combination_names_the_form() -> None:
+    with pytest.raises(ConfigError) as exc:
+        validate({"model": MODEL, "combinations": [{"attn_implementation": "a/b/c"}]}, {}, "test")
+    (problem,) = exc.value.problems
+    assert problem.startswith("combinations.0.attn_implementation = 'a/b/c'")
+    assert "not a hub kernel name of the form ORG/NAME[@REVISION][:FUNCTION]" in problem
+
+
+def test_hub_kernels_from_env_and_flags_keep_their_separators() -> None:
+    value = "kernels-community/flash-attn2@v4:fn"
+    assert parse_text_value("attn_implementation", f"sdpa,{value}") == ["sdpa", value]
+    (loaded,) = load_configs(
+        None, environ={"TFBENCH_MODEL": MODEL, "TFBENCH_ATTN_IMPLEMENTATION": f"eager, {value}"}
+    )
+    assert loaded.config.attn_implementation == ["eager", value]
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:

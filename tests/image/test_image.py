@@ -148,6 +148,8 @@ def test_labels_and_config(client):
     assert env["TFBENCH_CONFIG"] == "/cfg"
     assert env["TFBENCH_OUTPUT"] == "/results"
     assert env["HF_HOME"] == "/cache/huggingface"
+    assert env["KERNELS_CACHE"] == "/opt/kernels"  # outside the /cache volume
+    assert labels["io.github.tfbench.hub-kernels"] == ""  # the CPU variant fetches none
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PATH"].startswith("/opt/venv/bin:")
     assert "HF_HUB_OFFLINE" not in env
@@ -155,17 +157,25 @@ def test_labels_and_config(client):
 
 
 def test_without_flash_attn_its_cells_are_skipped_with_the_reason(client, tmp_path):
-    """The CPU variant is built with FLASH_ATTN=none, as a CUDA image can be: a plan for a GPU
-    keeps flash_attention_2 cells, skipped with the reason, and runs the rest."""
-    cfg = config_dir(tmp_path / "cfg", device="cuda", attn_implementation=["sdpa", "flash_attention_2"])
+    """The CPU variant is built with FLASH_ATTN=none, as a CUDA image can be, and without kernels:
+    a plan for a GPU keeps flash_attention_2 and hub kernel cells, skipped with the reason, and
+    runs the rest."""
+    from transformers.utils.import_utils import KERNELS_MAX_VERSION, KERNELS_MIN_VERSION
+
+    kernel = "kernels-community/flash-attn2@v4"
+    attns = ["sdpa", "flash_attention_2", kernel]
+    cfg = config_dir(tmp_path / "cfg", device="cuda", attn_implementation=attns)
     code, output = run(client, cfg=cfg, command=["plan", "--json"], one_line=False)
     assert code == 0, output
     plan, _ = json.JSONDecoder().raw_decode(output[output.index("{") :])  # stderr may follow
     assert plan["capabilities"]["flash_attn"] is False
+    assert plan["capabilities"]["kernels_required"] == [KERNELS_MIN_VERSION, KERNELS_MAX_VERSION]
     reasons = {c["attn_implementation"]: c["skip_reason"] for c in plan["cells"]}
     assert reasons == {
         "sdpa": None,
         "flash_attention_2": "flash_attention_2 needs the flash-attn package, which is not installed",
+        kernel: f"{kernel} is a hub kernel: it needs the kernels package (transformers asks for "
+        f"kernels >= {KERNELS_MIN_VERSION}, < {KERNELS_MAX_VERSION}), which is not installed",
     }
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -263,7 +264,7 @@ def test_hub_models_have_no_position_check() -> None:
 
 def test_gpt2_tiny_has_no_flex_attention() -> None:
     assert reason(attn="flex_attention", model="synthetic:gpt2-tiny") == (
-        "synthetic:gpt2-tiny does not support flex_attention (supports: eager, sdpa, flash_attention_2)"
+        "synthetic:gpt2-tiny does not support flex_attention (supports: eager, sdpa, flash_attention_2, hub kernels)"
     )
     assert reason(attn="sdpa", model="synthetic:gpt2-tiny") is None
 
@@ -564,3 +565,127 @@ def test_listed_combinations_are_checked(fields: dict[str, Any], words: str) -> 
     with pytest.raises(ConfigError) as info:
         validate({"model": TINY, **fields}, {k: "file x" for k in fields}, "test")
     assert words in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention kernels from the Hub
+# ---------------------------------------------------------------------------------------------
+
+FA2_KERNEL = "kernels-community/flash-attn2@v4"
+# transformers 5.24 loads hub kernels only with kernels >= 0.18.2, < 0.19.0
+REQUIRED = ("0.18.2", "0.19.0")
+KERNELS_OK = Capabilities("cuda", False, True, kernels_version="0.18.2", kernels_required=REQUIRED)
+
+
+def test_a_hub_kernel_runs_where_a_compatible_kernels_is_installed() -> None:
+    assert reason(attn=FA2_KERNEL, caps=KERNELS_OK) is None
+    assert reason(attn="kernels-community/flash-attn2", caps=KERNELS_OK) is None
+    # the range is [min, max), as transformers compares it
+    assert reason(attn=FA2_KERNEL, caps=replace(KERNELS_OK, kernels_version="0.18.9")) is None
+    # a range the measured transformers does not name: the worker's own check decides
+    assert reason(attn=FA2_KERNEL, caps=replace(KERNELS_OK, kernels_required=None)) is None
+
+
+def test_a_hub_kernel_needs_a_gpu() -> None:
+    on_cpu = replace(KERNELS_OK, device="cpu")
+    assert (
+        reason(attn=FA2_KERNEL, caps=on_cpu)
+        == f"{FA2_KERNEL} is a hub kernel: it needs a CUDA GPU (device is cpu)"
+    )
+
+
+def test_a_hub_kernel_without_kernels_says_which_version_transformers_asks_for() -> None:
+    missing = replace(KERNELS_OK, kernels=False, kernels_version=None)
+    assert reason(attn=FA2_KERNEL, caps=missing) == (
+        f"{FA2_KERNEL} is a hub kernel: it needs the kernels package (transformers asks for "
+        "kernels >= 0.18.2, < 0.19.0), which is not installed"
+    )
+    assert reason(attn=FA2_KERNEL, caps=CUDA_BARE) == (
+        f"{FA2_KERNEL} is a hub kernel: it needs the kernels package, which is not installed"
+    )
+
+
+@pytest.mark.parametrize("installed", ["0.17.2", "0.19.0", "0.18.2rc1", "not-a-version", None])
+def test_a_hub_kernel_with_kernels_outside_the_range_is_skipped_naming_both(installed: str | None) -> None:
+    text = reason(attn=FA2_KERNEL, caps=replace(KERNELS_OK, kernels_version=installed))
+    assert text == (
+        f"{FA2_KERNEL} is a hub kernel: transformers loads hub kernels only with kernels >= 0.18.2, < 0.19.0, "
+        f"and kernels {installed or '(version unknown)'} is installed"
+    )
+
+
+def test_offline_a_hub_kernel_must_be_in_the_kernels_cache() -> None:
+    offline = replace(KERNELS_OK, offline_kernels_cache="/opt/kernels")
+    assert reason(attn=FA2_KERNEL, caps=offline) == (
+        f"{FA2_KERNEL} is a hub kernel, HF_HUB_OFFLINE is set, and {FA2_KERNEL} is not in the kernels "
+        "cache /opt/kernels: pre-fetch it (the image: --build-arg HUB_KERNELS) or unset HF_HUB_OFFLINE"
+    )
+    assert reason(attn="kernels-community/flash-attn2", caps=offline) == (
+        "kernels-community/flash-attn2 is a hub kernel, HF_HUB_OFFLINE is set, and no version branch "
+        "(v1, v2, ...) of kernels-community/flash-attn2 is in the kernels cache /opt/kernels: pre-fetch it "
+        "(the image: --build-arg HUB_KERNELS) or unset HF_HUB_OFFLINE"
+    )
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    cached = replace(
+        offline, cached_hub_kernels=frozenset({FA2_KERNEL, f"kernels-community/flash-attn2@{commit}"})
+    )
+    assert reason(attn=FA2_KERNEL, caps=cached) is None
+    assert reason(attn=f"kernels-community/flash-attn2@{commit}:fn", caps=cached) is None
+    assert reason(attn="kernels-community/flash-attn2", caps=cached) is None  # v4, the version branch
+    assert "not in the kernels cache" in reason(attn="kernels-community/flash-attn2@v3", caps=cached)
+    assert "not in the kernels cache" in reason(attn="kernels-community/vllm-flash-attn3@v1", caps=cached)
+    only_commit = replace(offline, cached_hub_kernels=frozenset({f"kernels-community/flash-attn2@{commit}"}))
+    assert "no version branch" in reason(attn="kernels-community/flash-attn2", caps=only_commit)
+    # LOCAL_KERNELS: kernels loads that directory for any revision of the repo
+    local = replace(offline, cached_hub_kernels=frozenset({"kernels-community/flash-attn2"}))
+    assert reason(attn="kernels-community/flash-attn2@v3", caps=local) is None
+
+
+def test_synthetic_models_take_hub_kernels_where_they_take_flash_attention_2() -> None:
+    assert reason(attn=FA2_KERNEL, model="synthetic:gpt2-tiny", caps=KERNELS_OK) is None
+    assert reason(attn=FA2_KERNEL, model="synthetic:sleep", caps=KERNELS_OK) == (
+        f"synthetic:sleep does not support {FA2_KERNEL} (supports: eager)"
+    )
+
+
+def test_a_flash_kernel_is_flash_attention_for_compile_and_continuous_batching() -> None:
+    """transformers reads a kernel named *flash* as flash attention: compiled only with continuous
+    batching, like flash_attention_2; continuous batching runs no other kernel."""
+    assert reason(attn=FA2_KERNEL, mode="default", caps=KERNELS_OK) == (
+        f"{FA2_KERNEL} with torch.compile is not supported by plain generate"
+    )
+    assert reason(attn=FA2_KERNEL, mode="default", cb=True, caps=KERNELS_OK) is None
+    assert reason(attn=FA2_KERNEL, cb=True, caps=KERNELS_OK) is None
+    other = "kernels-staging/msa@v1"
+    assert reason(attn=other, mode="default", caps=KERNELS_OK) is None
+    assert reason(attn=other, cb=True, caps=KERNELS_OK) == (
+        "continuous batching runs eager, sdpa or a flash attention only, and transformers does not read "
+        f"{other} as flash attention (no 'flash' in its name)"
+    )
+
+
+def test_hub_kernel_cells_are_their_own_cells_and_no_coverage_level_adds_them() -> None:
+    plan = build_plan(
+        config(attn_implementation=["flash_attention_2", FA2_KERNEL, "kernels-community/flash-attn2"]),
+        KERNELS_OK,
+    )
+    assert [c.attn_implementation for c in plan.cells] == [
+        "flash_attention_2",
+        FA2_KERNEL,
+        "kernels-community/flash-attn2",
+    ]
+    assert len({c.cell_id for c in plan.cells}) == 3
+    assert [c.skip_reason for c in plan.cells] == [
+        "flash_attention_2 needs the flash-attn package, which is not installed",
+        None,
+        None,
+    ]
+    assert plan.cells[1].name == f"{FA2_KERNEL}, no compile, b1 s128 n128"
+    for level in range(5):
+        assert {attn for attn, *_ in coverage_combos(level)} <= set(ATTN_IMPLEMENTATIONS)
+    caps = plan.to_dict()["capabilities"]
+    assert (caps["kernels_version"], caps["kernels_required"], caps["offline_kernels_cache"]) == (
+        "0.18.2",
+        REQUIRED,
+        None,
+    )
