@@ -143,7 +143,7 @@ def test_says_what_benchmark_v2_would_have_rewritten(ran) -> None:
         in proc.stderr
     )
     assert "continuous batching turned off (flex_attention); tfbench skips it" in proc.stderr
-    assert "shape_and_decoded_outputs is empty" in proc.stderr
+    assert "shape_and_decoded_outputs: '(rows, n) | text' for each cell's last timed run" in proc.stderr
 
 
 def test_pushes_benchmark_v2s_two_files_in_one_commit(ran) -> None:
