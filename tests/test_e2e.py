@@ -187,6 +187,11 @@ def test_profile_trace_and_top_ops(e2e):
     assert all(len(r["runs"]) == ITERS for r in ok)
     report = run_entrypoint_report(run_dir)
     assert "aten::mm" in report and "traces/" in report
+    from bench.output.html import run_summary_html
+    from bench.results.store import open_run
+
+    html = run_summary_html(open_run(run_dir))
+    assert (run_dir.resolve() / ok[0]["profile"]["trace"]).as_uri() in html
 
 
 def run_entrypoint_report(run_dir: Path) -> str:
