@@ -140,8 +140,16 @@ def _profile(task: Task, call_of: Any, device: str, all_threads: bool = False) -
 
 
 def measure_generate(
-    net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
+    net: Any,
+    tokenizer: Any,
+    rows: list[list[int]],
+    cell: dict[str, Any],
+    task: Task,
+    phase: Any,
+    settle: Any = lambda: None,
 ) -> dict[str, Any]:
+    """Warm-up and timed generate calls; settle() runs after the timed ones and before the
+    profiled call (the caller reads peak memory there, so that the profiler's never counts)."""
     device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
@@ -184,6 +192,7 @@ def measure_generate(
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
     stats = cell_stats(runs)
+    settle()
 
     def profiled(tokens: int) -> Any:
         # The same call as a timed one, without the token clock, for `tokens` new tokens.
@@ -206,7 +215,7 @@ def measure_generate(
 
 
 def measure_continuous_batching(
-    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
+    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any, settle: Any = lambda: None
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
@@ -276,6 +285,7 @@ def measure_continuous_batching(
     try:
         runs, warmup_time, telemetry = warm_then_measure(one_batch, task, device, phase)
         output_ids = first_output[0]
+        settle()
         # The profiled batch goes through the same running manager: the one set-up is reused.
         profile = _profile(task, lambda tokens: lambda: one_batch(tokens), device, all_threads=True)
     finally:
