@@ -228,6 +228,9 @@ def profile_lines(records: Iterable[CellRecord]) -> list[str]:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.shares.items() if v is not None)
         out.append(f"{head}: {prof.new_tokens} new tokens, {prof.time} self time; {shares}")
         out.append(f"trace: {prof.trace} ({fmt_bytes(prof.trace_bytes)})")
+        note = (prof.model_extra or {}).get("note")
+        if note:
+            out.append(f"note: {note}")
         rows = [
             [
                 op.name[:60],
