@@ -351,7 +351,7 @@ def _profiles_html(run: Run) -> list[str]:
         url = (Path(run.path).resolve() / prof.trace).as_uri()
         shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.shares.items() if v is not None)
         parts.append(
-            f'<p>{_e(r.name)}: {_e(prof.new_tokens)} new tokens, {_e(prof.time)} self time; {_e(shares)}; '
+            f"<p>{_e(r.name)}: {_e(prof.new_tokens)} new tokens, {_e(prof.time)} self time; {_e(shares)}; "
             f'<a href="{_e(url)}">trace</a> ({_e(fmt_bytes(prof.trace_bytes))})</p>'
         )
         rows = [
