@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ ATTNS = ["eager", "sdpa", "flash_attention_2"]
 BATCHES = [1, 2]
 N = 6
 ITERS = 3
+PROFILE = 3
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,7 @@ def e2e(tmp_path_factory):
         num_tokens_to_generate=N,
         measurement_iterations=ITERS,
         run_name="e2e",
+        profile=PROFILE,  # one extra call per cell, after the timed ones
     )
     output = base / "results"
     proc = start_entrypoint(config, output, env={"TFBENCH_COMMIT": "abc123def"})
@@ -165,3 +168,60 @@ def test_logs_and_scratch(e2e):
         assert (run_dir / rec["log"]).is_file()
     assert not (run_dir / "work").exists()  # compile caches and scratch are removed
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_profile_trace_and_top_ops(e2e):
+    """Each measured cell's profiled call: a gzipped Chrome trace that parses, and its top operators."""
+    run_dir: Path = e2e["run_dir"]
+    ok = [r for r in cells_by_id(run_dir).values() if r["status"] == "ok"]
+    for rec in ok:
+        prof = rec["profile"]
+        assert prof["available"] and prof["new_tokens"] == PROFILE and prof["time"] == "cpu", prof
+        assert prof["trace"] == f"traces/{rec['cell_id']}.json.gz"
+        with gzip.open(run_dir / prof["trace"], "rt") as f:
+            assert json.load(f)["traceEvents"]
+        names = [op["name"] for op in prof["top_ops"]]
+        assert "aten::mm" in names and all("::" in n for n in names)
+        assert abs(sum(prof["shares"].values()) - 1) < 1e-6
+    # The timed runs are untouched: exactly N tokens each, ITERS of them.
+    assert all(len(r["runs"]) == ITERS for r in ok)
+    report = run_entrypoint_report(run_dir)
+    assert "aten::mm" in report and "traces/" in report
+    from bench.output.html import run_summary_html
+    from bench.results.store import open_run
+
+    html = run_summary_html(open_run(run_dir))
+    assert (run_dir.resolve() / ok[0]["profile"]["trace"]).as_uri() in html
+
+
+def run_entrypoint_report(run_dir: Path) -> str:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, clean_env
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "entrypoint.py"), "report", str(run_dir)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return proc.stdout
+
+
+def test_outputs_and_agreement(e2e):
+    """Every measured cell records its output; sdpa is compared with the eager reference."""
+    run_dir: Path = e2e["run_dir"]
+    cells = [r for r in cells_by_id(run_dir).values() if r["status"] == "ok"]
+    for rec in cells:
+        out = rec["output"]
+        assert out["n"] == N and len(out["tokens"]) == N and len(out["sha256"]) == 64
+        assert "degenerate" not in out  # synthetic models are not judged
+    rows = [json.loads(line) for line in (run_dir / "summary.jsonl").read_text().splitlines()]
+    ok = [r for r in rows if r["status"] == "ok"]
+    refs = {r["batch_size"]: r["cell_id"] for r in ok if r["attn_implementation"] == "eager"}
+    for row in ok:
+        assert row["agreement_reference"] == refs[row["batch_size"]]
+        assert row["agreement_match_rate"] is not None and row["output_n"] == N

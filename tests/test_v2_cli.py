@@ -35,6 +35,8 @@ FLAGS = [
     "16",
     "-n",
     "4",
+    "-p",  # one profiled call per cell, as tfbench's `profile`
+    "2",
     "--branch-name",
     "main",
     "--commit-id",
@@ -134,6 +136,11 @@ def test_values_come_from_the_records(ran) -> None:
         else:
             firsts = [run["token_times"][0] for run in record["runs"]]
         assert entry["measurements"]["time_to_first_token"] == firsts
+        # The last run's tokens are kept and decoded; the earlier run gets its shape alone.
+        shape = f"({c['batch_size']}, 4)"
+        text = record["output"]["text"]
+        assert entry["measurements"]["shape_and_decoded_outputs"] == [shape, f"{shape} | {text}"]
+        assert (run_dir / record["profile"]["trace"]).is_file()  # -p 2: tfbench's profile
 
 
 def test_says_what_benchmark_v2_would_have_rewritten(ran) -> None:
@@ -143,7 +150,7 @@ def test_says_what_benchmark_v2_would_have_rewritten(ran) -> None:
         in proc.stderr
     )
     assert "continuous batching turned off (flex_attention); tfbench skips it" in proc.stderr
-    assert "shape_and_decoded_outputs is empty" in proc.stderr
+    assert "shape_and_decoded_outputs: '(rows, n) | text' for each cell's last timed run" in proc.stderr
 
 
 def test_pushes_benchmark_v2s_two_files_in_one_commit(ran) -> None:
@@ -197,6 +204,7 @@ def test_the_same_command_again_finds_the_run_finished_and_keeps_the_file(ran) -
             "no such file",
         ),
         (["--model-id", MODEL, "-b", "1", "-s", "8", "-n", "4", "--level", "-1"], "--level -1"),
+        (["--model-id", MODEL, "-b", "1", "-s", "8", "-n", "4", "-p", "-1"], "profile = -1"),
     ],
 )
 def test_mistakes_exit_2_before_anything_runs(

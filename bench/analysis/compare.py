@@ -148,6 +148,9 @@ class CellComparison:
     verdict: str
     metrics: dict[str, MetricComparison]
     mde: float | None = None  # the largest of its tested metrics'
+    # The generated tokens differ (sha256) between BASE and NEW; None: a run recorded none. Said
+    # beside the verdict, never part of it: a speed verdict is about speed.
+    output_changed: bool | None = None
 
 
 @dataclass
@@ -327,7 +330,18 @@ def compare_cell(
     else:
         verdict = INCONCLUSIVE
     mdes = [m.mde for m in tested if m.mde is not None]
-    return CellComparison(cell_id, new.cell.name, new.cell, verdict, metrics, max(mdes) if mdes else None)
+    changed = output_changed(base, new)
+    return CellComparison(
+        cell_id, new.cell.name, new.cell, verdict, metrics, max(mdes) if mdes else None, changed
+    )
+
+
+def output_changed(base: CellRecord, new: CellRecord) -> bool | None:
+    """Whether the cell generated other tokens in NEW than in BASE; None where either run has no
+    output recorded (runs of earlier versions)."""
+    if base.output is None or new.output is None or not base.output.sha256 or not new.output.sha256:
+        return None
+    return base.output.sha256 != new.output.sha256
 
 
 def _effect(c: CellComparison) -> float:
@@ -508,6 +522,12 @@ def compare_runs(
             result.cells.append(compare_cell(cell_id, b, n, limits, alpha, drifts))
     order = {c.cell_id: i for i, c in enumerate(result.cells)}
     result.cells.sort(key=lambda c: (VERDICT_ORDER[c.verdict], -_effect(c), order[c.cell_id]))
+    changed = [c for c in result.cells if c.output_changed]
+    if changed:
+        result.notes.append(
+            f"{len(changed)} cell(s) generated other tokens than in BASE (marked ≠ output): the "
+            "verdicts are on speed only; see each cell's output in its record"
+        )
     if base.cells and new.cells and not (result.cells or result.not_compared):
         result.warnings.append("the two runs have no cell in common: were they run from different configs?")
     return result

@@ -54,7 +54,11 @@ def add_v2_parser(sub: Any) -> None:
     )
     p.add_argument("--config-file", help="a .json config or .jsonl configs (either generation)")
     p.add_argument(
-        "--num-tokens-to-profile", "-p", type=int, default=0, help="profiler traces (not written yet)"
+        "--num-tokens-to-profile",
+        "-p",
+        type=int,
+        default=0,
+        help="one profiled generate call of this many tokens per cell, after its timed runs (tfbench's `profile`)",
     )
     p.add_argument(
         "--enable-tp", action="store_true", help="tensor parallelism (not measured by tfbench yet)"
@@ -119,6 +123,9 @@ def load_v2_config(args: argparse.Namespace, log: Any) -> tuple[LoadedConfig, v2
         merged[key], origins[key] = value, f"env {var}"
     for key, value in v2.bench_config(matrix, args.model_id).items():
         merged[key], origins[key] = value, "the benchmark_v2 flags"
+    if args.num_tokens_to_profile:
+        # A negative count is validated like TFBENCH_PROFILE: exit 2 naming the field.
+        merged["profile"], origins["profile"] = args.num_tokens_to_profile, "flag --num-tokens-to-profile"
     if args.output_dir:
         merged["output"], origins["output"] = args.output_dir, "flag --output-dir"
     merged.setdefault("output", DEFAULT_OUTPUT_DIR)
@@ -222,13 +229,6 @@ def cmd_v2(args: argparse.Namespace, out: Any, err: Any, log: Any) -> int:
         from bench.hub.benchmark_v2_push import check_v2_push_config
 
         check_v2_push_config(args.push_result_to_dataset)
-    if args.num_tokens_to_profile > 0:
-        log.emit(
-            "v2_profile",
-            level="warning",
-            message=f"-p {args.num_tokens_to_profile}: tfbench does not write profiler traces yet; "
-            "the cells are measured without them",
-        )
     say_rewrites(lc, matrix, log)
     commit = (
         {"sha": args.commit_id, "source": "--commit-id", "branch": args.branch_name}

@@ -276,10 +276,15 @@ def _shard_source(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace, out: Console, log: Any) -> int:
-    from bench.output.tables import print_summary
+    from bench.output.tables import print_summary, profile_lines
 
     run = load_run(args.run_dir, log)
-    print_summary(out, run.records(), title=run.run_id)
+    records = run.records()
+    print_summary(out, records, title=run.run_id)
+    profiles = profile_lines(records)
+    if profiles:
+        out.file.write("\n" + "\n".join(profiles) + "\n")  # plain text: operator names hold [brackets]
+        out.file.flush()
     if args.html or args.png:
         from bench.output.html import write_run_report
 

@@ -161,6 +161,8 @@ ALLOWED: dict[str, str] = {
     "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
     "cell_timeout_s": "a number of seconds > 0",
     "cell_memory_limit_gb": "a number of GiB > 0: the most host memory one cell's worker may take, or null (no limit)",
+    "profile": "false (no profile), or an integer >= 1: new tokens of one generate call profiled "
+    "with torch.profiler after each cell's timed runs (its trace in traces/<cell_id>.json.gz)",
     "max_attempts": "an integer >= 1: attempts per cell that may end failed, oom, timeout or lost",
     "run_name": "1-64 characters from letters, digits, . _ - (starting with a letter or digit)",
     "output": "a directory path for results",
@@ -221,6 +223,8 @@ class BenchConfig(BaseModel):
     gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
     cell_memory_limit_gb: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] | None = None
+    # false or a token count; kept as None or that count (false never reaches the worker).
+    profile: Annotated[StrictInt, Field(ge=1)] | StrictBool | None = None
     max_attempts: Annotated[StrictInt, Field(ge=1)] = 2
     run_name: Annotated[str, Field(strict=True)] = "tfbench"
     output: Annotated[str, Field(min_length=1, strict=True)] | None = None
@@ -262,6 +266,13 @@ class BenchConfig(BaseModel):
                 raise ValueError(f"{v!r} is listed twice")
             seen.add(key)
         return value
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: int | bool | None) -> int | None:
+        if value is True:
+            raise ValueError("true is not a number of tokens: give one, e.g. 16")
+        return None if value is False else value
 
     @field_validator("push_to_hub")
     @classmethod

@@ -41,7 +41,7 @@ from bench.hub.http import hub_timeouts, use_timeouts
 from bench.hub.schema import CONFIG_FULL, CONFIG_SUMMARIZED, context_row, full_row, plain, summarized_row
 from bench.results.records import CellRecord
 from bench.results.store import Skipped, open_run
-from bench.results.summary import summary_row
+from bench.results.summary import summary_rows
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -133,7 +133,7 @@ def load_run(
                 Skipped(summary_path, f"not JSON lines: {exc}; its rows come from the cell records")
             )
     if summary is None:  # a run stopped before its summary: the same rows from the cell records
-        summary = [summary_row(run_id, r) for r in records]
+        summary = summary_rows(run_id, list(records))
     if skipped is not None:
         skipped.extend(problems)
     return run.meta.to_dict(), records, summary

@@ -96,6 +96,12 @@ _SUMMARY_TYPES: dict[str, ColumnType] = {
     "kv_cache_bytes": INT,
     "decode_mbu": FLOAT,
     "prefill_mfu": FLOAT,
+    "output_n": INT,
+    "output_sha256": STRING,
+    "output_degenerate": STRING,
+    "agreement_reference": STRING,
+    "agreement_match_rate": FLOAT,
+    "agreement_diverges_at": INT,
 }
 
 

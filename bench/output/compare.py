@@ -202,7 +202,8 @@ def to_table(cmp: Comparison) -> Table:
         style = VERDICT_STYLE[c.verdict]
         table.add_row(
             f"{escape(c.name)}\n[dim]{c.cell_id[:8]}[/dim]",
-            f"[{style}]{MARK[c.verdict]} {c.verdict}[/{style}]\n[dim]{fmt_pct(c.mde)}[/dim]",
+            f"[{style}]{MARK[c.verdict]} {c.verdict}[/{style}]{_output_mark(c, ' [magenta]', '[/magenta]')}"
+            f"\n[dim]{fmt_pct(c.mde)}[/dim]",
             *(fmt_ratio(c.metrics.get(m), "rich") for m in columns),
         )
     for label, rows in (
@@ -221,6 +222,14 @@ def to_table(cmp: Comparison) -> Table:
     return table
 
 
+OUTPUT_MARK = "≠ output"
+
+
+def _output_mark(c: CellComparison, before: str = " ", after: str = "") -> str:
+    """The marker beside a verdict when the cell's generated tokens changed between the runs."""
+    return f"{before}{OUTPUT_MARK}{after}" if c.output_changed else ""
+
+
 def _status_text(s: CellStatus) -> tuple[str, str]:
     return s.base_status or "absent", s.new_status or "absent"
 
@@ -236,7 +245,8 @@ def _md_summary_table(cells: list[CellComparison], columns: list[str], limit: in
     ]
     for c in cells[:limit]:
         metrics = " | ".join(_md(fmt_ratio(c.metrics.get(m), "markdown")) for m in columns)
-        lines.append(f"| `{_md(c.name)}` | {MARK[c.verdict]} {c.verdict} | {fmt_pct(c.mde)} | {metrics} |")
+        verdict = f"{MARK[c.verdict]} {c.verdict}{_output_mark(c)}"
+        lines.append(f"| `{_md(c.name)}` | {verdict} | {fmt_pct(c.mde)} | {metrics} |")
     if len(cells) > limit:
         lines.append(f"\n{len(cells) - limit} more not shown (see the JSON output).")
     return lines
@@ -245,7 +255,10 @@ def _md_summary_table(cells: list[CellComparison], columns: list[str], limit: in
 def _md_details(cells: list[CellComparison], limit: int) -> list[str]:
     lines: list[str] = []
     for c in cells[:limit]:
-        lines += [f"**`{_md(c.name)}`** ({c.cell_id[:8]}): {MARK[c.verdict]} {c.verdict}", ""]
+        lines += [
+            f"**`{_md(c.name)}`** ({c.cell_id[:8]}): {MARK[c.verdict]} {c.verdict}{_output_mark(c)}",
+            "",
+        ]
         lines.append("| " + " | ".join(DETAIL_HEADERS) + " |")
         lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
         lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in detail_rows(c)]

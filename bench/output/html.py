@@ -321,7 +321,7 @@ def run_summary_html(run: Run) -> str:
             + "".join(f"<td class=num>{_e(v)}</td>" for v in nums)
             + f"<td class=id>{_e(row.cell_id[:8])}</td></tr>"
         )
-    parts += ["<h2>Cells</h2>", _table(headers, rows)]
+    parts += ["<h2>Cells</h2>", _table(headers, rows), *_profiles_html(run)]
     unmeasured = [r for r in every if r.status != "ok"]
     if unmeasured:
         rows = [
@@ -336,6 +336,32 @@ def run_summary_html(run: Run) -> str:
             _table(["cell", "status", "reason", "cell id"], rows),
         ]
     return "\n".join(parts)
+
+
+def _profiles_html(run: Run) -> list[str]:
+    """Each profiled cell's top operators, linked to its trace (a file: URL, beside the run)."""
+    parts = []
+    for r in sorted(run.records(), key=lambda r: r.cell.index):
+        prof = r.profile
+        if prof is None:
+            continue
+        if not prof.available or not prof.trace:
+            parts.append(f"<p>{_e(r.name)}: no trace, {_e(prof.reason)}</p>")
+            continue
+        url = (Path(run.path).resolve() / prof.trace).as_uri()
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.shares.items() if v is not None)
+        parts.append(
+            f"<p>{_e(r.name)}: {_e(prof.new_tokens)} new tokens, {_e(prof.time)} self time; {_e(shares)}; "
+            f'<a href="{_e(url)}">trace</a> ({_e(fmt_bytes(prof.trace_bytes))})</p>'
+        )
+        rows = [
+            f"<tr><td class=name>{_e(op.name)}</td><td class=num>{op.calls}</td>"
+            f"<td class=num>{op.self_time_us / 1e3:.3f}</td><td class=num>{(op.share or 0):.1%}</td>"
+            f"<td>{_e(op.family)}</td></tr>"
+            for op in prof.top_ops
+        ]
+        parts.append(_table(["operator", "calls", "self ms", "share", "family"], rows))
+    return ["<h2>Profiles</h2>", *parts] if parts else []
 
 
 DETAIL_LIMIT = 200  # changed and inconclusive cells shown in detail (the JSON output has every one)

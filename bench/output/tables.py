@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bench.plan.matrix import Cell, Plan
+from bench.results.outputs import agreement, agreement_label
 from bench.results.records import CellRecord
 
 STATUS_STYLE = {
@@ -75,7 +76,7 @@ def combo_label(cell: Cell) -> str:
 
 
 SUMMARY_HEADERS = ("cell", "shape", "status", "e2e p50 ms", "e2e p95 ms", "ttft p50 ms", "tpot p50 ms",
-                   "itl p95 ms", "tok/s p50", "peak mem", "n", "cell id")  # fmt: skip
+                   "itl p95 ms", "tok/s p50", "peak mem", "n", "output", "cell id")  # fmt: skip
 # Above this many rows the tables are printed as plain aligned text: rich lays out a 10,000-row
 # table in tens of seconds, plain text in a fraction of one.
 RICH_ROW_LIMIT = 500
@@ -90,9 +91,12 @@ def _by_index(records: Iterable[CellRecord]) -> list[CellRecord]:
 
 
 def summary_rows(records: Iterable[CellRecord]) -> list[list[str]]:
-    """One row per cell: latencies in ms (p50 and p95), throughput, memory, n, and the cell id."""
+    """One row per cell: latencies in ms (p50 and p95), throughput, memory, n, its output's
+    agreement with the reference cell (outputs.agreement_label), and the cell id."""
     rows = []
-    for rec in _by_index(records):
+    records = _by_index(records)
+    agreed = agreement(records)
+    for rec in records:
         if rec.ok:
             cols = [
                 _ms(rec, "e2e_latency", "p50"),
@@ -106,7 +110,10 @@ def summary_rows(records: Iterable[CellRecord]) -> list[list[str]]:
             ]
         else:
             cols = ["-"] * 8  # why: see the unmeasured rows
-        rows.append([combo_label(rec.cell), _shape(rec.cell), rec.status, *cols, rec.cell_id[:8]])
+        said = agreement_label(agreed.get(rec.cell_id))
+        if rec.output is not None and rec.output.degenerate:
+            said += " (degenerate)"
+        rows.append([combo_label(rec.cell), _shape(rec.cell), rec.status, *cols, said, rec.cell_id[:8]])
     return rows
 
 
@@ -204,6 +211,39 @@ def print_summary(console: Console, records: list[CellRecord], title: str | None
         console.file.write("\n" + text_table(("cell", "shape", "status", "reason", "cell id"), rows,
                                                "cells without measurements"))  # fmt: skip
     console.file.flush()
+
+
+def profile_lines(records: Iterable[CellRecord]) -> list[str]:
+    """Each profiled cell's top operators by self time (device time on a GPU, CPU time otherwise),
+    the shares of attention, matmul and the rest, and its trace's path; or why it has no trace."""
+    out: list[str] = []
+    for rec in _by_index(records):
+        prof = rec.profile
+        if prof is None:
+            continue
+        head = f"profile of {combo_label(rec.cell)} {_shape(rec.cell)} ({rec.cell_id[:8]})"
+        if not prof.available:
+            out += [head + f": no trace, {prof.reason}", ""]
+            continue
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof.shares.items() if v is not None)
+        out.append(f"{head}: {prof.new_tokens} new tokens, {prof.time} self time; {shares}")
+        out.append(f"trace: {prof.trace} ({fmt_bytes(prof.trace_bytes)})")
+        note = (prof.model_extra or {}).get("note")
+        if note:
+            out.append(f"note: {note}")
+        rows = [
+            [
+                op.name[:60],
+                str(op.calls),
+                f"{op.self_time_us / 1e3:.3f}",
+                f"{(op.share or 0):.1%}",
+                op.family or "",
+            ]
+            for op in prof.top_ops
+        ]
+        out += aligned_lines(("operator", "calls", "self ms", "share", "family"), rows, {1, 2, 3}, rule=True)
+        out.append("")
+    return out
 
 
 def plan_table(plan: Plan, title: str | None = None) -> Table:

@@ -32,6 +32,11 @@ FIRST_PROCESS_KEYS = (
 )
 
 
+# Result keys the last process decides: the cell's output is its last timed run's, and only the
+# last process profiles.
+LAST_PROCESS_KEYS = ("output", "profile")
+
+
 def process_info(index: int, result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The ProcessInfo of one process from its worker result and its timing (base)."""
     return {
@@ -58,6 +63,7 @@ def add_process(
     first = not out.get("processes")
     if first:
         out.update({k: result[k] for k in FIRST_PROCESS_KEYS if k in result})
+    out.update({k: result[k] for k in LAST_PROCESS_KEYS if result.get(k) is not None})
     out["runs"] = [*(out.get("runs") or []), *(result.get("runs") or [])]
     out["processes"] = [*(out.get("processes") or []), process_info(index, result, base)]
     memory = result.get("memory") or {}

@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from bench.config.benchmark_v2 import V2Combo, V2Matrix, combo_of, config_dict, config_hash
+from bench.results.outputs import OUTPUT_TOKENS_KEPT
 from bench.results.records import CellRecord, RunMeta, TimedRun
 from bench.results.store import atomic_write_text
 
 FULL_DIR = "full_results"
 SUMMARIZED_DIR = "summarized_results"
-# The token ids of a cell are not recorded yet, so nothing can be decoded: the list stays empty.
-DECODED_OUTPUTS_NOTE = "shape_and_decoded_outputs is empty: tfbench does not record generated token ids yet"
+# tfbench keeps the tokens of one timed run per cell, its last (the record's output), and decodes
+# their first OUTPUT_TOKENS_KEPT in the worker: that run gets "(rows, n) | text"; the others, whose
+# tokens are not kept, their shape alone. A record without a decoded text leaves the list empty.
+DECODED_OUTPUTS_NOTE = (
+    "shape_and_decoded_outputs: '(rows, n) | text' for each cell's last timed run, the first "
+    f"{OUTPUT_TOKENS_KEPT} new tokens decoded; the shape alone for its other runs, whose tokens are not kept"
+)
 
 # Arrays that hold only plain decimals, laid out one per line by json.dumps(indent=4): benchmark_v2
 # puts them on one line (compact_json_numeric_arrays), and so do we, for files that read alike.
@@ -79,10 +85,20 @@ def measurements(record: CellRecord, full: bool) -> dict[str, Any]:
         "e2e_latency": [it[0] for _, it in iterations],
         "time_to_first_token": [it[1] for _, it in iterations],
         "inter_token_latency": [it[2] for _, it in iterations],
-        "shape_and_decoded_outputs": [],
+        "shape_and_decoded_outputs": _decoded(record, len(iterations)),
         "gpu_metrics": gpu_metrics,
         "timestamps": [_timestamps(run) for run, _ in iterations] if full else None,
     }
+
+
+def _decoded(record: CellRecord, runs: int) -> list[str]:
+    """benchmark_v2's f"{shape} | {decoded}" per timed run: the text where it is known, the last
+    run's only (see DECODED_OUTPUTS_NOTE); [] for a record without a decoded output."""
+    out = record.output
+    if out is None or out.text is None or runs == 0:
+        return []
+    shape = f"({record.cell.batch_size}, {out.n})"
+    return [shape] * (runs - 1) + [f"{shape} | {out.text}"]
 
 
 def hardware_info(meta: RunMeta) -> dict[str, Any]:

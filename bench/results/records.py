@@ -76,6 +76,7 @@ class Settings(BaseModel):
     cell_memory_limit_gb: float | None = None
     processes: int = 1
     process_order: str = "round-robin"
+    profile: int | None = None
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -124,6 +125,9 @@ class Task(BaseModel):
     cache_dir: str | None = None  # shared by the processes of one cell (compile caches)
     result_path: str
     memory_limit_bytes: int | None = None  # set by the worker when it applies the limit
+    profile: int | None = None  # new tokens of the one profiled generate call after the timed runs
+    trace_path: str | None = None  # where that call's trace goes (gzipped Chrome JSON)
+    trace_name: str | None = None  # the same, relative to the run's directory (what the record says)
 
 
 # ----------------------------------------------------------------------------------- cell record
@@ -228,6 +232,41 @@ class Roofline(_Open):
     prefill_mfu: float | None = None
 
 
+class Output(_Open):
+    """What the cell generated: the first sequence of its last timed run (continuous batching: the
+    first request), its first ids (bench.results.outputs.OUTPUT_TOKENS_KEPT), their count, a
+    sha256 of all of them, their decoded text, and why it looks degenerate (None: it does not)."""
+
+    tokens: list[int] = Field(default_factory=list)
+    n: int = 0
+    sha256: str = ""
+    text: str | None = None
+    degenerate: str | None = None
+
+
+class ProfiledOp(_Open):
+    name: str
+    calls: int = 0
+    self_time_us: float = 0.0
+    share: float | None = None
+    family: str | None = None
+
+
+class Profile(_Open):
+    """The one profiled generate call after a cell's timed runs; available False with the reason
+    where none was taken. trace: the gzipped Chrome trace, relative to the run's directory."""
+
+    available: bool = False
+    reason: str | None = None
+    new_tokens: int | None = None
+    time: str | None = None  # "device" (CUDA self time) or "cpu"
+    trace: str | None = None
+    trace_bytes: int | None = None
+    top_ops: list[ProfiledOp] = Field(default_factory=list)
+    total_self_time_us: float | None = None
+    shares: dict[str, float | None] = Field(default_factory=dict)
+
+
 class ErrorInfo(_Open):
     kind: str | None = None
     type: str | None = None
@@ -291,6 +330,8 @@ class CellRecord(_Open):
     load_time_s: float | None = None
     warmup_time_s: float | None = None
     processes: list[ProcessInfo] = Field(default_factory=list)
+    output: Output | None = None
+    profile: Profile | None = None
 
     @field_validator("runs", "attempts", "processes", mode="before")
     @classmethod

@@ -4,6 +4,7 @@
     <output>/<run_id>/cells/<cell_id>.json  one per cell, written when its result is known
     <output>/<run_id>/summary.jsonl         one flat row per cell, for pandas and datasets
     <output>/<run_id>/logs/<cell_id>.log    the worker's stdout and stderr
+    <output>/<run_id>/traces/<cell_id>.json.gz  the profiled call's trace (config `profile`)
     <output>/<run_id>/work/<cell_id>.<attempt>/  the worker's scratch space (compile caches), removed after
     <output>/<run_id>/shards/<i>-of-<N>/    shard i of a sharded run, laid out as above; the
                                             merged run is written to <output>/<run_id>/
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 from bench.errors import StorageError, UserError
 from bench.results.records import CellRecord, RunMeta, ValidationError, describe_error
-from bench.results.summary import summary_row
+from bench.results.summary import summary_rows
 from bench.secrets import redact
 
 
@@ -352,6 +353,10 @@ class RunDir:
     def log_path(self, cell_id: str) -> Path:
         return self.logs / f"{cell_id}.log"
 
+    def trace_path(self, cell_id: str) -> Path:
+        """Where a profiled cell's trace goes (made by the worker that profiles: most runs have none)."""
+        return self.path / "traces" / f"{cell_id}.json.gz"
+
     def scratch(self, cell_id: str) -> Path:
         d = self.work / cell_id
         with storage_errors(d):
@@ -383,5 +388,5 @@ class RunDir:
         return dest
 
     def write_summary(self, records: Iterable[CellRecord], durable: bool = True) -> None:
-        rows = [summary_row(self.run_id, r) for r in sorted(records, key=lambda r: r.cell.index)]
+        rows = summary_rows(self.run_id, list(records))
         atomic_write_text(self.summary, "".join(to_json(row) + "\n" for row in rows), durable=durable)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.results.outputs import agreement
 from bench.results.records import METRICS, RUN_METRICS, STAT_NAMES, CellRecord
 
 AXES = (
@@ -42,7 +43,19 @@ def summary_columns() -> list[str]:
     cols += [f"{m}_{s}" for m in RUN_METRICS for s in PROCESS_STATS]
     cols += ["peak_memory_bytes", "load_time_s", "warmup_time_s", "worker_pid", "attempt", "shard"]
     cols += [*GPU_COLUMNS]
+    cols += [*OUTPUT_COLUMNS]
     return cols
+
+
+# What the cell generated and how it agrees with its reference cell (bench.results.outputs).
+OUTPUT_COLUMNS = (
+    "output_n",
+    "output_sha256",
+    "output_degenerate",
+    "agreement_reference",
+    "agreement_match_rate",
+    "agreement_diverges_at",
+)
 
 
 PROCESS_STATS = ("process_p50s", "process_cv")
@@ -67,8 +80,15 @@ def stat_columns(record: CellRecord) -> dict[str, Any]:
     return row
 
 
-def summary_row(run_id: str, record: CellRecord) -> dict[str, Any]:
-    """One flat row with the same columns for every cell."""
+def summary_rows(run_id: str, records: list[CellRecord]) -> list[dict[str, Any]]:
+    """The rows of a run's cells, by cell index, each with its agreement with its reference cell."""
+    agreed = agreement(records)
+    ordered = sorted(records, key=lambda r: r.cell.index)
+    return [summary_row(run_id, r, agreed.get(r.cell_id)) for r in ordered]
+
+
+def summary_row(run_id: str, record: CellRecord, agreed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One flat row with the same columns for every cell (agreed: its row of outputs.agreement)."""
     cell = record.cell
     row: dict[str, Any] = {
         "run_id": run_id,
@@ -87,6 +107,13 @@ def summary_row(run_id: str, record: CellRecord) -> dict[str, Any]:
     row["attempt"] = record.attempt or (0 if record.status == "skipped" else 1)
     row["shard"] = record.shard
     row.update(gpu_row(record))
+    out = record.output
+    row["output_n"] = out.n if out is not None else None
+    row["output_sha256"] = out.sha256 if out is not None else None
+    row["output_degenerate"] = out.degenerate if out is not None else None
+    row["agreement_reference"] = agreed["reference"] if agreed else None
+    row["agreement_match_rate"] = agreed["match_rate"] if agreed else None
+    row["agreement_diverges_at"] = agreed["diverges_at"] if agreed else None
     return row
 
 

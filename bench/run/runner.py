@@ -447,6 +447,9 @@ class Runner:
             scratch_dir=str(scratch),
             cache_dir=str(cache),
             result_path=str(result_path),
+            profile=self.settings.profile,
+            trace_path=str(self.rundir.trace_path(cell.cell_id)),
+            trace_name=str(self.rundir.trace_path(cell.cell_id).relative_to(self.rundir.root)),
         )
         ended = self.workers.run(
             task,

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from bench.config.presets import is_synthetic
+from bench.results.outputs import OUTPUT_TOKENS_KEPT, degenerate, output_digest
 from bench.results.records import Task
 from bench.results.store import atomic_write_json
 from bench.worker import api, models, roofline
@@ -168,13 +170,23 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
     rows = models.prompt_ids(tokenizer, cell["batch_size"], cell["sequence_length"])
+    measured_memory: dict[str, Any] = {}
+
+    def settle() -> None:
+        # Peak memory of the timed runs, read before a profiled call can raise it.
+        measured_memory.update(_memory(device))
+
     with torch.inference_mode():
         if cell["continuous_batching"]:
-            out.update(measure_continuous_batching(net, rows, cell, task, phase))
+            out.update(measure_continuous_batching(net, rows, cell, task, phase, settle))
         else:
             out["effective_attn_implementation"] = check_attn(net, cell, "after loading")
-            out.update(measure_generate(net, tokenizer, rows, cell, task, phase))
-    out["memory"] = {**_memory(device), "after_load_bytes": memory_after_load["peak_bytes"]}
+            out.update(measure_generate(net, tokenizer, rows, cell, task, phase, settle))
+    out["output"] = cell_output(out.pop("output_ids", None), tokenizer, cell["model"])
+    out["memory"] = {
+        **(measured_memory or _memory(device)),
+        "after_load_bytes": memory_after_load["peak_bytes"],
+    }
     if task.memory_limit_bytes is not None:
         out["memory"]["limit_bytes"] = task.memory_limit_bytes
     out["worker_environment"] = worker_environment(device)
@@ -193,6 +205,22 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
     out["roofline"] = cell_roofline(net, cell, out["stats"])
     if out["roofline"].get("kv_cache_bytes") is not None:
         out["memory"]["kv_cache_bytes"] = out["roofline"]["kv_cache_bytes"]
+    return out
+
+
+def cell_output(ids: list[int] | None, tokenizer: Any, model: str) -> dict[str, Any] | None:
+    """The record's Output part: the digest of the ids, their decoded text (the kept ids only),
+    and for a real model whether the output is degenerate (a synthetic model's random weights
+    loop by nature: no flag there)."""
+    if ids is None:
+        return None
+    text = None
+    # Decoding 64 ids costs microseconds; a tokenizer that cannot only loses the text.
+    with contextlib.suppress(Exception):
+        text = str(tokenizer.decode(ids[:OUTPUT_TOKENS_KEPT], skip_special_tokens=True))
+    out = output_digest(ids, text)
+    if not is_synthetic(model):
+        out["degenerate"] = degenerate(ids)
     return out
 
 

@@ -124,9 +124,40 @@ def exact_greedy_config(net: Any, tokenizer: Any, n: int) -> GenerationConfig:
     )
 
 
+def _profile(
+    task: Task, call_of: Any, device: str, all_threads: bool = False, max_tokens: int | None = None
+) -> dict[str, Any] | None:
+    """The cell's Profile part: only in its last process (one trace per cell), only when asked.
+    max_tokens: the most new tokens the call can make (a cache sized for the timed runs)."""
+    if not task.profile or task.process != task.processes - 1:
+        return None
+    if not task.trace_path or not task.trace_name:
+        return {"available": False, "reason": "the task names no trace path"}
+    from bench.worker.profile import profile_call
+
+    tokens = task.profile if max_tokens is None else min(task.profile, max_tokens)
+    try:
+        call = call_of(tokens)
+    except Exception as exc:  # noqa: BLE001 - a failed profile is recorded, never a failed cell
+        return {"available": False, "reason": f"profiling failed: {type(exc).__name__}: {exc}"}
+    out = profile_call(call, device, tokens, task.trace_path, task.trace_name, all_threads)
+    if tokens < task.profile:
+        said = f"{tokens} new tokens, not the {task.profile} asked: the cache is sized for the timed runs"
+        out["note"] = "; ".join(filter(None, (out.get("note"), said)))
+    return out
+
+
 def measure_generate(
-    net: Any, tokenizer: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
+    net: Any,
+    tokenizer: Any,
+    rows: list[list[int]],
+    cell: dict[str, Any],
+    task: Task,
+    phase: Any,
+    settle: Any = lambda: None,
 ) -> dict[str, Any]:
+    """Warm-up and timed generate calls; settle() runs after the timed ones and before the
+    profiled call (the caller reads peak memory there, so that the profiler's never counts)."""
     device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
@@ -136,6 +167,7 @@ def measure_generate(
         gen.compile_config = _compile_config(cell)
     clock = make_clock(device, n)
     processors = LogitsProcessorList([TokenClockProcessor(clock)])
+    last: list[Any] = [None]  # the last call's output: its first sequence is the cell's output
 
     def one_run() -> tuple[float, list[float], float | None]:
         clock.start()
@@ -146,6 +178,7 @@ def measure_generate(
             logits_processor=processors,
         )
         e2e = clock.stop()
+        last[0] = out
         produced = out.shape[1] - s
         if produced != n or out.shape[0] != b:
             raise CellError(f"generate returned {out.shape[0]}x{produced} new tokens, expected {b}x{n}")
@@ -167,6 +200,16 @@ def measure_generate(
     if cell["compile"] and graphs == 0:
         raise CellError("torch.compile was asked for but generate compiled nothing (transformers skipped it)")
     stats = cell_stats(runs)
+    settle()
+
+    def profiled(tokens: int) -> Any:
+        # The same call as a timed one, without the token clock, for `tokens` new tokens.
+        pgen = gen.copy() if hasattr(gen, "copy") else GenerationConfig(**gen.to_dict())
+        pgen.max_new_tokens = tokens
+        return lambda: net.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=pgen
+        )
+
     return {
         "runs": runs,
         "stats": stats,
@@ -174,11 +217,13 @@ def measure_generate(
         "warmup_time_s": warmup_time,
         "inputs": {"shape": list(input_ids.shape), "new_tokens": n},
         "compiled_graphs": graphs,
+        "output_ids": last[0][0, s:].tolist() if last[0] is not None else None,
+        "profile": _profile(task, profiled, device),
     }
 
 
 def measure_continuous_batching(
-    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any
+    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any, settle: Any = lambda: None
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
@@ -209,7 +254,9 @@ def measure_continuous_batching(
     manager.start()
     setup_time = time.perf_counter() - setup_start
 
-    def one_batch() -> dict[str, Any]:
+    first_output: list[Any] = [None]  # the first request's tokens in the last batch
+
+    def one_batch(n: int = n) -> dict[str, Any]:
         t0 = time.perf_counter()
         ids = manager.add_requests(rows, max_new_tokens=n, record_timestamps=True)
         results: dict[str, Any] = {}
@@ -222,6 +269,7 @@ def measure_continuous_batching(
             if out.is_finished():
                 results[out.request_id] = out
         e2e = time.perf_counter() - t0
+        first_output[0] = list(results[ids[0]].generated_tokens)
         requests = []
         for rid in ids:
             out = results[rid]
@@ -241,8 +289,15 @@ def measure_continuous_batching(
             )
         return {"e2e_latency": e2e, "e2e_throughput": b * n / e2e, "requests": requests}
 
+    profile = None
     try:
         runs, warmup_time, telemetry = warm_then_measure(one_batch, task, device, phase)
+        output_ids = first_output[0]
+        settle()
+        # The profiled batch goes through the same running manager: the one set-up is reused.
+        # On the CPU the cache holds exactly the timed runs' tokens (sized above): no more fit.
+        cap = n if device == "cpu" else None
+        profile = _profile(task, lambda tokens: lambda: one_batch(tokens), device, True, cap)
     finally:
         manager.stop(block=True, timeout=30)
     graphs = _compiled_graphs()
@@ -260,6 +315,8 @@ def measure_continuous_batching(
         "inputs": {"shape": [len(rows), len(rows[0])], "new_tokens": n},
         "compiled_graphs": graphs,
         "continuous_batching_config": {k: _plain(v) for k, v in vars(resolved).items()},
+        "output_ids": output_ids,
+        "profile": profile,
         **({"api_adapted": adapted} if adapted else {}),
     }
 

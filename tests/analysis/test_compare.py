@@ -579,3 +579,28 @@ def test_rank_test_matches_reference_values():
         m, n = rng.integers(4, 25, size=2)
         r = rank_test(list(np.exp(rng.normal(0, 0.05, m))), list(np.exp(rng.normal(0.03, 0.05, n))))
         assert (r.ci_low > 1 or r.ci_high < 1) == (r.p_value < 0.05)
+
+
+def test_changed_output_is_flagged_beside_an_unchanged_verdict(tmp_path):
+    """Other tokens in NEW: a marker and a note, the speed verdict and the exit code as they were."""
+    rng = np.random.default_rng(3)
+    axes = [cell_axes(0), cell_axes(1, attn="eager"), cell_axes(2, attn="eager", batch=2)]
+    base_recs = [record(a, rng) for a in axes]
+    for rec, ids in zip(base_recs, ([1, 2, 3], [1, 2, 3], [4, 5])):
+        rec["output"] = {"tokens": ids, "n": len(ids), "sha256": hashlib.sha256(bytes(ids)).hexdigest()}
+    new_recs = copy.deepcopy(base_recs)
+    new_recs[0]["output"] = {"tokens": [1, 2, 9], "n": 3, "sha256": "f" * 64}
+    del new_recs[2]["output"]  # an earlier version's record: nothing to say
+    base = write_run(tmp_path / "base", base_recs)
+    new = write_run(tmp_path / "new", new_recs)
+    cmp = compare_runs(load_run(base), load_run(new))
+    changed = {c.cell_id: c.output_changed for c in cmp.cells}
+    assert changed == {axes[0]["cell_id"]: True, axes[1]["cell_id"]: False, axes[2]["cell_id"]: None}
+    assert [c.verdict for c in cmp.cells] == [UNCHANGED] * 3 and exit_code(cmp) == 0
+    assert any("1 cell(s) generated other tokens" in n for n in cmp.notes)
+    md = to_markdown(cmp)
+    assert md.count("≠ output") >= 2  # the cell's row and the note
+    console = Console(record=True, width=200)
+    console.print(to_table(cmp))
+    assert "≠ output" in console.export_text()
+    assert [c["output_changed"] for c in to_json(cmp)["cells"]] == [changed[c.cell_id] for c in cmp.cells]
