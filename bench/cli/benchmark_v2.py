@@ -20,8 +20,8 @@ from bench.config.sources import read_env, validate
 from bench.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_PUSH_FAILED, UserError
 from bench.plan.matrix import build_plan
 from bench.results import benchmark_v2 as v2_results
-from bench.results.store import atomic_write_json, open_run
-from bench.run.machine import capabilities, detect_accelerators
+from bench.results.store import Run, atomic_write_json, open_run
+from bench.run.machine import Accelerators, capabilities, detect_accelerators
 from bench.run.session import RunRequest, run_configs
 
 DEFAULT_OUTPUT_DIR = "benchmark_results"  # benchmark_v2 writes to benchmark_v2/benchmark_results
@@ -97,11 +97,12 @@ def _required(args: argparse.Namespace) -> None:
         )
 
 
-def load_v2_config(args: argparse.Namespace, log: Any) -> tuple[LoadedConfig, v2.V2Matrix]:
+def load_v2_config(
+    args: argparse.Namespace, accel: Accelerators, log: Any
+) -> tuple[LoadedConfig, v2.V2Matrix]:
     """The tfbench config of a benchmark_v2 command line (TFBENCH_* variables still apply), and
     its matrix; every mistake exits 2 before anything runs."""
     _required(args)
-    accel = detect_accelerators()
     kernels = capabilities("auto", accel, for_run=False).kernels
     config_file = Path(args.config_file) if args.config_file else None
     if config_file is not None and not config_file.is_file():
@@ -135,9 +136,9 @@ def load_v2_config(args: argparse.Namespace, log: Any) -> tuple[LoadedConfig, v2
     return validate(merged, origins, label), matrix
 
 
-def say_rewrites(lc: LoadedConfig, matrix: v2.V2Matrix, log: Any) -> None:
+def say_rewrites(lc: LoadedConfig, matrix: v2.V2Matrix, accel: Accelerators, log: Any) -> None:
     """One line per config that benchmark_v2 would have rewritten, and what tfbench does instead."""
-    plan = build_plan(lc.config, capabilities(lc.config.device, detect_accelerators(), for_run=False))
+    plan = build_plan(lc.config, capabilities(lc.config.device, accel, for_run=False))
     caps = plan.capabilities
     reasons = {
         (c.attn_implementation, c.compile, c.kernelize, c.continuous_batching): c.skip_reason
@@ -161,48 +162,37 @@ def say_rewrites(lc: LoadedConfig, matrix: v2.V2Matrix, log: Any) -> None:
 
 
 def write_v2_file(
-    run_path: Path, matrix: v2.V2Matrix, args: argparse.Namespace, commit: str | None, log: Any
-) -> Path | None:
-    """benchmark_v2's results file of a run, from its records; the file's name goes into run.json."""
-    run = open_run(run_path)
-    data = v2_results.entries(
-        matrix, run.records(), run.meta, args.model_id, args.branch_name, commit, args.commit_message
-    )
-    if not data:
-        return None
+    run: Run, summarized: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any], log: Any
+) -> None:
+    """benchmark_v2's results file of a run; its name goes into `meta` (the run's run.json)."""
     path = v2_results.results_path(
-        run_path.parent, args.model_id, v2_results.file_timestamp(run.meta.started_at)
+        run.path.parent, args.model_id, v2_results.file_timestamp(run.meta.started_at)
     )
-    v2_results.write_results_file(path, data)
-    atomic_write_json(run_path / "run.json", {**run.meta.to_dict(), "benchmark_v2_file": path.name})
+    v2_results.write_results_file(path, summarized)
+    meta["benchmark_v2_file"] = path.name
     log.emit(
         "v2_results_written",
         path=str(path),
-        configs=len(data),
-        message=f"benchmark_v2 results: {path} ({len(data)} configs; {v2_results.DECODED_OUTPUTS_NOTE})",
+        configs=len(summarized),
+        message=f"benchmark_v2 results: {path} ({len(summarized)} configs; {v2_results.DECODED_OUTPUTS_NOTE})",
     )
-    return path
 
 
 def push_v2(
-    run_path: Path, matrix: v2.V2Matrix, args: argparse.Namespace, commit: str | None, log: Any
+    run: Run, common: tuple[Any, ...], summarized: dict[str, Any], repo: str, meta: dict[str, Any], log: Any
 ) -> bool:
-    """benchmark_v2's two JSONL files of a finished run, pushed once (run.json remembers it)."""
+    """benchmark_v2's two JSONL files of a finished run, pushed once (`meta`, the run's run.json,
+    remembers it)."""
     from bench.hub.benchmark_v2_push import push_v2_files
     from bench.hub.commit import PushError
 
-    run = open_run(run_path)
-    records, meta = run.records(), run.meta
-    repo = args.push_result_to_dataset
-    done = (meta.model_extra or {}).get("benchmark_v2_pushed") or {}
+    done = meta.get("benchmark_v2_pushed") or {}
     if done.get("repo") == repo:
         log.emit("push_skipped", repo=repo, message=f"already pushed to {repo}: {done.get('commit_url')}")
         return True
-    common = (matrix, records, meta, args.model_id, args.branch_name, commit, args.commit_message)
-    full, summarized = v2_results.entries(*common, full=True), v2_results.entries(*common)
-    if not summarized:
-        return True  # benchmark_v2 pushes only when there is a result
-    files = v2_results.hub_files(full, summarized, v2_results.file_timestamp(meta.started_at))
+    files = v2_results.hub_files(
+        v2_results.entries(*common, full=True), summarized, v2_results.file_timestamp(run.meta.started_at)
+    )
     try:
         result = push_v2_files(
             repo, files, log=log, later=f"the same `tfbench v2 ... --run-id {run.run_id}` command"
@@ -210,10 +200,7 @@ def push_v2(
     except PushError as exc:
         log.emit("push_failed", level="error", repo=repo, exit_code=EXIT_PUSH_FAILED, message=str(exc))
         return False
-    pushed = {"repo": repo, "commit_url": result.commit_url, "files": list(files)}
-    atomic_write_json(
-        run_path / "run.json", {**open_run(run_path).meta.to_dict(), "benchmark_v2_pushed": pushed}
-    )
+    meta["benchmark_v2_pushed"] = {"repo": repo, "commit_url": result.commit_url, "files": list(files)}
     log.emit(
         "push_done",
         repo=repo,
@@ -222,14 +209,33 @@ def push_v2(
     return True
 
 
+def write_outputs(
+    run_path: Path, matrix: v2.V2Matrix, args: argparse.Namespace, push: bool, log: Any
+) -> bool:
+    """After an invocation: the run read once, its benchmark_v2 file written, pushed when asked
+    (benchmark_v2 pushes only when there is a result); False when the push failed."""
+    run = open_run(run_path)
+    commit = args.commit_id or run.meta.commit_sha
+    common = (matrix, run.records(), run.meta, args.model_id, args.branch_name, commit, args.commit_message)
+    summarized = v2_results.entries(*common)
+    if not summarized:
+        return True
+    meta = run.meta.to_dict()
+    write_v2_file(run, summarized, args, meta, log)
+    pushed = not push or push_v2(run, common, summarized, args.push_result_to_dataset, meta, log)
+    atomic_write_json(run_path / "run.json", meta)
+    return pushed
+
+
 def cmd_v2(args: argparse.Namespace, out: Any, err: Any, log: Any) -> int:
     logging.getLogger().setLevel(args.log_level)
-    lc, matrix = load_v2_config(args, log)
+    accel = detect_accelerators()
+    lc, matrix = load_v2_config(args, accel, log)
     if args.push_result_to_dataset:
         from bench.hub.benchmark_v2_push import check_v2_push_config
 
         check_v2_push_config(args.push_result_to_dataset)
-    say_rewrites(lc, matrix, log)
+    say_rewrites(lc, matrix, accel, log)
     commit = (
         {"sha": args.commit_id, "source": "--commit-id", "branch": args.branch_name}
         if args.commit_id
@@ -243,14 +249,8 @@ def cmd_v2(args: argparse.Namespace, out: Any, err: Any, log: Any) -> int:
         after=finished.append,
     )
     code = run_configs([lc], request, out, err, log)
+    finished_ok = code in (EXIT_OK, EXIT_CELL_FAILED)
     for run_path in finished:
-        meta_commit = open_run(run_path).meta.commit_sha
-        write_v2_file(run_path, matrix, args, args.commit_id or meta_commit, log)
-        finished_ok = code in (EXIT_OK, EXIT_CELL_FAILED)
-        if (
-            finished_ok
-            and args.push_result_to_dataset
-            and not push_v2(run_path, matrix, args, args.commit_id or meta_commit, log)
-        ):
+        if not write_outputs(run_path, matrix, args, finished_ok and bool(args.push_result_to_dataset), log):
             return EXIT_PUSH_FAILED
     return code

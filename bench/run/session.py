@@ -31,7 +31,7 @@ from bench.results.records import (
     hardware_label,
     status_counts,
 )
-from bench.results.store import atomic_write_json, read_meta
+from bench.results.store import RunDir, atomic_write_json, read_meta
 from bench.run.machine import Accelerators, capabilities, detect_accelerators, environment, measured_commit
 from bench.run.merge import try_merge
 from bench.run.resume import Selected, identity, select_run
@@ -70,6 +70,7 @@ class Job:
     workers: Any = None  # a side server when transformers_source names the code to measure
     env: dict[str, Any] | None = None  # run.json's environment as this job's workers see it
     sink: Any = None  # where the run is copied between cells (sync_to), or None
+    lease_s: float = 0.0  # how long a lease on the run in the sink lasts unless renewed
     lease: Any = None  # this machine's lease on the run in the sink
 
 
@@ -154,14 +155,14 @@ def _prepare(
                 check_push_config(cfg.push_to_hub)
             except UserError as exc:
                 raise UserError(f"{exc}{origin(lc, 'push_to_hub')}") from None
-        sink = None
+        sink, lease_s = None, 0.0
         if cfg.sync_to:
             from bench.run.sink import Sink, check_sink_url
             from bench.run.sync import lease_seconds
 
             try:
                 sink = Sink(check_sink_url(cfg.sync_to, "sync_to" + origin(lc, "sync_to")))
-                lease_seconds()
+                lease_s = lease_seconds()
             except UserError as exc:
                 raise UserError(f"{exc}{origin(lc, 'sync_to')}") from None
         if shard and run_id is None:
@@ -175,7 +176,20 @@ def _prepare(
             full, settings.measured(), hardware, shard and shard.name, workers and workers.description
         )
         jobs.append(
-            Job(lc, full, plan, output, run_id, settings, key, shard, workers=workers, env=job_env, sink=sink)
+            Job(
+                lc,
+                full,
+                plan,
+                output,
+                run_id,
+                settings,
+                key,
+                shard,
+                workers=workers,
+                env=job_env,
+                sink=sink,
+                lease_s=lease_s,
+            )
         )
     for job in jobs:
         check_output(job.output)
@@ -224,15 +238,12 @@ def claim(job: Job, log: Any) -> None:
     name, output = job.loaded.config.run_name, job.output
     shard = job.shard and job.shard.name
     if job.sink is not None:
-        from bench.run.sync import Lease, lease_seconds, rel, restore
+        from bench.run.sink import SinkError
+        from bench.run.sync import Lease, rel, restore
 
         if job.run_id is not None:
-            job.lease = Lease(
-                job.sink, f"{job.run_id}/shards/{shard}" if shard else job.run_id, lease_seconds(), log
-            )
+            job.lease = Lease(job.sink, rel(RunDir(output, job.run_id, shard).path, output), job.lease_s, log)
             job.lease.acquire()
-        from bench.run.sink import SinkError
-
         try:
             restore(job.sink, output, job.run_id, shard, name, job.key, log)
         except SinkError as exc:
@@ -251,7 +262,7 @@ def claim(job: Job, log: Any) -> None:
         lambda: new_run_id(name, output),
     )
     if job.sink is not None and job.lease is None and not job.selected.finished:
-        job.lease = Lease(job.sink, rel(job.selected.rundir.path, output), lease_seconds(), log)
+        job.lease = Lease(job.sink, rel(job.selected.rundir.path, output), job.lease_s, log)
         job.lease.acquire()
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.results.records import CellRecord, RunMeta
-from bench.results.store import atomic_write_text
+from bench.results.store import RunDir, atomic_write_text
 from bench.run.sink import Sink, SinkError, acquire_lease, release_lease, renew_lease
 
 DEFAULT_LEASE_S = 120.0
@@ -117,7 +117,7 @@ def restore(
     """Bring an unfinished run of this identity from the sink into `output` when the local results
     lack it: the named run, else the newest unfinished one. Returns its run id, or None."""
     if run_id is not None:
-        where = f"{run_id}/shards/{shard}" if shard else run_id
+        where = rel(RunDir(output, run_id, shard).path, output)
         if (output / where / "run.json").is_file():
             return None
         meta = _meta_of(sink, f"{where}/run.json")
