@@ -419,7 +419,7 @@ def sync_failed(job: Job, sync: Any, log: Any) -> None:
         exit_code=EXIT_PUSH_FAILED,
         pending=len(sync.pending),
         message=f"{len(sync.pending)} files of run {job.selected.rundir.run_id} could not be copied to "
-        f"{job.sink.url} ({sync.failures[-1] if sync.failures else 'unreachable'}). The results are complete "
+        f"{job.sink.url} ({sync.failure or 'unreachable'}). The results are complete "
         "here; the same command copies them once the sink answers",
     )
 

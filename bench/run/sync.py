@@ -21,6 +21,7 @@ it on a new machine, and worked on by one machine at a time.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -263,8 +264,9 @@ class RunSync:
         self.pending: dict[str, bool] = {}  # path in the sink -> whether it is a create-once record
         self.uploaded: set[str] = set()
         self.down = False
-        self.failures: list[str] = []
-        self.time_s = 0.0  # spent uploading, for the run's record of what syncing cost
+        self.failure: str | None = None  # the last upload that failed at the end, for the message
+        self._probe = copy.copy(sink)  # the same sink and filesystem, one try per operation
+        self._probe.retries = 0
 
     @property
     def lost(self) -> str | None:
@@ -313,51 +315,44 @@ class RunSync:
     def flush(self, quick: bool) -> None:
         """Upload what is pending. quick (between cells): while the sink is down, one upload is
         tried as a probe, the rest waits."""
-        start = time.perf_counter()
         # While the sink is down, a gap between cells probes it with one try, not the retries.
-        retries = self.sink.retries
-        if quick and self.down:
-            self.sink.retries = 0
-        try:
-            for name, once in list(self.pending.items()):
-                path = self.output / name
-                if f"/{ATTEMPTS}/" in name:  # the cell's record as it stands, sent as its attempts
-                    path = self.run_path / "cells" / name.rsplit("/", 1)[1]
-                try:
-                    data = path.read_bytes()
-                except OSError:
-                    self.pending.pop(name)
-                    continue
-                try:
-                    if once:
-                        created = self.sink.create(name, data)
-                        if not created:
-                            self.log.emit(
-                                "sync_kept",
-                                level="warning",
-                                path=name,
-                                message=f"the sink already holds {name}: its record is kept, this machine's stays local",
-                            )
-                    else:
-                        self.sink.put(name, data)
-                except SinkError as exc:
-                    if not self.down:
-                        self.log.emit(
-                            "sync_unreachable",
-                            level="warning",
-                            message=f"{exc}; the results stay here and go up when it answers again",
-                        )
-                    self.down = True
-                    if not quick:
-                        self.failures.append(str(exc))
-                    if quick or exc.transient:
-                        return  # unreachable: the other files would wait the same retries for nothing
-                    continue
-                if self.down:
-                    self.log.emit("sync_resumed", message=f"{self.sink.url} answers again; catching up")
-                    self.down = False
+        sink = self._probe if quick and self.down else self.sink
+        for name, once in list(self.pending.items()):
+            path = self.output / name
+            if f"/{ATTEMPTS}/" in name:  # the cell's record as it stands, sent as its attempts
+                path = self.run_path / "cells" / name.rsplit("/", 1)[1]
+            try:
+                data = path.read_bytes()
+            except OSError:
                 self.pending.pop(name)
-                self.uploaded.add(name)
-        finally:
-            self.sink.retries = retries
-            self.time_s += time.perf_counter() - start
+                continue
+            try:
+                if once:
+                    created = sink.create(name, data)
+                    if not created:
+                        self.log.emit(
+                            "sync_kept",
+                            level="warning",
+                            path=name,
+                            message=f"the sink already holds {name}: its record is kept, this machine's stays local",
+                        )
+                else:
+                    sink.put(name, data)
+            except SinkError as exc:
+                if not self.down:
+                    self.log.emit(
+                        "sync_unreachable",
+                        level="warning",
+                        message=f"{exc}; the results stay here and go up when it answers again",
+                    )
+                self.down = True
+                if not quick:
+                    self.failure = str(exc)
+                if quick or exc.transient:
+                    return  # unreachable: the other files would wait the same retries for nothing
+                continue
+            if self.down:
+                self.log.emit("sync_resumed", message=f"{self.sink.url} answers again; catching up")
+                self.down = False
+            self.pending.pop(name)
+            self.uploaded.add(name)
