@@ -39,7 +39,7 @@ from bench.config.benchmark_v2 import DTYPE, parse_config
 from bench.errors import UserError
 from bench.plan.matrix import Cell, cell_id, cell_name
 from bench.results.records import CellRecord, RunMeta, ValidationError, describe_error, status_counts
-from bench.results.stats import cell_stats, run_metrics
+from bench.results.stats import cell_stats, run_metrics, timing_metrics
 from bench.results.store import Run, RunFileError, Skipped
 
 SOURCE = "benchmark_v2"  # the "source" of a converted RunMeta and CellRecord
@@ -236,15 +236,7 @@ def _generate_run(
         run.pop("itl")  # derivable from token_times, as a worker leaves it out
         run["token_times"] = rows[0][:n]
         return run
-    decode = e2e - ttft
-    return {
-        "e2e_latency": e2e,
-        "ttft": ttft,
-        "tpot": decode / (n - 1) if n > 1 else None,
-        "e2e_throughput": b * n / e2e if e2e > 0 else None,
-        "decode_throughput": b * (n - 1) / decode if n > 1 and decode > 0 else None,
-        "prefill_throughput": b * s / ttft if ttft > 0 else None,
-    }
+    return timing_metrics(e2e, ttft, n, b, s)
 
 
 def _cb_run(

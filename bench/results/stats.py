@@ -40,14 +40,22 @@ def run_metrics(
     n = len(token_times)
     if n == 0:
         raise ValueError("a run without generated tokens has no metrics")
-    ttft = float(token_times[0])
-    tpot = (e2e - ttft) / (n - 1) if n > 1 else None
+    return {
+        **timing_metrics(e2e, float(token_times[0]), n, batch_size, sequence_length),
+        "itl": [float(b - a) for a, b in zip(token_times, token_times[1:])],
+    }
+
+
+def timing_metrics(
+    e2e: float, ttft: float, n: int, batch_size: int, sequence_length: int
+) -> dict[str, float | None]:
+    """The metrics of one generate call that its e2e latency, first-token time and token count
+    define (everything but itl, which needs every token's time)."""
     decode_time = e2e - ttft
     return {
         "e2e_latency": float(e2e),
         "ttft": ttft,
-        "tpot": tpot,
-        "itl": [float(b - a) for a, b in zip(token_times, token_times[1:])],
+        "tpot": decode_time / (n - 1) if n > 1 else None,
         "e2e_throughput": batch_size * n / e2e if e2e > 0 else None,
         "decode_throughput": batch_size * (n - 1) / decode_time if n > 1 and decode_time > 0 else None,
         "prefill_throughput": batch_size * sequence_length / ttft if ttft > 0 else None,
