@@ -220,9 +220,10 @@ FROM scratch AS flash-attn-none
 # hadolint ignore=DL3006
 FROM flash-attn-${FLASH_ATTN} AS flash-attn
 
-# ---- venv: torch + flash-attn (unless none) + tfbench, everything at the exact versions of
-# constraints.txt. The dependencies (read from pyproject.toml) get their own layer, so that a
-# code change reinstalls only tfbench itself.
+# ---- venv: torch + flash-attn (unless none) + torchao + tfbench, everything at the exact versions
+# of constraints.txt. The dependencies (read from pyproject.toml) get their own layer, so that a
+# code change reinstalls only tfbench itself. torchao quantizes weights on any device (the
+# quantization axis, README); bitsandbytes, CUDA only, comes with kernels below.
 FROM torch AS venv
 ARG VARIANT
 ARG FLASH_ATTN
@@ -236,8 +237,8 @@ RUN --mount=type=secret,id=ca \
         > /src/requirements.txt \
     && shopt -s nullglob && fa=(/fa/flash_attn-*.whl) \
     && if [ "$FLASH_ATTN" = none ]; then [ ${#fa[@]} = 0 ]; else [ ${#fa[@]} = 1 ]; fi \
-    && pip install -c /src/constraints.txt -r /src/requirements.txt "${fa[@]}"
-# Hub kernels: kernels (the CUDA variants) and each kernel of HUB_KERNELS, the build of it for this
+    && pip install -c /src/constraints.txt -r /src/requirements.txt torchao "${fa[@]}"
+# Hub kernels: kernels and bitsandbytes (the CUDA variants) and each kernel of HUB_KERNELS, the build of it for this
 # torch and CUDA, as kernels' install_kernel picks it (no GPU needed: it reads torch.version.cuda),
 # into the cache that get_kernel reads offline (KERNELS_CACHE). huggingface_hub's HTTP client
 # (httpcore2) takes the CA secret as SSL_CERT_FILE. A revision is required: an unpinned kernel
@@ -252,7 +253,7 @@ RUN --mount=type=secret,id=ca \
             exit 1; \
         fi; \
     else \
-        pip install -c /src/constraints.txt kernels \
+        pip install -c /src/constraints.txt kernels bitsandbytes \
         && KERNELS_CACHE=/opt/kernels python -c 'import re, sys; \
 from kernels import install_kernel; \
 form = r"([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)@([A-Za-z0-9][A-Za-z0-9._-]*)"; \
@@ -274,6 +275,11 @@ cpu = os.environ["VARIANT"] == "cpu"; \
 have = [d.version for d in m.distributions() if d.metadata["Name"] == "kernels"]; \
 print("kernels", have[0] if have else "not installed", "(transformers asks for >= %s, < %s)" % (low, high)); \
 sys.exit(0 if cpu or is_kernels_available() else "kernels %s: transformers loads hub kernels only with >= %s, < %s" % (have[0] if have else "not installed", low, high))' \
+    && python -c 'import os, sys; \
+from transformers.utils.import_utils import is_bitsandbytes_available, is_torchao_available; \
+cpu = os.environ["VARIANT"] == "cpu"; \
+print("quantization: torchao", is_torchao_available(), "bitsandbytes", is_bitsandbytes_available()); \
+sys.exit(0 if is_torchao_available() and (cpu or is_bitsandbytes_available()) else "transformers cannot quantize with the torchao or bitsandbytes installed")' \
     && python -c 'import importlib.metadata as m, os, sys; \
 have = [d.version for d in m.distributions() if d.metadata["Name"].lower().replace("_", "-") == "flash-attn"]; \
 none = os.environ["FLASH_ATTN"] == "none"; \

@@ -329,3 +329,30 @@ def test_readme_docker_section_covers_every_choice_and_variant():
     ):
         assert word in section, word
     assert section.index("docker pull") < section.index("make image")  # where published, pull first
+
+
+# ---- quantization: torchao in every variant, bitsandbytes in the CUDA variants
+
+
+def test_quantization_packages_are_pinned_in_the_range_transformers_asks_for():
+    from packaging.version import Version
+
+    from bench.run.machine import quantization_minimums
+
+    constraints = (ROOT / "constraints.txt").read_text()
+    minimums = quantization_minimums()
+    for package in ("torchao", "bitsandbytes", "accelerate"):
+        pinned = re.search(rf"^{package}==(\S+)$", constraints, flags=re.M)
+        assert pinned, package
+        assert Version(pinned.group(1)) >= Version(minimums[package]), package
+
+
+def test_torchao_is_installed_in_every_variant_and_bitsandbytes_with_the_cuda_ones():
+    (deps,) = [r for r in _runs() if "-r /src/requirements.txt" in r]
+    assert "-c /src/constraints.txt -r /src/requirements.txt torchao" in deps  # every variant
+    (cuda,) = [r for r in _runs() if 'read -r -a kernels <<< "$HUB_KERNELS"' in r]
+    cpu_branch, _, cuda_branch = cuda.partition("else")
+    assert "bitsandbytes" not in cpu_branch
+    assert "pip install -c /src/constraints.txt kernels bitsandbytes" in cuda_branch
+    (check,) = [r for r in _runs() if "is_torchao_available()" in r]
+    assert "is_torchao_available() and (cpu or is_bitsandbytes_available())" in check

@@ -34,6 +34,15 @@ DEFAULT_PROCESSES = 4
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cuda", "cpu")
+# Weight quantization methods, as transformers applies them when it loads a model
+# (quantization_config=): torchao on any device, bitsandbytes on CUDA (bench/worker/quantize.py).
+QUANTIZATIONS = (
+    "none",
+    "torchao-int8-weight-only",
+    "torchao-int8-weight-int8-activation",
+    "bnb-8bit",
+    "bnb-4bit",
+)
 CONFIG_FILE_NAMES = ("config.yaml", "config.yml", "config.json", "config.jsonl")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl")
 ENV_PREFIX = "TFBENCH_"
@@ -64,7 +73,9 @@ FAULT_KINDS = ("raise", "oom", "segv", "kill", "exit", "hang")
 # Axes that may be given a single value or a list; lists expand to the cross product.
 AXIS_FIELDS = ("attn_implementation", "compile", "kernelize", "continuous_batching")
 SHAPE_FIELDS = ("batch_size", "sequence_length", "num_tokens_to_generate")
-LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
+# Like the shapes, quantization is a property of the loaded model: it crosses every combination
+# (axes, coverage level or listed combinations) rather than being one of their axes.
+LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS + ("quantization",)
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
@@ -156,6 +167,9 @@ ALLOWED: dict[str, str] = {
     "compile_fullgraph": "true or false",
     "compile_dynamic": "true, false or null",
     "kernelize": "true, false, or a list of these",
+    "quantization": "one or a list of "
+    + ", ".join(QUANTIZATIONS)
+    + " (the weights quantized as transformers loads them; torchao on any device, bitsandbytes on cuda)",
     "continuous_batching": "true, false, or a list of these",
     "gpu_monitoring": "true or false",
     "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
@@ -219,6 +233,11 @@ class BenchConfig(BaseModel):
     compile_dynamic: StrictBool | None = None
     kernelize: list[StrictBool] = [False]
     continuous_batching: list[StrictBool] = [False]
+    quantization: list[
+        Literal[
+            "none", "torchao-int8-weight-only", "torchao-int8-weight-int8-activation", "bnb-8bit", "bnb-4bit"
+        ]
+    ] = ["none"]
     gpu_monitoring: StrictBool = True
     gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0
@@ -253,6 +272,15 @@ class BenchConfig(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _none_is_a_method(cls, value: Any) -> Any:
+        # "none" from an environment variable or a flag reads as null (no compile); here it names
+        # the unquantized model, as null does.
+        if isinstance(value, (list, tuple)):
+            return ["none" if v is None else v for v in value]
+        return "none" if value is None else value
 
     @field_validator(*LIST_FIELDS)
     @classmethod

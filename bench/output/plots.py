@@ -79,8 +79,10 @@ def shape_label(cell: Cell) -> str:
 
 
 def combo_label(cell: Cell) -> str:
-    """The cell's combination as its name says it: 'sdpa, compile default, kernels'."""
-    return combo_name(cell.attn_implementation, cell.compile, cell.kernelize, cell.continuous_batching)
+    """The cell's combination as its name says it: 'sdpa, compile default, kernels', and its
+    quantization when there is one."""
+    combo = combo_name(cell.attn_implementation, cell.compile, cell.kernelize, cell.continuous_batching)
+    return combo if cell.quantization == "none" else f"{combo}, {cell.quantization}"
 
 
 # ------------------------------------------------------------------------------------- drawing

@@ -72,6 +72,8 @@ def combo_label(cell: Cell) -> str:
         parts.append("kernels")
     if cell.continuous_batching:
         parts.append("cb")
+    if cell.quantization != "none":
+        parts.append(cell.quantization)
     return "+".join(parts)
 
 

@@ -17,6 +17,11 @@ from packaging.version import InvalidVersion, Version
 from bench.config.presets import preset_for
 from bench.config.schema import ATTN_IMPLEMENTATIONS, COMPILE_MODES, BenchConfig, HubKernel, hub_kernel
 
+# The packages transformers quantizes with, per method prefix (its quantizers' validate_environment:
+# TorchAoHfQuantizer needs torchao; Bnb4BitHfQuantizer and Bnb8BitHfQuantizer need accelerate and
+# bitsandbytes), each at least at the *_MIN_VERSION of transformers' utils/import_utils.py.
+QUANTIZATION_PACKAGES = {"torchao": ("torchao",), "bnb": ("accelerate", "bitsandbytes")}
+
 # Bump only if the meaning of a cell changes; ids must stay stable across releases otherwise.
 CELL_ID_VERSION = 1
 CB_COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs")
@@ -69,6 +74,10 @@ class Capabilities:
     # missing from the cache is downloaded when a worker loads it.
     offline_kernels_cache: str | None = None
     cached_hub_kernels: frozenset[str] = frozenset()
+    # Quantization: the installed version of each package of QUANTIZATION_PACKAGES (None: not
+    # installed), and the minimum versions the measured transformers asks for (where known).
+    quantization_packages: dict[str, str | None] = field(default_factory=dict)
+    quantization_minimums: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +101,9 @@ class Cell:
     compile_dynamic: bool | None = None
     kernelize: bool = False
     continuous_batching: bool = False
+    # "none", or how the weights are quantized (bench.config.schema.QUANTIZATIONS); hashed into
+    # cell_id only when not "none", so that the ids of unquantized cells stay what they were.
+    quantization: str = "none"
     batch_size: int
     sequence_length: int
     num_tokens_to_generate: int
@@ -117,6 +129,7 @@ class Cell:
             "compile_dynamic": self.compile_dynamic,
             "kernelize": self.kernelize,
             "continuous_batching": self.continuous_batching,
+            "quantization": self.quantization,
             "batch_size": self.batch_size,
             "sequence_length": self.sequence_length,
             "num_tokens_to_generate": self.num_tokens_to_generate,
@@ -151,6 +164,8 @@ class Plan:
                 "kernels_version": self.capabilities.kernels_version,
                 "kernels_required": self.capabilities.kernels_required,
                 "offline_kernels_cache": self.capabilities.offline_kernels_cache,
+                "quantization_packages": self.capabilities.quantization_packages,
+                "quantization_minimums": self.capabilities.quantization_minimums,
             },
             "cells": [c.to_dict() for c in self.cells],
             "warnings": self.warnings,
@@ -179,10 +194,14 @@ def combo_name(attn: str, mode: str | None, kernelize: bool, cb: bool) -> str:
     return ", ".join(parts)
 
 
-def cell_name(attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int) -> str:
-    """A cell as people read it: 'sdpa, compile default, b4 s256 n32'. Not part of the cell id
-    (cell_id hashes the fields themselves), so the wording can change without changing an id."""
-    return f"{combo_name(attn, mode, kernelize, cb)}, b{b} s{s} n{n}"
+def cell_name(
+    attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int, quantization: str = "none"
+) -> str:
+    """A cell as people read it: 'sdpa, compile default, b4 s256 n32', with the quantization
+    before the shape when there is one ('sdpa, no compile, bnb-4bit, b1 s128 n128'). Not part of
+    the cell id (cell_id hashes the fields themselves), so the wording can change without changing an id."""
+    quantized = f", {quantization}" if quantization != "none" else ""
+    return f"{combo_name(attn, mode, kernelize, cb)}{quantized}, b{b} s{s} n{n}"
 
 
 def skip_reason(
@@ -247,6 +266,42 @@ def skip_reason(
             "reduce-overhead only adds CUDA graphs, which do not exist on cpu: it would measure mode default"
         )
     return None
+
+
+def quantization_reason(method: str, mode: str | None, model: str, caps: Capabilities) -> str | None:
+    """Why the weights cannot be quantized with `method` here, or None."""
+    if method == "none":
+        return None
+    family = method.partition("-")[0]
+    preset = preset_for(model)
+    if preset is not None and preset.architecture == "sleep":
+        return f"synthetic:{preset.name} has no weights to quantize"
+    if family == "torchao" and preset is not None and preset.architecture == "gpt2":
+        # transformers' torchao quantizer converts nn.Linear weights only (param_needs_quantization);
+        # GPT-2's layers are Conv1D, and its one Linear, the lm_head, is kept unquantized.
+        return f"{method}: torchao quantizes nn.Linear layers, and synthetic:{preset.name} has none (Conv1D)"
+    if family == "bnb" and caps.device != "cuda":
+        return f"{method}: tfbench runs bitsandbytes on a CUDA GPU only (device is {caps.device})"
+    for package in QUANTIZATION_PACKAGES[family]:
+        have = caps.quantization_packages.get(package)
+        low = caps.quantization_minimums.get(package)
+        wanted = f" >= {low}" if low else ""
+        if have is None:
+            return f"{method} needs the {package} package{wanted}, which is not installed"
+        if low and not _at_least(have, low):
+            return f"{method}: transformers quantizes with {package}{wanted} only, and {package} {have} is installed"
+    if family == "bnb" and mode is not None:
+        # generate compiles only where the quantizer says it can (hf_quantizer.is_compileable),
+        # and transformers' bitsandbytes quantizers say no: the cell would run uncompiled.
+        return f"{method} with torch.compile: transformers does not compile bitsandbytes models"
+    return None
+
+
+def _at_least(version: str, low: str) -> bool:
+    try:
+        return Version(version) >= Version(low)
+    except InvalidVersion:
+        return False
 
 
 def hub_kernel_reason(attn: str, kernel: HubKernel, caps: Capabilities) -> str | None:
@@ -339,7 +394,9 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
     }
     cells: list[Cell] = []
     seen: set[str] = set()
-    for attn, mode, kern, cb, fullgraph, dynamic in combinations(config):
+    for (attn, mode, kern, cb, fullgraph, dynamic), quant in itertools.product(
+        combinations(config), config.quantization
+    ):
         reason_cache: dict[tuple[int, int], str | None] = {}
         for b, s, n in shapes:
             defining = {
@@ -354,17 +411,21 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
                 "sequence_length": s,
                 "num_tokens_to_generate": n,
             }
+            if quant != "none":
+                defining["quantization"] = quant  # absent for "none": the ids from before stay
             cid = cell_id(defining)
             if cid in seen:
                 continue
             seen.add(cid)
             if (s, n) not in reason_cache:
-                reason_cache[(s, n)] = skip_reason(attn, mode, kern, cb, s, n, config.model, overrides, caps)
+                reason_cache[(s, n)] = skip_reason(
+                    attn, mode, kern, cb, s, n, config.model, overrides, caps
+                ) or quantization_reason(quant, mode, config.model, caps)
             cells.append(
                 Cell(
                     index=len(cells),
                     cell_id=cid,
-                    name=cell_name(attn, mode, kern, cb, b, s, n),
+                    name=cell_name(attn, mode, kern, cb, b, s, n, quant),
                     skip_reason=reason_cache[(s, n)],
                     **defining,
                 )

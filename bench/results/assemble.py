@@ -19,6 +19,7 @@ from bench.results.stats import cell_stats, summarize
 # Result keys that describe the model and its set-up: the same in every process, kept from the first.
 FIRST_PROCESS_KEYS = (
     "parameters",
+    "quantization",
     "inputs",
     "compiled_graphs",
     "effective_attn_implementation",

@@ -5,7 +5,7 @@ the worker (which records them) and the readers (summary rows, tables, compare).
   their count and a sha256 of all of them (two cells produced the same tokens iff the digests match).
 - degenerate: one token repeated, or a short loop, over most of a real model's output.
 - agreement: each cell against the reference cell of its model, dtype and shape (eager, no
-  compile, no kernels, no continuous batching): the match rate over the common prefix and where
+  compile, no kernels, no continuous batching, unquantized): the match rate over the common prefix and where
   the tokens first differ. Divergence is reported, never failed: bf16 numerics, another kernel or
   another attention legitimately change the argmax after some tokens.
 - op_family / op_summary: a profiler's operators, the top ones by self time, and the share of
@@ -61,12 +61,15 @@ def degenerate(ids: Sequence[int]) -> str | None:
 
 
 def is_reference(cell: Any) -> bool:
-    """The cell other cells of its model, dtype and shape are compared with."""
+    """The cell other cells of its model, dtype and shape are compared with. It is unquantized:
+    a quantized cell's agreement shows what its quantization changes (records of versions without
+    quantization read as unquantized)."""
     return (
         cell.attn_implementation == "eager"
         and not cell.compile
         and not cell.kernelize
         and not cell.continuous_batching
+        and getattr(cell, "quantization", "none") == "none"
     )
 
 

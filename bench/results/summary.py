@@ -16,6 +16,7 @@ AXES = (
     "compile",
     "kernelize",
     "continuous_batching",
+    "quantization",
     "batch_size",
     "sequence_length",
     "num_tokens_to_generate",

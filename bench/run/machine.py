@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
-from bench.plan.matrix import Capabilities
+from bench.plan.matrix import QUANTIZATION_PACKAGES, Capabilities
 
 TRACKED_PACKAGES = (
     "torch",
     "transformers",
     "flash-attn",
     "kernels",
+    "torchao",
+    "bitsandbytes",
     "huggingface_hub",
     "tokenizers",
     "safetensors",
@@ -211,13 +213,14 @@ def capabilities(
         kernels_required=kernels_requirement(),
         offline_kernels_cache=cache,
         cached_hub_kernels=cached_hub_kernels(cache, environ) if cache is not None else frozenset(),
+        quantization_packages=quantization_packages(),
+        quantization_minimums=quantization_minimums(),
     )
 
 
-def kernels_requirement(package_dir: str | None = None) -> tuple[str, str] | None:
-    """The kernels versions [min, max) transformers loads hub kernels with (KERNELS_MIN_VERSION and
-    KERNELS_MAX_VERSION of its utils/import_utils.py), read from its source: the parent does not
-    import transformers (most of a second and some 570 modules). None where it names no range."""
+def _import_utils_source(package_dir: str | None) -> str | None:
+    """transformers' utils/import_utils.py, read as text: the parent does not import transformers
+    (most of a second and some 570 modules)."""
     if package_dir is None:
         try:
             spec = importlib.util.find_spec("transformers")
@@ -227,13 +230,43 @@ def kernels_requirement(package_dir: str | None = None) -> tuple[str, str] | Non
             return None
         package_dir = list(spec.submodule_search_locations)[0]
     try:
-        source = (Path(package_dir) / "utils" / "import_utils.py").read_text(encoding="utf-8")
+        return (Path(package_dir) / "utils" / "import_utils.py").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-    found = [re.search(rf'^KERNELS_{end}_VERSION = "([^"]+)"$', source, flags=re.M) for end in ("MIN", "MAX")]
-    if found[0] is None or found[1] is None:
+
+
+def _constant(source: str, name: str) -> str | None:
+    found = re.search(rf'^{name} = "([^"]+)"$', source, flags=re.M)
+    return found.group(1) if found else None
+
+
+def kernels_requirement(package_dir: str | None = None) -> tuple[str, str] | None:
+    """The kernels versions [min, max) transformers loads hub kernels with (KERNELS_MIN_VERSION and
+    KERNELS_MAX_VERSION of its utils/import_utils.py). None where it names no range."""
+    source = _import_utils_source(package_dir)
+    if source is None:
         return None
-    return found[0].group(1), found[1].group(1)
+    low, high = _constant(source, "KERNELS_MIN_VERSION"), _constant(source, "KERNELS_MAX_VERSION")
+    if low is None or high is None:
+        return None
+    return low, high
+
+
+def quantization_packages() -> dict[str, str | None]:
+    """The installed version of each package transformers quantizes with (None: not installed)."""
+    return {p: _version(p) for ps in QUANTIZATION_PACKAGES.values() for p in ps}
+
+
+def quantization_minimums(package_dir: str | None = None) -> dict[str, str]:
+    """The least version of each quantization package transformers quantizes with (its
+    TORCHAO_MIN_VERSION, BITSANDBYTES_MIN_VERSION, ACCELERATE_MIN_VERSION), where it names one."""
+    source = _import_utils_source(package_dir)
+    if source is None:
+        return {}
+    found = {
+        p: _constant(source, f"{p.upper()}_MIN_VERSION") for ps in QUANTIZATION_PACKAGES.values() for p in ps
+    }
+    return {p: v for p, v in found.items() if v is not None}
 
 
 def _true(value: str | None) -> bool:

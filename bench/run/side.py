@@ -49,7 +49,12 @@ def probe() -> dict[str, Any]:
     import transformers
 
     import bench
-    from bench.run.machine import kernels_requirement, package_versions
+    from bench.run.machine import (
+        kernels_requirement,
+        package_versions,
+        quantization_minimums,
+        quantization_packages,
+    )
 
     packages = package_versions()
     # A checkout's src/ has no metadata: the module's own version is the one measured. tfbench is
@@ -67,6 +72,8 @@ def probe() -> dict[str, Any]:
         "kernels": importlib.util.find_spec("kernels") is not None,
         "kernels_version": packages.get("kernels"),
         "kernels_required": kernels_requirement(os.path.dirname(transformers.__file__ or "")),
+        "quantization_packages": quantization_packages(),
+        "quantization_minimums": quantization_minimums(os.path.dirname(transformers.__file__ or "")),
         "packages": packages,
     }
 
@@ -276,6 +283,8 @@ def side_capabilities(caps: Capabilities, facts: dict[str, Any]) -> Capabilities
         kernels=bool(facts.get("kernels")),
         kernels_version=facts.get("kernels_version"),
         kernels_required=(str(required[0]), str(required[1])) if required else None,
+        quantization_packages=facts.get("quantization_packages") or {},
+        quantization_minimums=facts.get("quantization_minimums") or {},
     )
 
 

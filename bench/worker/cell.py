@@ -27,7 +27,7 @@ from bench.config.presets import is_synthetic
 from bench.results.outputs import OUTPUT_TOKENS_KEPT, degenerate, output_digest
 from bench.results.records import Task
 from bench.results.store import atomic_write_json
-from bench.worker import api, models, roofline
+from bench.worker import api, models, quantize, roofline
 from bench.worker.diagnose import ModelFault, describe_load_failure, is_oom, short_message
 from bench.worker.generate import (
     CellError,
@@ -149,6 +149,7 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
             cell["attn_implementation"],
             task.trust_remote_code,
             task.seed,
+            cell.get("quantization", "none"),
         )
     except Exception as exc:
         fault = None
@@ -169,6 +170,11 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
     inject_fault(cell, os.environ.get("TFBENCH_FAULT"), task.process)
     memory_after_load = _memory(device)
     out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
+    if cell.get("quantization", "none") != "none":
+        out["quantization"] = quantize.applied(net, cell["quantization"], models.TORCH_DTYPES[cell["dtype"]])
+        if not out["quantization"]["quantized_parameters"]:
+            # Never measure the unquantized model under a quantized cell's name.
+            raise CellError(f"{cell['quantization']} quantized none of the model's weights")
     rows = models.prompt_ids(tokenizer, cell["batch_size"], cell["sequence_length"])
     measured_memory: dict[str, Any] = {}
 

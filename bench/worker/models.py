@@ -23,6 +23,7 @@ from transformers import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from bench.config.presets import PRESETS, Preset, preset_for
+from bench.worker import quantize
 
 # The fixed prompt every cell tokenizes, repeats and cuts to exactly sequence_length tokens.
 DEFAULT_PROMPT = (
@@ -132,8 +133,9 @@ def load(
     attn_implementation: str,
     trust_remote_code: bool,
     seed: int,
+    quantization: str = "none",
 ) -> tuple[torch.nn.Module, Any]:
-    """The model in eval mode on `device`, and its tokenizer."""
+    """The model in eval mode on `device`, its weights quantized as `quantization` says, and its tokenizer."""
     torch_dtype = TORCH_DTYPES[dtype]
     preset = preset_for(model)
     if preset is not None:
@@ -147,6 +149,10 @@ def load(
                 net = AutoModelForCausalLM.from_config(
                     hf_config, dtype=torch_dtype, attn_implementation=attn_implementation
                 )
+            if quantization != "none":
+                net = quantize.quantize_built(
+                    net, hf_config, quantization, torch_dtype, device, attn_implementation
+                )
         tokenizer = synthetic_tokenizer(hf_config.vocab_size)
         return net.eval(), tokenizer
     tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
@@ -157,6 +163,7 @@ def load(
         attn_implementation=attn_implementation,
         device_map=device,
         trust_remote_code=trust_remote_code,
+        quantization_config=quantize.quantization_config(quantization, torch_dtype),
     )
     return net.eval(), tokenizer
 
@@ -175,7 +182,8 @@ def prompt_ids(tokenizer: Any, batch_size: int, sequence_length: int) -> list[li
 
 
 def parameter_count(net: torch.nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
+    # The weights' own element count, also where bitsandbytes packs two 4-bit values in a byte.
+    return sum(quantize.logical_numel(p) for p in net.parameters())
 
 
 __all__ = [

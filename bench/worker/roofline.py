@@ -23,7 +23,8 @@ Conventions (each one is what the functions below compute; tests check them agai
   vllm/v1/metrics/perf.py (attn_qk = attn_av = 2 * heads * tokens * context * head_dim per layer).
   FlashAttention-style benchmarks halve it for causal masks; we do not, so our MFU is comparable to
   vLLM's and PaLM's, and reads up to 4LHdS^2/2 FLOPs higher than a causal-halved one.
-- weight bytes read per decode step: the bytes of every parameter (each at its own element size)
+- weight bytes read per decode step: the bytes of every parameter as stored (each at its own element
+  size; a quantized weight: its quantized data and its scales, bench.worker.quantize.stored_bytes)
   except the untied lookup tables, of which one row per sequence is read (added per step as
   batch * row bytes); a token table tied to the lm_head is read whole by the lm_head.
 - KV-cache bytes per token = 2 (K and V) * layers * KV heads * head_dim * dtype bytes. A cell's KV cache
@@ -33,7 +34,8 @@ Conventions (each one is what the functions below compute; tests check them agai
   per sequence. This is what the attention needs (the live context); a static cache implementation may
   touch its whole preallocated length, which would make the true traffic larger than counted here.
 - Not modelled: sliding-window layers, mixture-of-experts routing (all experts counted as read),
-  quantized weights beyond their storage element size, activations' own traffic, tensor parallelism.
+  activations' own traffic, tensor parallelism. A quantized model's prefill FLOPs count its weights'
+  elements as they are, whatever the arithmetic's precision.
 
 Peaks are dense (no 2:4 sparsity) tensor-core figures from NVIDIA datasheets: bf16 and fp16 with fp32
 accumulation (what PyTorch uses), fp32 on the CUDA cores (PyTorch's default matmul precision "highest"
@@ -326,11 +328,15 @@ def model_facts(model: Any) -> ModelFacts:
     """Facts of a loaded transformers PreTrainedModel (torch imported here, not at module import)."""
     import torch
 
+    from bench.worker.quantize import logical_numel, stored_bytes
+
     config = model.config
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     params = list(model.parameters())  # unique: tied weights appear once
-    parameters = sum(p.numel() for p in params)
-    total_bytes = sum(p.numel() * p.element_size() for p in params)
+    parameters = sum(logical_numel(p) for p in params)
+    # Quantized weights count as stored, read from the loaded model's tensors (torchao's int8 data
+    # with its scales, bitsandbytes' packed bytes with theirs), not from a nominal bits-per-weight.
+    total_bytes = sum(stored_bytes(p) for p in params)
 
     inp = model.get_input_embeddings()
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -346,7 +352,7 @@ def model_facts(model: Any) -> ModelFacts:
         tables[id(inp_w)] = inp_w
     lookup = [w for w in tables.values() if not (out_w is not None and _same_tensor(w, out_w))]
     lookup_params = sum(w.numel() for w in lookup)
-    lookup_bytes = sum(w.numel() * w.element_size() for w in lookup)
+    lookup_bytes = sum(stored_bytes(w) for w in lookup)
     row_bytes = sum(w.shape[-1] * w.element_size() for w in lookup)
 
     lm_head = 0

@@ -515,6 +515,17 @@ BAD_FILE_VALUES = [
         ["trust_remote_code = 'yes'", "true or false"],
     ),
     ("bad-revision", "revision: ../main\n", ["revision = '../main'", "not a valid revision"]),
+    (
+        "unknown-quantization",
+        "quantization: [none, int4]\n",
+        [
+            'quantization = ["none", "int4"]',
+            "allowed: one or a list of none, torchao-int8-weight-only, torchao-int8-weight-int8-activation, "
+            "bnb-8bit, bnb-4bit",
+            "[from file {path}]",
+        ],
+    ),
+    ("quantization-twice", "quantization: [bnb-4bit, bnb-4bit]\n", ["'bnb-4bit' is listed twice"]),
 ]
 
 
@@ -895,3 +906,42 @@ def test_cell_memory_limit_from_the_environment_exits_2_when_wrong(
     monkeypatch.setenv("TFBENCH_CELL_MEMORY_LIMIT_GB", "0")
     rc, out, err = plan_json(capsys, "--config", str(path))
     assert_exit_2(rc, out, err, "cell_memory_limit_gb = 0", "[from env TFBENCH_CELL_MEMORY_LIMIT_GB]")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("none", ["none"]),
+        ("torchao-int8-weight-only", ["torchao-int8-weight-only"]),
+        ("none,bnb-4bit,bnb-8bit", ["none", "bnb-4bit", "bnb-8bit"]),
+        ("[torchao-int8-weight-only, none]", ["torchao-int8-weight-only", "none"]),
+    ],
+)
+def test_env_quantization(text: str, expected: list[str]) -> None:
+    # "none" reads as null from the environment (as compile's does); here it is the unquantized model.
+    (loaded,) = load_configs(None, environ={"TFBENCH_MODEL": MODEL, "TFBENCH_QUANTIZATION": text})
+    assert loaded.config.quantization == expected
+
+
+def test_quantization_defaults_to_none_and_crosses_listed_combinations() -> None:
+    (loaded,) = load_configs(None, environ={"TFBENCH_MODEL": MODEL})
+    assert loaded.config.quantization == ["none"]
+    config = validate(
+        {
+            "model": MODEL,
+            "combinations": [{"attn_implementation": "sdpa"}],
+            "quantization": ["none", "bnb-4bit"],
+        },
+        {},
+        "test",
+    ).config
+    assert config.quantization == ["none", "bnb-4bit"]
+
+
+def test_invalid_env_quantization() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_configs(None, environ={"TFBENCH_MODEL": MODEL, "TFBENCH_QUANTIZATION": "bnb-3bit"})
+    message = str(exc.value)
+    assert "quantization = 'bnb-3bit'" in message
+    assert "bnb-8bit, bnb-4bit" in message
+    assert "[from env TFBENCH_QUANTIZATION]" in message

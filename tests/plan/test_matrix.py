@@ -689,3 +689,131 @@ def test_hub_kernel_cells_are_their_own_cells_and_no_coverage_level_adds_them() 
         REQUIRED,
         None,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization
+# ---------------------------------------------------------------------------------------------
+
+QUANT_PACKAGES = {"torchao": "0.18.0", "accelerate": "1.15.0", "bitsandbytes": "0.50.2"}
+QUANT_MINIMUMS = {"torchao": "0.15.0", "accelerate": "1.1.0", "bitsandbytes": "0.46.1"}
+CPU_QUANT = replace(CPU, quantization_packages=QUANT_PACKAGES, quantization_minimums=QUANT_MINIMUMS)
+CUDA_QUANT = replace(CUDA_FULL, quantization_packages=QUANT_PACKAGES, quantization_minimums=QUANT_MINIMUMS)
+ALL_METHODS = [
+    "none",
+    "torchao-int8-weight-only",
+    "torchao-int8-weight-int8-activation",
+    "bnb-8bit",
+    "bnb-4bit",
+]
+
+
+def test_unquantized_cells_keep_their_ids_and_names() -> None:
+    plain = only_cell(config(), CPU)
+    listed = build_plan(config(quantization=["none", "torchao-int8-weight-only"]), CPU_QUANT).cells
+    assert listed[0].cell_id == plain.cell_id == "d8a30a57f4880378"
+    assert listed[0].name == plain.name and listed[0].quantization == "none"
+    quantized = listed[1]
+    assert quantized.cell_id != plain.cell_id
+    assert quantized.name == "sdpa, no compile, torchao-int8-weight-only, b1 s128 n128"
+    assert quantized.runnable
+
+
+def test_pinned_quantized_id() -> None:
+    """Literal: the id of a quantized cell hashes its method with the rest."""
+    cell = only_cell(config(quantization="bnb-4bit"), CUDA_QUANT)
+    assert cell.cell_id == "0ccdf9e362443d86"
+    assert cell.runnable
+
+
+def test_every_method_runs_on_cuda_with_its_packages() -> None:
+    plan = build_plan(config(quantization=ALL_METHODS), CUDA_QUANT)
+    assert [c.quantization for c in plan.cells] == ALL_METHODS
+    assert all(c.runnable for c in plan.cells), [c.skip_reason for c in plan.cells]
+    assert len({c.cell_id for c in plan.cells}) == len(ALL_METHODS)
+
+
+def test_quantization_crosses_coverage_and_listed_combinations() -> None:
+    listed = config(
+        combinations=[{"attn_implementation": "eager"}, {"attn_implementation": "sdpa"}],
+        quantization=["none", "torchao-int8-weight-only"],
+    )
+    assert len(build_plan(listed, CPU_QUANT).cells) == 4
+    covered = build_plan(config(coverage=1, quantization=["none", "bnb-8bit"]), CUDA_QUANT)
+    assert len(covered.cells) == 2 * len(coverage_combos(1))
+
+
+@pytest.mark.parametrize(
+    ("method", "caps", "fragment"),
+    [
+        ("bnb-4bit", CPU_QUANT, "bnb-4bit: tfbench runs bitsandbytes on a CUDA GPU only (device is cpu)"),
+        ("bnb-8bit", CPU_QUANT, "CUDA GPU only"),
+        (
+            "torchao-int8-weight-only",
+            CPU,
+            "torchao-int8-weight-only needs the torchao package, which is not installed",
+        ),
+        (
+            "torchao-int8-weight-only",
+            replace(CPU_QUANT, quantization_packages={**QUANT_PACKAGES, "torchao": None}),
+            "needs the torchao package >= 0.15.0, which is not installed",
+        ),
+        (
+            "torchao-int8-weight-only",
+            replace(CPU_QUANT, quantization_packages={**QUANT_PACKAGES, "torchao": "0.14.1"}),
+            "transformers quantizes with torchao >= 0.15.0 only, and torchao 0.14.1 is installed",
+        ),
+        (
+            "bnb-4bit",
+            replace(CUDA_QUANT, quantization_packages={**QUANT_PACKAGES, "bitsandbytes": None}),
+            "bnb-4bit needs the bitsandbytes package >= 0.46.1, which is not installed",
+        ),
+        (
+            "bnb-8bit",
+            replace(CUDA_QUANT, quantization_packages={**QUANT_PACKAGES, "bitsandbytes": "0.45.5"}),
+            "bitsandbytes >= 0.46.1 only, and bitsandbytes 0.45.5 is installed",
+        ),
+        (
+            "bnb-8bit",
+            replace(CUDA_QUANT, quantization_packages={**QUANT_PACKAGES, "accelerate": "1.0.1"}),
+            "accelerate >= 1.1.0 only, and accelerate 1.0.1 is installed",
+        ),
+    ],
+)
+def test_a_method_without_its_package_or_device_is_skipped_with_the_reason(
+    method: str, caps: Capabilities, fragment: str
+) -> None:
+    cell = only_cell(config(quantization=method), caps)
+    assert cell.skip_reason is not None and fragment in cell.skip_reason, cell.skip_reason
+
+
+def test_bitsandbytes_is_not_compiled_and_torchao_is() -> None:
+    plan = build_plan(
+        config(compile="default", quantization=["bnb-4bit", "torchao-int8-weight-only"]), CUDA_QUANT
+    )
+    bnb, torchao = plan.cells
+    assert bnb.skip_reason == "bnb-4bit with torch.compile: transformers does not compile bitsandbytes models"
+    assert torchao.runnable
+
+
+@pytest.mark.parametrize(
+    ("model", "method", "fragment"),
+    [
+        ("synthetic:sleep", "torchao-int8-weight-only", "synthetic:sleep has no weights to quantize"),
+        ("synthetic:gpt2-tiny", "torchao-int8-weight-only", "torchao quantizes nn.Linear layers"),
+    ],
+)
+def test_synthetic_models_a_method_cannot_quantize_are_skipped(
+    model: str, method: str, fragment: str
+) -> None:
+    extra = {"attn_implementation": "eager"} if model == "synthetic:sleep" else {}
+    cell = only_cell(config(model=model, quantization=method, **extra), CPU_QUANT)
+    assert cell.skip_reason is not None and fragment in cell.skip_reason
+    gpt2_bnb = only_cell(config(model="synthetic:gpt2-tiny", quantization="bnb-8bit"), CUDA_QUANT)
+    assert gpt2_bnb.runnable  # bitsandbytes converts GPT-2's Conv1D layers too
+
+
+def test_a_record_without_quantization_reads_as_unquantized() -> None:
+    data = only_cell(config(), CPU).to_dict()
+    del data["quantization"]
+    assert Cell.from_dict(data).quantization == "none"

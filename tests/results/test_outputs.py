@@ -98,6 +98,17 @@ def test_agreement_against_the_eager_reference_of_the_same_shape():
     assert labels == ["ref", "= ref", "diverges at 2", "-"]
 
 
+def test_a_quantized_cell_is_compared_with_the_unquantized_reference():
+    # the quantized eager cell comes first: still not the reference, and compared with the plain one
+    records = [_rec(0, [1, 2, 9, 9], quantization="torchao-int8-weight-only"), _rec(1, [1, 2, 3, 4])]
+    got = agreement(records)
+    assert got["c1"]["is_reference"]
+    assert got["c0"]["reference"] == "c1" and not got["c0"]["is_reference"]
+    assert got["c0"]["diverges_at"] == 2
+    # quantized cells alone have no reference: none is compared with itself
+    assert agreement([_rec(0, [1, 2], quantization="bnb-4bit")]) == {}
+
+
 def test_agreement_past_the_kept_ids():
     same = list(range(OUTPUT_TOKENS_KEPT))
     got = agreement([_rec(0, [*same, 1]), _rec(1, [*same, 2], "sdpa")])["c1"]

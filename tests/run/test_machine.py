@@ -14,6 +14,8 @@ from bench.run.machine import (
     capabilities,
     kernels_requirement,
     offline_kernels_cache,
+    quantization_minimums,
+    quantization_packages,
 )
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -35,6 +37,24 @@ def test_a_transformers_that_names_no_range_asks_for_none(tmp_path: Path):
     )
     assert kernels_requirement(str(tmp_path)) == ("0.9.0", "0.10.0")
     assert kernels_requirement(str(tmp_path / "missing")) is None
+
+
+def test_the_quantization_minimums_are_the_installed_transformers_own():
+    from transformers.utils import import_utils
+
+    assert quantization_minimums() == {
+        "torchao": import_utils.TORCHAO_MIN_VERSION,
+        "accelerate": import_utils.ACCELERATE_MIN_VERSION,
+        "bitsandbytes": import_utils.BITSANDBYTES_MIN_VERSION,
+    }
+    assert set(quantization_packages()) == {"torchao", "accelerate", "bitsandbytes"}
+
+
+def test_a_transformers_that_names_no_minimum_asks_for_none(tmp_path: Path):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "import_utils.py").write_text('TORCHAO_MIN_VERSION = "0.9.0"\n')
+    assert quantization_minimums(str(tmp_path)) == {"torchao": "0.9.0"}
+    assert quantization_minimums(str(tmp_path / "missing")) == {}
 
 
 @pytest.mark.parametrize(
