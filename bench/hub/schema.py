@@ -78,6 +78,7 @@ _SUMMARY_TYPES: dict[str, ColumnType] = {
     "compile": STRING,
     "kernelize": BOOL,
     "continuous_batching": BOOL,
+    "quantization": STRING,
     "batch_size": INT,
     "sequence_length": INT,
     "num_tokens_to_generate": INT,
@@ -143,6 +144,7 @@ CELL_FIELDS: tuple[tuple[str, str, ColumnType], ...] = (
     ("compile_dynamic", "compile_dynamic", BOOL),
     ("kernelize", "kernelize", BOOL),
     ("continuous_batching", "continuous_batching", BOOL),
+    ("quantization", "quantization", STRING),  # null in rows written before it: "none"
     ("batch_size", "batch_size", INT),
     ("sequence_length", "sequence_length", INT),
     ("num_tokens_to_generate", "num_tokens_to_generate", INT),

@@ -250,7 +250,10 @@ def profile_lines(records: Iterable[CellRecord]) -> list[str]:
 
 def plan_table(plan: Plan, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
-    for name in ("#", "cell id", "attn", "compile", "kernels", "cb", "batch", "seq", "new", "plan"):
+    # A quantization column only where the plan quantizes: most plans do not.
+    quantized = any(c.quantization != "none" for c in plan.cells)
+    names = ("#", "cell id", "attn", "compile", "kernels", "cb", *(["quantization"] if quantized else []))
+    for name in (*names, "batch", "seq", "new", "plan"):
         table.add_column(
             name,
             justify="right" if name in ("#", "batch", "seq", "new") else "left",
@@ -266,6 +269,7 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
             c.compile or "-",
             "yes" if c.kernelize else "-",
             "yes" if c.continuous_batching else "-",
+            *([c.quantization if c.quantization != "none" else "-"] if quantized else []),
             str(c.batch_size),
             str(c.sequence_length),
             str(c.num_tokens_to_generate),
