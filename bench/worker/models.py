@@ -144,14 +144,19 @@ def load(
         if preset.architecture == "sleep":
             net = SleepModel(hf_config).to(device=device, dtype=torch_dtype)
         else:
-            # Built directly on the target device: random init of an 8B model on the CPU takes minutes.
-            with torch.device(device):
-                net = AutoModelForCausalLM.from_config(
-                    hf_config, dtype=torch_dtype, attn_implementation=attn_implementation
-                )
-            if quantization != "none":
-                net = quantize.quantize_built(
-                    net, hf_config, quantization, torch_dtype, device, attn_implementation
+
+            def build() -> torch.nn.Module:
+                # Built directly on the target device: random init of an 8B model on the CPU takes minutes.
+                with torch.device(device):
+                    return AutoModelForCausalLM.from_config(
+                        hf_config, dtype=torch_dtype, attn_implementation=attn_implementation
+                    )
+
+            if quantization == "none":
+                net = build()
+            else:
+                net = quantize.build_quantized(
+                    build, hf_config, quantization, torch_dtype, device, attn_implementation
                 )
         tokenizer = synthetic_tokenizer(hf_config.vocab_size)
         return net.eval(), tokenizer
