@@ -20,7 +20,9 @@ def test_torchao_int8_weights_count_their_int8_data_and_scales():
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     linear = torch.nn.Linear(64, 32, bias=False)
-    quantize_(linear, Int8WeightOnlyConfig())
+    # set_inductor_config=False: the default changes torch._inductor's global config for the
+    # whole test process, which later compiled tests would inherit.
+    quantize_(linear, Int8WeightOnlyConfig(set_inductor_config=False))
     weight = linear.weight
     assert is_quantized(weight)
     assert logical_numel(weight) == 64 * 32
