@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -64,9 +65,21 @@ FAULT_KINDS = ("raise", "oom", "segv", "kill", "exit", "hang")
 # Axes that may be given a single value or a list; lists expand to the cross product.
 AXIS_FIELDS = ("attn_implementation", "compile", "kernelize", "continuous_batching")
 SHAPE_FIELDS = ("batch_size", "sequence_length", "num_tokens_to_generate")
-LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS
+# tp_size crosses every combination (listed, coverage or axes) like a shape does.
+LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS + ("tp_size",)
+# Ranks of a tensor-parallel cell: the GPU counts of a node that divide the usual head counts.
+TP_SIZES = (1, 2, 4, 8)
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _tp_size(value: int) -> int:
+    if value not in TP_SIZES:
+        raise ValueError(f"not one of {', '.join(map(str, TP_SIZES))}")
+    return value
+
+
+TpSize = Annotated[StrictInt, AfterValidator(_tp_size)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
 BuiltinAttention = Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]
 # An attention kernel from the Hub, in transformers' own form (its `is_kernel`, integrations/
@@ -157,6 +170,10 @@ ALLOWED: dict[str, str] = {
     "compile_dynamic": "true, false or null",
     "kernelize": "true, false, or a list of these",
     "continuous_batching": "true, false, or a list of these",
+    "tp_size": "one or a list of "
+    + ", ".join(map(str, TP_SIZES))
+    + ": ranks of a tensor-parallel cell (1: no tensor parallelism; more: one rank per GPU, "
+    "the model loaded with tp_plan auto)",
     "gpu_monitoring": "true or false",
     "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
     "cell_timeout_s": "a number of seconds > 0",
@@ -219,6 +236,7 @@ class BenchConfig(BaseModel):
     compile_dynamic: StrictBool | None = None
     kernelize: list[StrictBool] = [False]
     continuous_batching: list[StrictBool] = [False]
+    tp_size: list[TpSize] = [1]
     gpu_monitoring: StrictBool = True
     gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0

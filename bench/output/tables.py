@@ -72,6 +72,8 @@ def combo_label(cell: Cell) -> str:
         parts.append("kernels")
     if cell.continuous_batching:
         parts.append("cb")
+    if getattr(cell, "tp_size", 1) > 1:
+        parts.append(f"tp{cell.tp_size}")
     return "+".join(parts)
 
 
@@ -248,10 +250,23 @@ def profile_lines(records: Iterable[CellRecord]) -> list[str]:
 
 def plan_table(plan: Plan, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
-    for name in ("#", "cell id", "attn", "compile", "kernels", "cb", "batch", "seq", "new", "plan"):
+    tp = any(c.tp_size > 1 for c in plan.cells)  # the column only where a cell is tensor-parallel
+    names = (
+        "#",
+        "cell id",
+        "attn",
+        "compile",
+        "kernels",
+        "cb",
+        *(["tp"] if tp else []),
+        "batch",
+        "seq",
+        "new",
+    )
+    for name in (*names, "plan"):
         table.add_column(
             name,
-            justify="right" if name in ("#", "batch", "seq", "new") else "left",
+            justify="right" if name in ("#", "tp", "batch", "seq", "new") else "left",
             no_wrap=name in ("cell id", "attn", "compile"),
             min_width=16 if name == "cell id" else None,
         )
@@ -264,6 +279,7 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
             c.compile or "-",
             "yes" if c.kernelize else "-",
             "yes" if c.continuous_batching else "-",
+            *([str(c.tp_size)] if tp else []),
             str(c.batch_size),
             str(c.sequence_length),
             str(c.num_tokens_to_generate),

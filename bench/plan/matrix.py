@@ -69,6 +69,10 @@ class Capabilities:
     # missing from the cache is downloaded when a worker loads it.
     offline_kernels_cache: str | None = None
     cached_hub_kernels: frozenset[str] = frozenset()
+    # For tensor-parallel cells: the GPUs this process may use (CUDA_VISIBLE_DEVICES applied, read
+    # through NVML by the parent) and the CPUs it may run on (None: unknown).
+    gpu_count: int = 0
+    cpu_count: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,11 +99,17 @@ class Cell:
     batch_size: int
     sequence_length: int
     num_tokens_to_generate: int
+    tp_size: int = 1
     skip_reason: str | None = None
 
     @property
     def runnable(self) -> bool:
         return self.skip_reason is None
+
+    @property
+    def gpus_needed(self) -> int:
+        """GPUs the cell holds while it runs: one per rank on cuda, none on the CPU."""
+        return self.tp_size if self.device == "cuda" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,6 +130,7 @@ class Cell:
             "batch_size": self.batch_size,
             "sequence_length": self.sequence_length,
             "num_tokens_to_generate": self.num_tokens_to_generate,
+            "tp_size": self.tp_size,
             "skip_reason": self.skip_reason,
         }
 
@@ -151,6 +162,8 @@ class Plan:
                 "kernels_version": self.capabilities.kernels_version,
                 "kernels_required": self.capabilities.kernels_required,
                 "offline_kernels_cache": self.capabilities.offline_kernels_cache,
+                "gpu_count": self.capabilities.gpu_count,
+                "cpu_count": self.capabilities.cpu_count,
             },
             "cells": [c.to_dict() for c in self.cells],
             "warnings": self.warnings,
@@ -179,10 +192,35 @@ def combo_name(attn: str, mode: str | None, kernelize: bool, cb: bool) -> str:
     return ", ".join(parts)
 
 
-def cell_name(attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int) -> str:
-    """A cell as people read it: 'sdpa, compile default, b4 s256 n32'. Not part of the cell id
-    (cell_id hashes the fields themselves), so the wording can change without changing an id."""
-    return f"{combo_name(attn, mode, kernelize, cb)}, b{b} s{s} n{n}"
+def cell_name(
+    attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int, tp: int = 1
+) -> str:
+    """A cell as people read it: 'sdpa, compile default, b4 s256 n32' (', tp2' under tensor
+    parallelism). Not part of the cell id (cell_id hashes the fields themselves), so the wording
+    can change without changing an id."""
+    return f"{combo_name(attn, mode, kernelize, cb)}, b{b} s{s} n{n}" + (f", tp{tp}" if tp > 1 else "")
+
+
+def tp_skip_reason(tp: int, model: str, model_config: dict[str, Any], caps: Capabilities) -> str | None:
+    """Why a cell cannot run with tp ranks here, or None. A hub or local model's tp plan and
+    heads are unknown to the parent (it reads no model config): its worker checks them."""
+    if tp == 1:
+        return None
+    if caps.device == "cuda" and tp > caps.gpu_count:
+        return f"tp_size {tp} needs {tp} GPUs, and {caps.gpu_count} are visible"
+    # On the CPU each gloo rank computes on cores of its own; more ranks than cores would measure
+    # the ranks waiting for one another, not tensor parallelism.
+    if caps.device == "cpu" and caps.cpu_count is not None and tp > caps.cpu_count:
+        return f"tp_size {tp} on the CPU needs a core per rank, and {caps.cpu_count} are available"
+    preset = preset_for(model)
+    if preset is None:
+        return None
+    if not preset.tensor_parallel:
+        return f"synthetic:{preset.name} has no tp plan in transformers (tp_plan auto cannot shard it)"
+    for key, heads in preset.heads(model_config).items():
+        if heads % tp:
+            return f"{key} = {heads} is not divisible by tp_size {tp}"
+    return None
 
 
 def skip_reason(
@@ -339,8 +377,12 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
     }
     cells: list[Cell] = []
     seen: set[str] = set()
-    for attn, mode, kern, cb, fullgraph, dynamic in combinations(config):
+    for (attn, mode, kern, cb, fullgraph, dynamic), tp in itertools.product(
+        combinations(config), config.tp_size
+    ):
         reason_cache: dict[tuple[int, int], str | None] = {}
+        # Only where it is more than 1: every cell without tensor parallelism keeps the id it had.
+        tp_defining = {"tp_size": tp} if tp > 1 else {}
         for b, s, n in shapes:
             defining = {
                 **base,
@@ -353,18 +395,21 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
                 "batch_size": b,
                 "sequence_length": s,
                 "num_tokens_to_generate": n,
+                **tp_defining,
             }
             cid = cell_id(defining)
             if cid in seen:
                 continue
             seen.add(cid)
             if (s, n) not in reason_cache:
-                reason_cache[(s, n)] = skip_reason(attn, mode, kern, cb, s, n, config.model, overrides, caps)
+                reason_cache[(s, n)] = skip_reason(
+                    attn, mode, kern, cb, s, n, config.model, overrides, caps
+                ) or tp_skip_reason(tp, config.model, overrides, caps)
             cells.append(
                 Cell(
                     index=len(cells),
                     cell_id=cid,
-                    name=cell_name(attn, mode, kern, cb, b, s, n),
+                    name=cell_name(attn, mode, kern, cb, b, s, n, tp),
                     skip_reason=reason_cache[(s, n)],
                     **defining,
                 )

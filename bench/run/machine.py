@@ -211,7 +211,17 @@ def capabilities(
         kernels_required=kernels_requirement(),
         offline_kernels_cache=cache,
         cached_hub_kernels=cached_hub_kernels(cache, environ) if cache is not None else frozenset(),
+        gpu_count=len(accel.gpus),
+        cpu_count=usable_cpus(),
     )
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def kernels_requirement(package_dir: str | None = None) -> tuple[str, str] | None:
