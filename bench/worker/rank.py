@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -50,19 +52,33 @@ def backend_for(device: str) -> str:
 
 
 def synthetic_checkpoint(task: Task, rank: int) -> str:
-    """A synthetic preset saved once per cell (rank 0), for every rank to load with tp_plan:
-    transformers shards a model only while loading a checkpoint (from_config takes no tp_plan)."""
+    """A synthetic preset saved by rank 0, for every rank to load with tp_plan: transformers shards
+    a model only while loading a checkpoint (from_config takes no tp plan). One per model, dtype and
+    seed, shared by the run's tensor-parallel cells beside their compile caches (a *.cache
+    directory: the runner removes them at the run's end)."""
     cell = task.cell
-    where = Path(task.cache_dir or task.scratch_dir) / f"tp-checkpoint-seed{task.seed}"
+    cache = Path(task.cache_dir or task.scratch_dir)
+    device = cell["device"]
+    key = json.dumps([cell["model"], cell["model_config"], cell["dtype"], device, task.seed], sort_keys=True)
+    where = cache.parent / "tp-checkpoints.cache" / hashlib.sha256(key.encode()).hexdigest()[:16]
     if rank == 0 and not (where / "config.json").exists():
+        # Built on the cell's device, as a tp_size 1 cell builds it: the same seed gives the same
+        # weights, so that the outputs of both can agree.
         net, _ = models.load(
-            cell["model"], None, cell["model_config"], cell["dtype"], "cpu", "eager", False, task.seed
+            cell["model"], None, cell["model_config"], cell["dtype"], device, "eager", False, task.seed
         )
         partial = where.with_name(where.name + f".partial-{os.getpid()}")
         net.save_pretrained(partial)
         del net
-        shutil.rmtree(where, ignore_errors=True)
-        os.replace(partial, where)  # whole or absent: a later process of the cell reuses it
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # the whole model held a moment is not the rank's
+        try:
+            os.rename(partial, where)  # whole or absent
+        except OSError:
+            if not (where / "config.json").exists():
+                raise
+            shutil.rmtree(partial, ignore_errors=True)  # another cell's rank 0 saved it first
     dist.barrier()
     return str(where)
 

@@ -4,6 +4,7 @@ until the cell's timeout (and no rank outlives it), next to the same cells witho
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -131,3 +132,25 @@ def test_a_hanging_rank_times_out_and_no_rank_outlives_the_cell(tp_run):
     alive = {pid for pid, start in tp_run["seen"].items() if (s := _stat(pid)) is not None and s[1] == start}
     assert not alive, [_cmdline(pid) for pid in alive]
     assert tp_run["rc"] == 1  # failed and timed-out cells make the run's exit code 1
+
+
+def test_a_rank_killed_by_a_signal_is_the_cause(tmp_path: Path) -> None:
+    # Its peers then fail in a collective and write their errors; the killed rank wrote none.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from bench.worker.tp_group import group_failure
+
+    (tmp_path / "rank-0.error.json").write_text(
+        json.dumps(
+            {"rank": 0, "pid": 10, "type": "RuntimeError", "message": "Connection closed by peer", "at": 1.0}
+        )
+    )
+    failures = {
+        0: ProcessFailure(local_rank=0, pid=10, exitcode=1, error_file=str(tmp_path / "none")),
+        1: ProcessFailure(local_rank=1, pid=11, exitcode=-9, error_file=str(tmp_path / "none")),
+    }
+    exc = group_failure(ChildFailedError("rank", failures), 2, tmp_path)
+    assert str(exc).startswith("rank 1 of 2 failed, the group was stopped: killed by SIGKILL")
+    assert exc.details["rank"] == 1 and exc.details["exit_code"] == -9
+    assert [r["rank"] for r in exc.details["ranks"]] == [0, 1]
+    assert exc.details["ranks"][0]["message"] == "Connection closed by peer"
