@@ -72,7 +72,8 @@ test-image: install
 # Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency,
 # telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py) and through
 # `tfbench ab` (ab.py); scale (10,000 cells), the long kill-and-restart loop, and syncing to an S3
-# server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), whose figures (benchmarks/results/)
+# server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), tensor-parallel cells on
+# the CPU against tp_size 1 (tp.py), whose figures (benchmarks/results/)
 # RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py
@@ -81,6 +82,7 @@ bench: install
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/sync.py
 	$(PY) benchmarks/profile.py
+	$(PY) benchmarks/tp.py
 	$(PY) benchmarks/verdicts.py
 	$(PY) benchmarks/ab.py
 	$(PY) benchmarks/kill_loop.py
