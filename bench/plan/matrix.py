@@ -130,7 +130,8 @@ class Cell:
             "batch_size": self.batch_size,
             "sequence_length": self.sequence_length,
             "num_tokens_to_generate": self.num_tokens_to_generate,
-            "tp_size": self.tp_size,
+            # Only above 1: a cell without tensor parallelism reads as it did before the field.
+            **({"tp_size": self.tp_size} if self.tp_size > 1 else {}),
             "skip_reason": self.skip_reason,
         }
 
