@@ -163,3 +163,22 @@ def test_a_rank_killed_by_a_signal_is_the_cause(tmp_path: Path) -> None:
     assert exc.details["rank"] == 1 and exc.details["exit_code"] == -9
     assert [r["rank"] for r in exc.details["ranks"]] == [0, 1]
     assert exc.details["ranks"][0]["message"] == "Connection closed by peer"
+
+
+def test_a_local_model_without_a_tp_plan_or_with_odd_heads_is_skipped_by_its_worker(tmp_path: Path) -> None:
+    # The parent reads no model config; the worker does, before it launches any rank.
+    from transformers import GPT2Config, LlamaConfig
+
+    from bench.worker.tp_group import model_problem
+
+    GPT2Config(n_embd=64, n_layer=1, n_head=4).save_pretrained(tmp_path / "gpt2")
+    LlamaConfig(hidden_size=48, num_attention_heads=6, num_key_value_heads=3).save_pretrained(
+        tmp_path / "llama"
+    )
+
+    def cell(model: str, tp: int) -> dict[str, Any]:
+        return {"model": str(tmp_path / model), "revision": None, "tp_size": tp}
+
+    assert "has no tp plan in transformers" in (model_problem(cell("gpt2", 2), False) or "")
+    assert model_problem(cell("llama", 2), False) == "num_key_value_heads = 3 is not divisible by tp_size 2"
+    assert model_problem(cell("llama", 4), False) == "num_attention_heads = 6 is not divisible by tp_size 4"
