@@ -202,11 +202,22 @@ def cell_name(
     return f"{combo_name(attn, mode, kernelize, cb)}, b{b} s{s} n{n}" + (f", tp{tp}" if tp > 1 else "")
 
 
-def tp_skip_reason(tp: int, model: str, model_config: dict[str, Any], caps: Capabilities) -> str | None:
+# Why kernelize is not measured under tensor parallelism (the worker says the same).
+TP_KERNELIZE = (
+    "kernelize with tp_size > 1 is not measured: transformers' kernel mapping "
+    "(integrations/hub_kernels.py) knows nothing of its tensor-parallel hooks, and the pair is untried"
+)
+
+
+def tp_skip_reason(
+    tp: int, model: str, model_config: dict[str, Any], caps: Capabilities, kernelize: bool = False
+) -> str | None:
     """Why a cell cannot run with tp ranks here, or None. A hub or local model's tp plan and
     heads are unknown to the parent (it reads no model config): its worker checks them."""
     if tp == 1:
         return None
+    if kernelize:
+        return TP_KERNELIZE
     if caps.device == "cuda" and tp > caps.gpu_count:
         return f"tp_size {tp} needs {tp} GPUs, and {caps.gpu_count} are visible"
     # On the CPU each gloo rank computes on cores of its own; more ranks than cores would measure
@@ -405,7 +416,7 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
             if (s, n) not in reason_cache:
                 reason_cache[(s, n)] = skip_reason(
                     attn, mode, kern, cb, s, n, config.model, overrides, caps
-                ) or tp_skip_reason(tp, config.model, overrides, caps)
+                ) or tp_skip_reason(tp, config.model, overrides, caps, kern)
             cells.append(
                 Cell(
                     index=len(cells),

@@ -24,6 +24,7 @@ from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from bench.config.presets import preset_for
+from bench.plan.matrix import TP_KERNELIZE
 from bench.results.records import Task
 from bench.worker import api, rank
 from bench.worker.cell import RankFailure, Unsupported
@@ -121,6 +122,8 @@ def measure_group(task: Task, phase: Any) -> dict[str, Any]:
     lacking = api.missing(cell)
     if lacking is not None:
         raise Unsupported(lacking)
+    if cell["kernelize"]:
+        raise Unsupported(TP_KERNELIZE)  # the plan skips it; a task built elsewhere is told the same
     problem = model_problem(cell, task.trust_remote_code)
     if problem is not None:
         raise Unsupported(problem)

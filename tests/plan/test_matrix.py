@@ -729,6 +729,7 @@ def test_gpus_needed_is_one_per_rank_on_cuda() -> None:
             replace(CUDA_BARE, gpu_count=4),
             "num_key_value_heads = 2 is not divisible by tp_size 4",  # llama-tiny: 4 heads, 2 kv heads
         ),
+        ({"tp_size": 2, "kernelize": True}, replace(CUDA_FULL, gpu_count=2), "kernelize with tp_size > 1"),
         (
             {"tp_size": 2, "model_config": {"num_attention_heads": 3, "num_key_value_heads": 3}},
             replace(CUDA_BARE, gpu_count=2),
