@@ -98,6 +98,24 @@ FAULTS: list[Row] = [
         GOAL,
     ),
     Row(
+        "allocation the host refuses",
+        ("tests/test_faults.py::test_out_of_memory",),
+        "1 per run, in an 8-cell run",
+        "status oom, kind oom, MemoryError; the next cell runs",
+        GOAL,
+    ),
+    Row(
+        "every fault above in one run",
+        (
+            "tests/test_faults.py::test_exit_code_one_and_every_cell_recorded",
+            "tests/test_faults.py::test_healthy_cells_before_and_after_faults",
+            "tests/test_faults.py::test_no_half_written_files",
+        ),
+        "1 run of 8 cells, 6 faulty",
+        "every cell recorded once, the healthy cells before and after ok, run finished, exit 1, every file parses",
+        GOAL,
+    ),
+    Row(
         "one rank of a tensor-parallel cell raises",
         ("tests/worker/test_tp_group.py::test_a_failing_rank_fails_the_cell_with_its_error",),
         "1 per run, in a 6-cell run (tp_size 2 on the CPU, gloo)",
@@ -117,24 +135,6 @@ FAULTS: list[Row] = [
         ("tests/worker/test_tp_group.py::test_a_hanging_rank_times_out_and_no_rank_outlives_the_cell",),
         "1 per run, in a 6-cell run (tp_size 2 on the CPU, gloo)",
         "status timeout after cell_timeout_s; every rank and helper the run started is gone",
-        GOAL,
-    ),
-    Row(
-        "allocation the host refuses",
-        ("tests/test_faults.py::test_out_of_memory",),
-        "1 per run, in an 8-cell run",
-        "status oom, kind oom, MemoryError; the next cell runs",
-        GOAL,
-    ),
-    Row(
-        "every fault above in one run",
-        (
-            "tests/test_faults.py::test_exit_code_one_and_every_cell_recorded",
-            "tests/test_faults.py::test_healthy_cells_before_and_after_faults",
-            "tests/test_faults.py::test_no_half_written_files",
-        ),
-        "1 run of 8 cells, 6 faulty",
-        "every cell recorded once, the healthy cells before and after ok, run finished, exit 1, every file parses",
         GOAL,
     ),
     Row(
