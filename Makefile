@@ -73,7 +73,8 @@ test-image: install
 # telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py) and through
 # `tfbench ab` (ab.py); scale (10,000 cells), the long kill-and-restart loop, and syncing to an S3
 # server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), a quantized cell beside the
-# unquantized one (quantization.py), whose figures (benchmarks/results/)
+# unquantized one (quantization.py), tensor-parallel cells on the CPU against tp_size 1 (tp.py), whose figures
+# (benchmarks/results/)
 # RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py
@@ -83,6 +84,7 @@ bench: install
 	$(PY) benchmarks/sync.py
 	$(PY) benchmarks/profile.py
 	$(PY) benchmarks/quantization.py
+	$(PY) benchmarks/tp.py
 	$(PY) benchmarks/verdicts.py
 	$(PY) benchmarks/ab.py
 	$(PY) benchmarks/kill_loop.py

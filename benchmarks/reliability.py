@@ -116,6 +116,28 @@ FAULTS: list[Row] = [
         GOAL,
     ),
     Row(
+        "one rank of a tensor-parallel cell raises",
+        ("tests/worker/test_tp_group.py::test_a_failing_rank_fails_the_cell_with_its_error",),
+        "1 per run, in a 6-cell run (tp_size 2 on the CPU, gloo)",
+        "the whole group stopped; status failed, kind rank, the rank that failed first and its message; "
+        "the other cells run",
+        GOAL,
+    ),
+    Row(
+        "a rank killed by a signal, its peers failing after it",
+        ("tests/worker/test_tp_group.py::test_a_rank_killed_by_a_signal_is_the_cause",),
+        "1 (the launcher's failure report, built by hand)",
+        "the killed rank named as the cause (killed by SIGKILL), not the peer that failed in its collective",
+        GOAL,
+    ),
+    Row(
+        "one rank of a tensor-parallel cell hangs",
+        ("tests/worker/test_tp_group.py::test_a_hanging_rank_times_out_and_no_rank_outlives_the_cell",),
+        "1 per run, in a 6-cell run (tp_size 2 on the CPU, gloo)",
+        "status timeout after cell_timeout_s; every rank and helper the run started is gone",
+        GOAL,
+    ),
+    Row(
         "SIGTERM / SIGINT to the runner during a cell",
         ("tests/test_faults.py::test_signal_stops_the_run_in_order",),
         "2 (one per signal)",

@@ -92,8 +92,8 @@ def _required(args: argparse.Namespace) -> None:
         )
     if args.enable_tp:
         raise UserError(
-            "--enable-tp: tensor-parallel cells are not measured by this tfbench version; run without it "
-            "(the README's benchmark_v2 table lists what differs)"
+            "--enable-tp: tensor-parallel cells are not mapped from benchmark_v2's flag; run without it, or "
+            "measure them with tfbench's tp_size (the README's benchmark_v2 table lists what differs)"
         )
 
 
@@ -131,6 +131,13 @@ def load_v2_config(
         merged["output"], origins["output"] = args.output_dir, "flag --output-dir"
     merged.setdefault("output", DEFAULT_OUTPUT_DIR)
     label = f"benchmark_v2 flags ({args.config_file or f'level {args.level}'})"
+    if merged.get("tp_size", 1) not in (1, [1]):
+        # benchmark_v2's results file names its configs without tensor parallelism (no_tp only
+        # with --enable-tp, which is not mapped): a tp cell would be written as another config.
+        raise UserError(
+            f"TFBENCH_TP_SIZE = {merged['tp_size']!r}: tfbench v2 measures without tensor parallelism, "
+            "as benchmark_v2 does without --enable-tp; use a tfbench config with tp_size"
+        )
     for note in matrix.notes:
         log.emit("v2_note", level="warning", message=note)
     return validate(merged, origins, label), matrix

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 SYNTHETIC_PREFIX = "synthetic:"
+# Architectures whose transformers config has a base_model_tp_plan (LlamaConfig has one; GPT2Config
+# and the sleep model have none), with the head counts that plan splits across the ranks.
+TP_HEAD_KEYS: dict[str, tuple[str, ...]] = {"llama": ("num_attention_heads", "num_key_value_heads")}
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,17 @@ class Preset:
     attn_implementations: tuple[str, ...] = ("eager", "sdpa", "flex_attention", "flash_attention_2")
     compilable: bool = True
     continuous_batching: bool = True
+
+    @property
+    def tensor_parallel(self) -> bool:
+        """Whether transformers has a tp plan for the architecture (tp_plan="auto" can shard it)."""
+        return self.architecture in TP_HEAD_KEYS
+
+    def heads(self, overrides: dict[str, Any] | None = None) -> dict[str, int]:
+        """The head counts a tp plan splits, by config key, with the overrides applied."""
+        merged = {**self.config, **(overrides or {})}
+        keys = TP_HEAD_KEYS.get(self.architecture, ())
+        return {k: int(merged[k]) for k in keys if merged.get(k) is not None}
 
     def max_positions(self, overrides: dict[str, Any] | None = None) -> int | None:
         merged = {**self.config, **(overrides or {})}

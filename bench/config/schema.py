@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -73,11 +74,22 @@ FAULT_KINDS = ("raise", "oom", "segv", "kill", "exit", "hang")
 # Axes that may be given a single value or a list; lists expand to the cross product.
 AXIS_FIELDS = ("attn_implementation", "compile", "kernelize", "continuous_batching")
 SHAPE_FIELDS = ("batch_size", "sequence_length", "num_tokens_to_generate")
-# Like the shapes, quantization is a property of the loaded model: it crosses every combination
-# (axes, coverage level or listed combinations) rather than being one of their axes.
-LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS + ("quantization",)
+# Like the shapes, quantization and tp_size are properties of the loaded model: they cross every
+# combination (axes, coverage level or listed combinations) rather than being one of their axes.
+LIST_FIELDS = SHAPE_FIELDS + AXIS_FIELDS + ("quantization", "tp_size")
+# Ranks of a tensor-parallel cell: the GPU counts of a node that divide the usual head counts.
+TP_SIZES = (1, 2, 4, 8)
 
 PositiveInt = Annotated[StrictInt, Field(ge=1)]
+
+
+def _tp_size(value: int) -> int:
+    if value not in TP_SIZES:
+        raise ValueError(f"not one of {', '.join(map(str, TP_SIZES))}")
+    return value
+
+
+TpSize = Annotated[StrictInt, AfterValidator(_tp_size)]
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
 BuiltinAttention = Literal["eager", "sdpa", "flex_attention", "flash_attention_2"]
 # An attention kernel from the Hub, in transformers' own form (its `is_kernel`, integrations/
@@ -171,6 +183,10 @@ ALLOWED: dict[str, str] = {
     + ", ".join(QUANTIZATIONS)
     + " (the weights quantized as transformers loads them; torchao on any device, bitsandbytes on cuda)",
     "continuous_batching": "true, false, or a list of these",
+    "tp_size": "one or a list of "
+    + ", ".join(map(str, TP_SIZES))
+    + ": ranks of a tensor-parallel cell (1: no tensor parallelism; more: one rank per GPU, "
+    "the model loaded with tp_plan auto)",
     "gpu_monitoring": "true or false",
     "gpu_sample_interval_s": "a number of seconds > 0 (0.05: 20 samples a second)",
     "cell_timeout_s": "a number of seconds > 0",
@@ -238,6 +254,7 @@ class BenchConfig(BaseModel):
             "none", "torchao-int8-weight-only", "torchao-int8-weight-int8-activation", "bnb-8bit", "bnb-4bit"
         ]
     ] = ["none"]
+    tp_size: list[TpSize] = [1]
     gpu_monitoring: StrictBool = True
     gpu_sample_interval_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 0.05
     cell_timeout_s: Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)] = 1800.0

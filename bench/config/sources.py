@@ -198,17 +198,20 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
 
 
 def check_fault_spec(spec: str | None) -> None:
-    """TFBENCH_FAULT=<cell id prefix or *>[@<process>]:<kind>[,...]; a typo must not silently inject nothing."""
+    """TFBENCH_FAULT=<cell id prefix or *>[@<process>][#<rank>]:<kind>[,...]; a typo must not
+    silently inject nothing."""
     if not spec:
         return
     for item in spec.split(","):
         target, sep, kind = item.strip().partition(":")
+        target, hash_, rank = target.partition("#")
         target, at, which = target.partition("@")
-        if not sep or not target or kind not in FAULT_KINDS or (at and not which.isdigit()):
+        bad_rank = hash_ and not rank.isdigit()
+        if not sep or not target or kind not in FAULT_KINDS or (at and not which.isdigit()) or bad_rank:
             raise ConfigError(
                 [
                     f"TFBENCH_FAULT = {spec!r}: {item.strip()!r} is not "
-                    "<cell id prefix or *>[@<process>]:<kind>; "
+                    "<cell id prefix or *>[@<process>][#<rank>]:<kind>; "
                     f"kinds: {', '.join(FAULT_KINDS)}"
                 ],
                 "environment",

@@ -318,7 +318,8 @@ def full_row(context: Mapping[str, Any], typed: CellRecord) -> dict[str, Any]:
         values[col] = cell.get(key)
     known_cell = {key for key, _, _ in CELL_FIELDS} | {"cell_id"}
     extra: dict[str, Any] = {}
-    cell_rest = {k: v for k, v in cell.items() if k not in known_cell}
+    # tp_size 1 is what a cell without the field reads as: a plain cell's row carries nothing more.
+    cell_rest = {k: v for k, v in cell.items() if k not in known_cell and (k, v) != ("tp_size", 1)}
     if cell_rest:
         extra["cell"] = cell_rest
     for key, _ in _RECORD_SCALARS:
@@ -402,6 +403,11 @@ def row_record(row: Mapping[str, Any]) -> dict[str, Any]:
         for key, col, typ in CELL_FIELDS
         if row.get(col) is not None
     }
+    # Cell fields without a column of their own (tp_size) travel in "extra".
+    extra = _decoded(row.get("extra"))
+    rest = extra.get("cell") if isinstance(extra, dict) else None
+    if isinstance(rest, dict):
+        cell = {**rest, **cell}
     cell["cell_id"] = row.get("cell_id")
     return {
         "cell_id": row.get("cell_id"),

@@ -74,6 +74,8 @@ def combo_label(cell: Cell) -> str:
         parts.append("cb")
     if cell.quantization != "none":
         parts.append(cell.quantization)
+    if getattr(cell, "tp_size", 1) > 1:
+        parts.append(f"tp{cell.tp_size}")
     return "+".join(parts)
 
 
@@ -250,13 +252,27 @@ def profile_lines(records: Iterable[CellRecord]) -> list[str]:
 
 def plan_table(plan: Plan, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
-    # A quantization column only where the plan quantizes: most plans do not.
+    # A quantization column only where the plan quantizes, a tp column only where a cell is
+    # tensor-parallel: most plans do neither.
     quantized = any(c.quantization != "none" for c in plan.cells)
-    names = ("#", "cell id", "attn", "compile", "kernels", "cb", *(["quantization"] if quantized else []))
-    for name in (*names, "batch", "seq", "new", "plan"):
+    tp = any(c.tp_size > 1 for c in plan.cells)
+    names = (
+        "#",
+        "cell id",
+        "attn",
+        "compile",
+        "kernels",
+        "cb",
+        *(["quantization"] if quantized else []),
+        *(["tp"] if tp else []),
+        "batch",
+        "seq",
+        "new",
+    )
+    for name in (*names, "plan"):
         table.add_column(
             name,
-            justify="right" if name in ("#", "batch", "seq", "new") else "left",
+            justify="right" if name in ("#", "tp", "batch", "seq", "new") else "left",
             no_wrap=name in ("cell id", "attn", "compile"),
             min_width=16 if name == "cell id" else None,
         )
@@ -270,6 +286,7 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
             "yes" if c.kernelize else "-",
             "yes" if c.continuous_batching else "-",
             *([c.quantization if c.quantization != "none" else "-"] if quantized else []),
+            *([str(c.tp_size)] if tp else []),
             str(c.batch_size),
             str(c.sequence_length),
             str(c.num_tokens_to_generate),

@@ -78,6 +78,10 @@ class Capabilities:
     # installed), and the minimum versions the measured transformers asks for (where known).
     quantization_packages: dict[str, str | None] = field(default_factory=dict)
     quantization_minimums: dict[str, str] = field(default_factory=dict)
+    # For tensor-parallel cells: the GPUs this process may use (CUDA_VISIBLE_DEVICES applied, read
+    # through NVML by the parent) and the CPUs it may run on (None: unknown).
+    gpu_count: int = 0
+    cpu_count: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +111,17 @@ class Cell:
     batch_size: int
     sequence_length: int
     num_tokens_to_generate: int
+    tp_size: int = 1
     skip_reason: str | None = None
 
     @property
     def runnable(self) -> bool:
         return self.skip_reason is None
+
+    @property
+    def gpus_needed(self) -> int:
+        """GPUs the cell holds while it runs: one per rank on cuda, none on the CPU."""
+        return self.tp_size if self.device == "cuda" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +143,8 @@ class Cell:
             "batch_size": self.batch_size,
             "sequence_length": self.sequence_length,
             "num_tokens_to_generate": self.num_tokens_to_generate,
+            # Only above 1: a cell without tensor parallelism reads as it did before the field.
+            **({"tp_size": self.tp_size} if self.tp_size > 1 else {}),
             "skip_reason": self.skip_reason,
         }
 
@@ -166,6 +178,8 @@ class Plan:
                 "offline_kernels_cache": self.capabilities.offline_kernels_cache,
                 "quantization_packages": self.capabilities.quantization_packages,
                 "quantization_minimums": self.capabilities.quantization_minimums,
+                "gpu_count": self.capabilities.gpu_count,
+                "cpu_count": self.capabilities.cpu_count,
             },
             "cells": [c.to_dict() for c in self.cells],
             "warnings": self.warnings,
@@ -195,13 +209,65 @@ def combo_name(attn: str, mode: str | None, kernelize: bool, cb: bool) -> str:
 
 
 def cell_name(
-    attn: str, mode: str | None, kernelize: bool, cb: bool, b: int, s: int, n: int, quantization: str = "none"
+    attn: str,
+    mode: str | None,
+    kernelize: bool,
+    cb: bool,
+    b: int,
+    s: int,
+    n: int,
+    quantization: str = "none",
+    tp: int = 1,
 ) -> str:
     """A cell as people read it: 'sdpa, compile default, b4 s256 n32', with the quantization
-    before the shape when there is one ('sdpa, no compile, bnb-4bit, b1 s128 n128'). Not part of
-    the cell id (cell_id hashes the fields themselves), so the wording can change without changing an id."""
+    before the shape when there is one ('sdpa, no compile, bnb-4bit, b1 s128 n128') and ', tp2'
+    after it under tensor parallelism. Not part of the cell id (cell_id hashes the fields
+    themselves), so the wording can change without changing an id."""
     quantized = f", {quantization}" if quantization != "none" else ""
-    return f"{combo_name(attn, mode, kernelize, cb)}{quantized}, b{b} s{s} n{n}"
+    tp_part = f", tp{tp}" if tp > 1 else ""
+    return f"{combo_name(attn, mode, kernelize, cb)}{quantized}, b{b} s{s} n{n}{tp_part}"
+
+
+# Why kernelize is not measured under tensor parallelism (the worker says the same).
+TP_KERNELIZE = (
+    "kernelize with tp_size > 1 is not measured: transformers' kernel mapping "
+    "(integrations/hub_kernels.py) knows nothing of its tensor-parallel hooks, and the pair is untried"
+)
+
+
+def tp_skip_reason(
+    tp: int,
+    model: str,
+    model_config: dict[str, Any],
+    caps: Capabilities,
+    kernelize: bool = False,
+    quantization: str = "none",
+) -> str | None:
+    """Why a cell cannot run with tp ranks here, or None. A hub or local model's tp plan and
+    heads are unknown to the parent (it reads no model config): its worker checks them."""
+    if tp == 1:
+        return None
+    if kernelize:
+        return TP_KERNELIZE
+    if quantization != "none":
+        # transformers' tp plans shard plain Linear weights; a quantized weight is a tensor
+        # subclass (torchao) or a packed Params4bit/Int8Params (bitsandbytes), and the pair is untried.
+        return f"{quantization} with tp_size > 1 is not measured: the pair is untried"
+    if caps.device == "cuda" and tp > caps.gpu_count:
+        return f"tp_size {tp} needs {tp} GPUs, and {caps.gpu_count} are visible"
+    # On the CPU each gloo rank computes on cores of its own; more ranks than cores would measure
+    # the ranks waiting for one another, not tensor parallelism.
+    if caps.device == "cpu" and caps.cpu_count is not None and tp > caps.cpu_count:
+        return f"tp_size {tp} on the CPU needs a core per rank, and {caps.cpu_count} are available"
+    preset = preset_for(model)
+    if preset is None:
+        return None
+    if not preset.tensor_parallel:
+        return f"synthetic:{preset.name} has no tp plan in transformers (tp_plan auto cannot shard it)"
+    for key, heads in preset.heads(model_config).items():
+        if heads % tp:
+            return f"{key} = {heads} is not divisible by tp_size {tp}"
+    return None
 
 
 def skip_reason(
@@ -394,10 +460,12 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
     }
     cells: list[Cell] = []
     seen: set[str] = set()
-    for (attn, mode, kern, cb, fullgraph, dynamic), quant in itertools.product(
-        combinations(config), config.quantization
+    for (attn, mode, kern, cb, fullgraph, dynamic), quant, tp in itertools.product(
+        combinations(config), config.quantization, config.tp_size
     ):
         reason_cache: dict[tuple[int, int], str | None] = {}
+        # Only where it is more than 1: every cell without tensor parallelism keeps the id it had.
+        tp_defining = {"tp_size": tp} if tp > 1 else {}
         for b, s, n in shapes:
             defining = {
                 **base,
@@ -410,6 +478,7 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
                 "batch_size": b,
                 "sequence_length": s,
                 "num_tokens_to_generate": n,
+                **tp_defining,
             }
             if quant != "none":
                 defining["quantization"] = quant  # absent for "none": the ids from before stay
@@ -418,14 +487,16 @@ def build_plan(config: BenchConfig, caps: Capabilities) -> Plan:
                 continue
             seen.add(cid)
             if (s, n) not in reason_cache:
-                reason_cache[(s, n)] = skip_reason(
-                    attn, mode, kern, cb, s, n, config.model, overrides, caps
-                ) or quantization_reason(quant, mode, config.model, caps)
+                reason_cache[(s, n)] = (
+                    skip_reason(attn, mode, kern, cb, s, n, config.model, overrides, caps)
+                    or quantization_reason(quant, mode, config.model, caps)
+                    or tp_skip_reason(tp, config.model, overrides, caps, kern, quant)
+                )
             cells.append(
                 Cell(
                     index=len(cells),
                     cell_id=cid,
-                    name=cell_name(attn, mode, kern, cb, b, s, n, quant),
+                    name=cell_name(attn, mode, kern, cb, b, s, n, quant, tp),
                     skip_reason=reason_cache[(s, n)],
                     **defining,
                 )

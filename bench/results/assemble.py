@@ -30,6 +30,7 @@ FIRST_PROCESS_KEYS = (
     "load_time_s",
     "warmup_time_s",
     "gpu_telemetry",
+    "tensor_parallel",
 )
 
 
@@ -40,6 +41,7 @@ LAST_PROCESS_KEYS = ("output", "profile")
 
 def process_info(index: int, result: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The ProcessInfo of one process from its worker result and its timing (base)."""
+    group = result.get("tensor_parallel") or {}
     return {
         "index": index,
         "pid": base.get("worker_pid"),
@@ -53,6 +55,8 @@ def process_info(index: int, result: dict[str, Any], base: dict[str, Any]) -> di
         "compile_cache": base.get("compile_cache"),
         "isolation": base.get("isolation"),
         "warmup_check": result.get("warmup_check"),
+        # A tensor-parallel cell starts a group in every process: each start-up is kept.
+        **({"group_startup_s": group["group_startup_s"]} if "group_startup_s" in group else {}),
     }
 
 

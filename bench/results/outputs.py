@@ -61,15 +61,16 @@ def degenerate(ids: Sequence[int]) -> str | None:
 
 
 def is_reference(cell: Any) -> bool:
-    """The cell other cells of its model, dtype and shape are compared with. It is unquantized:
-    a quantized cell's agreement shows what its quantization changes (records of versions without
-    quantization read as unquantized)."""
+    """The cell other cells of its model, dtype and shape are compared with. It is unquantized and
+    runs in one process: a quantized or tensor-parallel cell's agreement shows what its
+    quantization or sharding changes (records of versions without those fields read as neither)."""
     return (
         cell.attn_implementation == "eager"
         and not cell.compile
         and not cell.kernelize
         and not cell.continuous_batching
         and getattr(cell, "quantization", "none") == "none"
+        and getattr(cell, "tp_size", 1) == 1
     )
 
 

@@ -191,9 +191,34 @@ class TimedRun(_Open):
 
 
 class Memory(_Open):
-    peak_bytes: int | None = None
+    peak_bytes: int | None = None  # a tensor-parallel cell: its largest rank's
     nvml_used_peak_bytes: int | None = None
     kv_cache_bytes: int | None = None
+    per_rank_peak_bytes: list[int | None] | None = None  # a tensor-parallel cell: by rank
+
+
+class RankInfo(_Open):
+    """One rank of a tensor-parallel cell: where it ran, when it was ready, what it held."""
+
+    rank: int
+    local_rank: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    ready_s: float | None = None  # from the launch to this rank through its first barrier
+    load_time_s: float | None = None
+    memory: dict[str, Any] | None = None
+
+
+class TensorParallel(_Open):
+    """How a tensor-parallel cell ran: its group, how long the group took to start, its ranks."""
+
+    tp_size: int
+    world_size: int | None = None
+    backend: str | None = None  # "nccl" on cuda, "gloo" on the CPU
+    launcher: str | None = None
+    group_startup_s: float | None = None  # from the launch to every rank ready
+    group_s: float | None = None  # from the launch to the group's end
+    ranks: list[RankInfo] = Field(default_factory=list)
 
 
 class MetricSummary(_Open):
@@ -301,6 +326,7 @@ class ProcessInfo(_Open):
     duration_s: float | None = None
     compile_cache: str | None = None  # "fresh", or "reused" from an earlier process of this cell
     isolation: dict[str, Any] | None = None
+    group_startup_s: float | None = None  # a tensor-parallel cell: its group's start-up in this process
 
 
 class CellRecord(_Open):
@@ -332,6 +358,7 @@ class CellRecord(_Open):
     processes: list[ProcessInfo] = Field(default_factory=list)
     output: Output | None = None
     profile: Profile | None = None
+    tensor_parallel: TensorParallel | None = None
 
     @field_validator("runs", "attempts", "processes", mode="before")
     @classmethod

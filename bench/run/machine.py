@@ -215,7 +215,17 @@ def capabilities(
         cached_hub_kernels=cached_hub_kernels(cache, environ) if cache is not None else frozenset(),
         quantization_packages=quantization_packages(),
         quantization_minimums=quantization_minimums(),
+        gpu_count=len(accel.gpus),
+        cpu_count=usable_cpus(),
     )
+
+
+def usable_cpus() -> int | None:
+    """The CPUs this process may run on (its affinity, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count()
 
 
 def _import_utils_source(package_dir: str | None) -> str | None:

@@ -52,6 +52,7 @@ PRELOAD = (
     "transformers.models.llama.modeling_llama",
     "transformers.models.gpt2.modeling_gpt2",
     "torch._dynamo",
+    "torch.distributed.launcher.api",  # a tensor-parallel cell's launcher
 )
 for _name in PRELOAD:
     # A module missing in another transformers version only costs start-up time.
@@ -64,7 +65,7 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _memory(device: str) -> dict[str, Any]:
+def memory(device: str) -> dict[str, Any]:
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
     out: dict[str, Any] = {"peak_rss_bytes": peak_rss}
     if device == "cuda":
@@ -95,9 +96,10 @@ def worker_environment(device: str) -> dict[str, Any]:
     return env
 
 
-def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> None:
+def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0, rank: int | None = None) -> None:
     """Fail on purpose, to exercise the runner's fault handling:
-    TFBENCH_FAULT=<cell id prefix|*>[@<process>]:<kind>,... (@k: only the cell's process k).
+    TFBENCH_FAULT=<cell id prefix|*>[@<process>][#<rank>]:<kind>,... (@k: only the cell's process k;
+    #r: only rank r of a tensor-parallel cell, which fails there after its load).
 
     Kinds: raise (a Python error), oom (a real failed allocation), segv, kill (SIGKILL),
     exit (exit code 7 without a result), hang (sleeps, with a child process in its group).
@@ -106,10 +108,13 @@ def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> No
         return
     for item in spec.split(","):
         target, _, kind = item.strip().partition(":")
+        target, hashed, ranked = target.partition("#")
         target, at, which = target.partition("@")
         if not (target == "*" or cell["cell_id"].startswith(target)):
             continue
         if at and int(which) != process:
+            continue
+        if hashed and int(ranked) != rank:
             continue
         if kind == "raise":
             raise RuntimeError("fault injected by TFBENCH_FAULT")
@@ -128,6 +133,15 @@ def inject_fault(cell: dict[str, Any], spec: str | None, process: int = 0) -> No
 
 class Unsupported(Exception):
     """The measured transformers lacks an API the cell needs: the cell is skipped, not failed."""
+
+
+class RankFailure(Exception):
+    """A rank of a tensor-parallel cell failed and its group was stopped; `details` goes into the
+    error record (the failing rank, its exit code, every rank's end)."""
+
+    def __init__(self, message: str, details: dict[str, Any]):
+        super().__init__(message)
+        self.details = details
 
 
 def measure(task: Task, phase: Any) -> dict[str, Any]:
@@ -168,8 +182,27 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
     _synchronize(device)
     load_time = time.perf_counter() - t
     inject_fault(cell, os.environ.get("TFBENCH_FAULT"), task.process)
-    memory_after_load = _memory(device)
-    out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(net)}
+    return measure_loaded(net, tokenizer, task, phase, load_time)
+
+
+def measure_loaded(
+    net: Any,
+    tokenizer: Any,
+    task: Task,
+    phase: Any,
+    load_time: float,
+    before_run: Any = None,
+    gpus: int = 1,
+    arithmetic_of: Any = None,
+) -> dict[str, Any]:
+    """Warm-up, timed runs and what the record says of them, for a loaded model. A tensor-parallel
+    rank passes its group's barrier (before_run), the cell's GPU count (telemetry over all of them,
+    the roofline's aggregate peaks) and the whole model for the arithmetic (its own are shards)."""
+    cell = task.cell
+    device = cell["device"]
+    memory_after_load = memory(device)
+    whole = net if arithmetic_of is None else arithmetic_of
+    out: dict[str, Any] = {"load_time_s": load_time, "parameters": models.parameter_count(whole)}
     if cell.get("quantization", "none") != "none":
         out["quantization"] = quantize.applied(net, cell["quantization"], models.TORCH_DTYPES[cell["dtype"]])
         if not out["quantization"]["quantized_parameters"]:
@@ -180,17 +213,21 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
 
     def settle() -> None:
         # Peak memory of the timed runs, read before a profiled call can raise it.
-        measured_memory.update(_memory(device))
+        measured_memory.update(memory(device))
 
+    group = {"before_run": before_run, "all_gpus": gpus > 1}
     with torch.inference_mode():
         if cell["continuous_batching"]:
-            out.update(measure_continuous_batching(net, rows, cell, task, phase, settle))
+            # No barrier: the manager's own thread runs the forwards and their collectives, and a
+            # barrier from this thread on the same group would interleave with them.
+            group["before_run"] = None
+            out.update(measure_continuous_batching(net, rows, cell, task, phase, settle, **group))
         else:
             out["effective_attn_implementation"] = check_attn(net, cell, "after loading")
-            out.update(measure_generate(net, tokenizer, rows, cell, task, phase, settle))
+            out.update(measure_generate(net, tokenizer, rows, cell, task, phase, settle, **group))
     out["output"] = cell_output(out.pop("output_ids", None), tokenizer, cell["model"])
     out["memory"] = {
-        **(measured_memory or _memory(device)),
+        **(measured_memory or memory(device)),
         "after_load_bytes": memory_after_load["peak_bytes"],
     }
     if task.memory_limit_bytes is not None:
@@ -208,7 +245,7 @@ def measure(task: Task, phase: Any) -> dict[str, Any]:
     for run in out["runs"]:
         run["process"], run["pid"] = task.process, os.getpid()
     out["warmup_check"] = warmup_check(out["runs"])
-    out["roofline"] = cell_roofline(net, cell, out["stats"])
+    out["roofline"] = cell_roofline(whole, cell, out["stats"], gpus)
     if out["roofline"].get("kv_cache_bytes") is not None:
         out["memory"]["kv_cache_bytes"] = out["roofline"]["kv_cache_bytes"]
     return out
@@ -240,8 +277,9 @@ def warmup_check(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"first_over_median": ratio, "suspect": ratio > 1.25}
 
 
-def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
-    """Decode MBU and prefill MFU from the model's own arithmetic and the GPU's peaks (p50 ttft and tpot)."""
+def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any], gpus: int = 1) -> dict[str, Any]:
+    """Decode MBU and prefill MFU from the model's own arithmetic and the GPU's peaks (p50 ttft and
+    tpot); a tensor-parallel cell's peaks are its `gpus` GPUs' together."""
     try:
         facts = roofline.model_facts(net)
     except Exception as exc:  # noqa: BLE001 - a model the arithmetic does not know is not a failed cell
@@ -261,6 +299,7 @@ def cell_roofline(net: Any, cell: dict[str, Any], stats: dict[str, Any]) -> dict
         (stats.get("tpot") or {}).get("p50"),
         gpu_reason=reason,
         device=cell["device"],
+        gpus=gpus,
     )
 
 
@@ -281,6 +320,14 @@ def failure(exc: BaseException, task: Task) -> tuple[str, dict[str, Any]]:
             # Read by the attempt accounting: a deterministic fault is not worth another load.
             "retryable": exc.retryable,
             "traceback": "".join(traceback.format_exception(cause, limit=-TRACEBACK_FRAMES)),
+        }
+    if isinstance(exc, RankFailure):
+        oom = exc.details.get("kind") == "oom"
+        return ("oom" if oom else "failed"), {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            **exc.details,
+            "kind": "oom" if oom else "rank",
         }
     oom = is_oom(exc)
     error: dict[str, Any] = {
@@ -303,8 +350,9 @@ def failure(exc: BaseException, task: Task) -> tuple[str, dict[str, Any]]:
     return ("oom" if oom else "failed"), error
 
 
-def run_cell(task: Task, conn: Any, entered: float) -> None:
-    """Measure the cell, write its result file, leave through os._exit (never returns)."""
+def run_cell(task: Task, conn: Any, entered: float, how: Any = None) -> None:
+    """Measure the cell (with `how`, else measure), write its result file, leave through os._exit
+    (never returns)."""
     # Each cell compiles into its own cache: nothing carries over between cells. The processes of
     # one cell share theirs (cache_dir), so that later ones need not recompile from scratch.
     cache = task.cache_dir or task.scratch_dir
@@ -317,7 +365,7 @@ def run_cell(task: Task, conn: Any, entered: float) -> None:
 
     result: dict[str, Any] = {"worker_pid": os.getpid(), "entered_at": entered}
     try:
-        result.update(measure(task, phase))
+        result.update((how or measure)(task, phase))
         result["status"] = "ok"
     except Unsupported as exc:
         result["status"], result["reason"] = "skipped", str(exc)

@@ -103,11 +103,16 @@ def main(given: dict[str, Any] | Any, conn: Any, guard: Any) -> None:
         task.memory_limit_bytes = limit_memory(task.cell_memory_limit_gb)
     except (OSError, ValueError) as exc:
         _fail_early(task.result_path, exc, f"cannot apply cell_memory_limit_gb={task.cell_memory_limit_gb}")
+    how = None
     try:
         from bench.worker.cell import run_cell
+
+        if task.cell.get("tp_size", 1) > 1:
+            # The ranks of a tensor-parallel cell, launched from this worker.
+            from bench.worker.tp_group import measure_group as how
     except BaseException as exc:  # noqa: BLE001 - a broken install must still yield a result
         _fail_early(task.result_path, exc, "worker import failed")
-    run_cell(task, conn, entered)
+    run_cell(task, conn, entered, how)
 
 
 def ping() -> None:

@@ -65,32 +65,39 @@ def check_attn(net: Any, cell: dict[str, Any], when: str) -> str:
     return str(actual)
 
 
-def make_sampler(task: Task, device: str) -> Sampler:
-    """The GPU telemetry sampler of a cell: a no-op (recording why) unless the cell runs on a GPU."""
+def make_sampler(task: Task, device: str, all_gpus: bool = False) -> Sampler:
+    """The GPU telemetry sampler of a cell: a no-op (recording why) unless the cell runs on a GPU.
+    all_gpus: every GPU visible to the process (a tensor-parallel cell's), else the current one."""
     if not task.gpu_monitoring or device != "cuda":
         return Sampler("cpu")
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+    indices = range(torch.cuda.device_count()) if all_gpus else [torch.cuda.current_device()]
+    uuids = [str(torch.cuda.get_device_properties(i).uuid) for i in indices]
     # The sampler reads NVML in a process of its own: it never takes this process's GIL.
-    return Sampler([uuid], interval_s=task.gpu_sample_interval_s)
+    return Sampler(uuids, interval_s=task.gpu_sample_interval_s)
 
 
 def warm_then_measure(
-    one_run: Any, task: Task, device: str, phase: Any
+    one_run: Any, task: Task, device: str, phase: Any, before_run: Any = None, all_gpus: bool = False
 ) -> tuple[list[Any], float, dict[str, Any]]:
     """warmup_iterations untimed calls, then measurement_iterations timed ones with the GPU sampled
-    beside them; peak memory covers the timed ones. Returns the runs, the warm-up time, the telemetry."""
+    beside them; peak memory covers the timed ones. Returns the runs, the warm-up time, the telemetry.
+    before_run, untimed, before every call: a tensor-parallel group's barrier."""
     warm_start = time.perf_counter()
     for i in range(task.warmup_iterations):
         phase("warmup", i + 1, task.warmup_iterations)
+        if before_run is not None:
+            before_run()
         one_run()
     warmup_time = time.perf_counter() - warm_start
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    sampler = make_sampler(task, device).start()
+    sampler = make_sampler(task, device, all_gpus).start()
     results = []
     try:
         for i in range(task.measurement_iterations):
             phase("measure", i + 1, task.measurement_iterations)
+            if before_run is not None:
+                before_run()
             # The marks read the energy counters outside the timed call, after its synchronize.
             with sampler.around_run(i):
                 results.append(one_run())
@@ -155,9 +162,12 @@ def measure_generate(
     task: Task,
     phase: Any,
     settle: Any = lambda: None,
+    before_run: Any = None,
+    all_gpus: bool = False,
 ) -> dict[str, Any]:
     """Warm-up and timed generate calls; settle() runs after the timed ones and before the
-    profiled call (the caller reads peak memory there, so that the profiler's never counts)."""
+    profiled call (the caller reads peak memory there, so that the profiler's never counts).
+    before_run and all_gpus: see warm_then_measure."""
     device, b, s, n = cell["device"], len(rows), len(rows[0]), cell["num_tokens_to_generate"]
     input_ids = torch.tensor(rows, dtype=torch.long, device=device)
     attention_mask = torch.ones_like(input_ids)
@@ -187,7 +197,7 @@ def measure_generate(
             raise CellError(f"the token clock saw {len(times)} tokens, expected {n}")
         return e2e, times, clock.device_e2e
 
-    timed, warmup_time, telemetry = warm_then_measure(one_run, task, device, phase)
+    timed, warmup_time, telemetry = warm_then_measure(one_run, task, device, phase, before_run, all_gpus)
     runs = []
     for e2e, times, device_e2e in timed:
         run = run_metrics(e2e, times, b, s)
@@ -223,7 +233,14 @@ def measure_generate(
 
 
 def measure_continuous_batching(
-    net: Any, rows: list[list[int]], cell: dict[str, Any], task: Task, phase: Any, settle: Any = lambda: None
+    net: Any,
+    rows: list[list[int]],
+    cell: dict[str, Any],
+    task: Task,
+    phase: Any,
+    settle: Any = lambda: None,
+    before_run: Any = None,
+    all_gpus: bool = False,
 ) -> dict[str, Any]:
     from transformers import ContinuousBatchingConfig
 
@@ -291,7 +308,7 @@ def measure_continuous_batching(
 
     profile = None
     try:
-        runs, warmup_time, telemetry = warm_then_measure(one_batch, task, device, phase)
+        runs, warmup_time, telemetry = warm_then_measure(one_batch, task, device, phase, before_run, all_gpus)
         output_ids = first_output[0]
         settle()
         # The profiled batch goes through the same running manager: the one set-up is reused.

@@ -445,10 +445,13 @@ def roofline(
     *,
     gpu_reason: str | None = None,
     device: str | None = None,
+    gpus: int = 1,
 ) -> dict[str, Any]:
     """The cell's roofline record. Byte and FLOP counts are always reported; MBU/MFU are None with a reason
     when the device is not a GPU, the GPU is not in the table (gpu_reason: match_gpu_with_reason's
     reason), its peak for dtype is unknown, or ttft/tpot is missing. Values above 1 are kept and flagged.
+    gpus: the GPUs a tensor-parallel cell runs on, each one `gpu`; the peaks are theirs together, and
+    the byte and FLOP counts are the whole model's (every rank streams its share at once).
     """
     reasons: list[str] = []
     decode_bytes: int | None = None
@@ -465,8 +468,10 @@ def roofline(
     elif gpu is None:
         reasons.append(gpu_reason or "no GPU spec: the GPU is not in tfbench's roofline table")
     else:
-        peak_bw = gpu.memory_bandwidth_bytes_per_s
+        peak_bw = gpu.memory_bandwidth_bytes_per_s * gpus
         peak_f = peak_flops(gpu, dtype)
+        if peak_f is not None:
+            peak_f *= gpus
         if peak_f is None:
             if normalize_dtype(dtype) is None:
                 reasons.append(f"no prefill MFU: dtype {dtype!s} has no peak in the table")
@@ -490,6 +495,7 @@ def roofline(
     exceeds = any(v is not None and v > 1 for v in (mbu, mfu))
     return {
         "gpu": gpu.name if gpu is not None else None,
+        "gpus": gpus,
         "dtype": normalize_dtype(dtype),
         "peak_flops": peak_f,
         "peak_bandwidth_bytes_per_s": peak_bw,

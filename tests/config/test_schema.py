@@ -945,3 +945,31 @@ def test_invalid_env_quantization() -> None:
     assert "quantization = 'bnb-3bit'" in message
     assert "bnb-8bit, bnb-4bit" in message
     assert "[from env TFBENCH_QUANTIZATION]" in message
+
+
+# ------------------------------------------------------------------------------ tensor parallelism
+
+
+def test_tp_size_from_env_as_a_list(tmp_path: Path) -> None:
+    path = write(tmp_path, "config.yaml", BASE)
+    assert load_one(path).config.tp_size == [1]
+    loaded = load_one(path, {"TFBENCH_TP_SIZE": "1,2"})
+    assert loaded.config.tp_size == [1, 2]
+    assert loaded.origins["tp_size"] == "env TFBENCH_TP_SIZE"
+
+
+@pytest.mark.parametrize("value", ["3", "16", "true", "2.0", "0"])
+def test_tp_size_outside_the_allowed_values_names_them(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, "config.yaml", BASE)
+    with pytest.raises(ConfigError) as exc:
+        load_one(path, {"TFBENCH_TP_SIZE": value})
+    message = str(exc.value)
+    assert "tp_size" in message and "TFBENCH_TP_SIZE" in message and "1, 2, 4, 8" in message
+
+
+def test_tp_size_exits_2_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "config.yaml", BASE)
+    monkeypatch.setenv("TFBENCH_TP_SIZE", "3")
+    assert_exit_2(*plan_json(capsys, "--config", str(path)), "tp_size = 3", "1, 2, 4, 8")

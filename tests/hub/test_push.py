@@ -648,3 +648,25 @@ def test_well_formed_repo_ids_pass() -> None:
 def test_not_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="run.json"):
         hub.build_files(tmp_path)
+
+
+def test_a_tensor_parallel_cell_keeps_its_tp_size_through_a_full_row() -> None:
+    from bench.hub.schema import full_row, row_record
+
+    cell = {
+        "cell_id": "c" * 16,
+        "name": "sdpa, no compile, b1 s8 n4, tp2",
+        "model": "synthetic:llama-tiny",
+        "dtype": "float32",
+        "device": "cpu",
+        "attn_implementation": "sdpa",
+        "batch_size": 1,
+        "sequence_length": 8,
+        "num_tokens_to_generate": 4,
+        "tp_size": 2,
+    }
+    record = CellRecord.model_validate(
+        {"cell_id": cell["cell_id"], "status": "ok", "cell": cell, "tensor_parallel": {"tp_size": 2}}
+    )
+    back = CellRecord.model_validate(row_record(full_row({}, record)))
+    assert back.cell.tp_size == 2 and back.cell.cell_id == cell["cell_id"]

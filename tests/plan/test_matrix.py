@@ -817,3 +817,69 @@ def test_a_record_without_quantization_reads_as_unquantized() -> None:
     data = only_cell(config(), CPU).to_dict()
     del data["quantization"]
     assert Cell.from_dict(data).quantization == "none"
+
+
+# ------------------------------------------------------------------------------ tensor parallelism
+
+
+def test_tp_size_1_keeps_every_cell_id_and_name() -> None:
+    plain = build_plan(config(batch_size=[1, 2], continuous_batching=[False, True]), CPU)
+    with_tp = build_plan(config(batch_size=[1, 2], continuous_batching=[False, True], tp_size=[1, 2]), CPU)
+    ones = [c for c in with_tp.cells if c.tp_size == 1]
+    assert [(c.cell_id, c.name) for c in ones] == [(c.cell_id, c.name) for c in plain.cells]
+    twos = [c for c in with_tp.cells if c.tp_size == 2]
+    assert len(twos) == len(ones) and not {c.cell_id for c in twos} & {c.cell_id for c in ones}
+    assert all(c.name.endswith(", tp2") for c in twos)
+    # A record of an earlier version, without tp_size, reads as tp_size 1.
+    old = {k: v for k, v in ones[0].to_dict().items() if k != "tp_size"}
+    assert Cell.from_dict(old).tp_size == 1
+
+
+def test_gpus_needed_is_one_per_rank_on_cuda() -> None:
+    caps = replace(CUDA_BARE, gpu_count=8)
+    cells = build_plan(config(tp_size=[1, 4]), caps).cells
+    assert [c.gpus_needed for c in cells] == [1, 4]
+    assert [c.gpus_needed for c in build_plan(config(tp_size=[1, 2]), CPU).cells] == [0, 0]
+
+
+@pytest.mark.parametrize(
+    ("fields", "caps", "reason"),
+    [
+        ({"tp_size": 4}, replace(CUDA_BARE, gpu_count=2), "tp_size 4 needs 4 GPUs, and 2 are visible"),
+        ({"tp_size": 8}, replace(CPU, cpu_count=2), "tp_size 8 on the CPU needs a core per rank, and 2"),
+        (
+            {"tp_size": 2, "model": "synthetic:gpt2-tiny"},
+            replace(CUDA_BARE, gpu_count=2),
+            "synthetic:gpt2-tiny has no tp plan",
+        ),
+        (
+            {"tp_size": 4},
+            replace(CUDA_BARE, gpu_count=4),
+            "num_key_value_heads = 2 is not divisible by tp_size 4",  # llama-tiny: 4 heads, 2 kv heads
+        ),
+        ({"tp_size": 2, "kernelize": True}, replace(CUDA_FULL, gpu_count=2), "kernelize with tp_size > 1"),
+        (
+            {"tp_size": 2, "model_config": {"num_attention_heads": 3, "num_key_value_heads": 3}},
+            replace(CUDA_BARE, gpu_count=2),
+            "num_attention_heads = 3 is not divisible by tp_size 2",
+        ),
+    ],
+)
+def test_tp_skips_say_why(fields: dict[str, Any], caps: Capabilities, reason: str) -> None:
+    (cell,) = build_plan(config(**fields), caps).cells
+    assert cell.skip_reason is not None and reason in cell.skip_reason
+
+
+def test_tp2_runs_on_two_cpus_and_with_continuous_batching() -> None:
+    # transformers shards the paged cache and schedules over a CPU group under tensor parallelism
+    # (generation/continuous_batching/distributed.py): not a skip.
+    cells = build_plan(config(tp_size=2, continuous_batching=[False, True]), replace(CPU, cpu_count=2)).cells
+    assert [c.skip_reason for c in cells] == [None, None]
+
+
+def test_a_quantized_tensor_parallel_cell_is_skipped_as_untried() -> None:
+    caps = replace(CUDA_QUANT, gpu_count=2)
+    plan = build_plan(config(quantization=["none", "bnb-4bit"], tp_size=[1, 2]), caps)
+    by = {(c.quantization, c.tp_size): c for c in plan.cells}
+    assert by[("none", 2)].runnable and by[("bnb-4bit", 1)].runnable
+    assert by[("bnb-4bit", 2)].skip_reason == "bnb-4bit with tp_size > 1 is not measured: the pair is untried"

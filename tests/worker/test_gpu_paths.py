@@ -67,7 +67,9 @@ def test_worker_energy_per_run_and_per_token_from_the_counter(monkeypatch, tmp_p
 
     setup = FakeSetup(monkeypatch, tmp_path, n=1)
     monkeypatch.setattr(
-        generate, "make_sampler", lambda task, device: Sampler([0], interval_s=0.01, nvml=setup.spec)
+        generate,
+        "make_sampler",
+        lambda task, device, all_gpus=False: Sampler([0], interval_s=0.01, nvml=setup.spec),
     )
     joules = [2.0, 3.0, 5.0]
     calls = []
