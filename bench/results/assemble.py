@@ -52,6 +52,7 @@ def process_info(index: int, result: dict[str, Any], base: dict[str, Any]) -> di
         "compile_cache": base.get("compile_cache"),
         "isolation": base.get("isolation"),
         "warmup_check": result.get("warmup_check"),
+        **{k: base.get(k) for k in ("gpus", "gpu_names", "cpus", "numa_node") if base.get(k) is not None},
     }
 
 

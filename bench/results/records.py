@@ -77,6 +77,7 @@ class Settings(BaseModel):
     processes: int = 1
     process_order: str = "round-robin"
     profile: int | None = None
+    concurrent_cells: int | str = "auto"  # how many cells run at once (bench.run.pool); not in identity
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -128,6 +129,9 @@ class Task(BaseModel):
     profile: int | None = None  # new tokens of the one profiled generate call after the timed runs
     trace_path: str | None = None  # where that call's trace goes (gzipped Chrome JSON)
     trace_name: str | None = None  # the same, relative to the run's directory (what the record says)
+    # Where the worker runs (bench.run.pool): set in the worker before anything touches CUDA.
+    cuda_visible_devices: str | None = None  # GPU UUIDs, comma-separated; None: as inherited
+    cpus: list[int] | None = None  # host cores (CPU affinity, torch's threads); None: as inherited
 
 
 # ----------------------------------------------------------------------------------- cell record
@@ -301,6 +305,11 @@ class ProcessInfo(_Open):
     duration_s: float | None = None
     compile_cache: str | None = None  # "fresh", or "reused" from an earlier process of this cell
     isolation: dict[str, Any] | None = None
+    # Where it ran (bench.run.pool); absent in records written before the GPU pool.
+    gpus: list[str] | None = None  # UUIDs of the GPUs it saw
+    gpu_names: list[str] | None = None
+    cpus: list[int] | None = None  # the host cores it was pinned to; None: not pinned
+    numa_node: int | None = None
 
 
 class CellRecord(_Open):
@@ -477,6 +486,7 @@ class RunMeta(_Open):
     invocations: list[dict[str, Any]] = Field(default_factory=list)
     counts: dict[str, int] | None = None
     pushed: dict[str, Any] | None = None
+    concurrency: dict[str, Any] | None = None  # the GPU pool this invocation used (bench.run.pool)
 
     @property
     def device(self) -> str | None:
