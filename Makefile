@@ -72,7 +72,8 @@ test-image: install
 # Benchmarks of the harness itself: timing overhead, isolation cost, timing accuracy, stop latency,
 # telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py) and through
 # `tfbench ab` (ab.py); scale (10,000 cells), the long kill-and-restart loop, and syncing to an S3
-# server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), whose figures (benchmarks/results/)
+# server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), the GPU pool on simulated GPUs
+# (pool.py: speed-up, interference), whose figures (benchmarks/results/)
 # RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py
@@ -84,6 +85,7 @@ bench: install
 	$(PY) benchmarks/verdicts.py
 	$(PY) benchmarks/ab.py
 	$(PY) benchmarks/kill_loop.py
+	$(PY) benchmarks/pool.py
 	$(MAKE) reliability
 
 # RELIABILITY.md from the fault registry and the figures in benchmarks/results/ (a test keeps it in step).
