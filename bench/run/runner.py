@@ -568,6 +568,8 @@ class Runner:
         outcome = judge(
             ended, result_path, log_path, log_name, self.settings.cell_timeout_s, self.state.stop_signal
         )
+        if outcome.status == "interrupted" and self.state.stop_signal is None:
+            outcome.reason = "stopped: the results volume failed while another cell was running"
         fields = {**outcome.fields, "compile_cache": "reused" if reused else "fresh", **slot.fields()}
         if outcome.status != "ok" or outcome.result is None:
             # A failed process's partial numbers never join the cell's; what the others measured stays.
