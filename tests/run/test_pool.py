@@ -3,6 +3,7 @@ GPU, and the runner's scheduler over a fake worker (no processes: fast)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -299,3 +300,25 @@ def test_a_stop_ends_every_running_unit_as_interrupted(tmp_path, concurrent):
     assert interrupted == set(started[concurrent:])  # every running unit, and only those
     assert len(interrupted) == concurrent
     assert "running" not in {r.status for r in runner.records.values()}
+
+
+def test_numa_nodes_from_sysfs_when_nvml_does_not_say(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.run.machine import numa_node_of
+    from bench.run.pool import read_topology
+
+    device = tmp_path / "pci" / "0000:3b:00.0"
+    device.mkdir(parents=True)
+    (device / "numa_node").write_text("1\n")
+    nv = SimpleNamespace()  # a binding without nvmlDeviceGetNumaNodeId
+    assert numa_node_of(nv, 0, "00000000:3B:00.0", root=str(tmp_path / "pci")) == 1
+    (device / "numa_node").write_text("-1\n")  # the machine does not say
+    assert numa_node_of(nv, 0, "00000000:3B:00.0", root=str(tmp_path / "pci")) is None
+    assert numa_node_of(nv, 0, None) is None
+    for node, cpus in (("node0", "0-3"), ("node1", "4-7")):
+        (tmp_path / "nodes" / node).mkdir(parents=True)
+        (tmp_path / "nodes" / node / "cpulist").write_text(cpus + "\n")
+    topo = read_topology(str(tmp_path / "nodes"))
+    assert topo.nodes == {0: frozenset(range(4)), 1: frozenset(range(4, 8))}
+    assert topo.allowed == tuple(sorted(os.sched_getaffinity(0)))
