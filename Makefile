@@ -73,8 +73,8 @@ test-image: install
 # telemetry sampling's disturbance; the verdicts' false alarms, power and cost (verdicts.py) and through
 # `tfbench ab` (ab.py); scale (10,000 cells), the long kill-and-restart loop, and syncing to an S3
 # server with a kill loop on empty machines (sync.py), profiling's cost (profile.py), a quantized cell beside the
-# unquantized one (quantization.py), tensor-parallel cells on the CPU against tp_size 1 (tp.py), whose figures
-# (benchmarks/results/)
+# unquantized one (quantization.py), tensor-parallel cells on the CPU against tp_size 1 (tp.py), the GPU pool on
+# simulated GPUs (pool.py: speed-up, interference), whose figures (benchmarks/results/)
 # RELIABILITY.md is generated from.
 bench: install
 	$(PY) benchmarks/harness.py
@@ -88,6 +88,7 @@ bench: install
 	$(PY) benchmarks/verdicts.py
 	$(PY) benchmarks/ab.py
 	$(PY) benchmarks/kill_loop.py
+	$(PY) benchmarks/pool.py
 	$(MAKE) reliability
 
 # RELIABILITY.md from the fault registry and the figures in benchmarks/results/ (a test keeps it in step).

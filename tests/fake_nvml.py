@@ -7,12 +7,17 @@ samples). `FakeSetup` describes the fake in the environment, which the sampler p
 and names the factory both load ("tests.fake_nvml:configured"); each process builds its own copy.
 The copy of this process is `FakeSetup.worker_copy()`; the sampler process's copy writes the calls
 it answered to a file at nvmlShutdown, which `FakeSetup.sampler_calls()` reads.
+
+Simulated GPUs for the runner's GPU pool: TFBENCH_TEST_NVML=tests.fake_nvml:gpus<N> makes the
+parent's detect_accelerators see N GPUs (fake UUIDs, one model) and its workers run their cuda
+cells on the CPU (bench.run.machine.TEST_NVML_ENV); `simulated(n)` is the same fake in process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -59,6 +64,8 @@ UUIDS = [
     "GPU-cccccccc-0000-0000-0000-000000000002",
     "GPU-cccccccd-0000-0000-0000-000000000003",
 ]
+# Beyond the first four (whose prefixes the device-resolution tests rely on): distinct, no shared prefix.
+UUIDS += [f"GPU-5{h:07x}-0000-0000-0000-{h:012d}" for h in range(len(UUIDS), 16)]
 # MIG instances: UUID -> the NVML index of the parent GPU
 MIGS = {"MIG-dddddddd-0000-0000-0000-000000000000": 1}
 NO_TEMPERATURE = {"nvmlDeviceGetTemperature", "nvmlDeviceGetTemperatureV"}
@@ -115,6 +122,12 @@ class FakeNVML:
         if self.calls_file is not None:
             calls = [[fn, h, k] for (fn, h), k in self.calls.items()]
             self.calls_file.write_text(json.dumps({"calls": calls, "inits": self.inits}))
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54.15"
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:
+        return 12040
 
     def nvmlDeviceGetCount(self) -> int:
         return self.n
@@ -255,3 +268,29 @@ class FakeSetup:
     def sampler_inits(self) -> int:
         """nvmlInit minus nvmlShutdown calls in the sampler process: 0 when it shut NVML down."""
         return int(self._sampler_record()["inits"])
+
+
+class SimulatedNVML(FakeNVML):
+    """The fake as the parent sees it for simulated GPUs, with a NUMA node per GPU when asked."""
+
+    def __init__(self, n: int, numa: list[int] | None = None, **kwargs: Any):
+        super().__init__(n=n, **kwargs)
+        if numa is None:
+            self.nvmlDeviceGetNumaNodeId = None  # type: ignore[assignment] - the machine does not say
+        self.numa = numa
+
+    def nvmlDeviceGetNumaNodeId(self, h: int) -> int:  # type: ignore[no-redef]
+        assert self.numa is not None
+        return self.numa[h]
+
+
+def simulated(n: int, numa: list[int] | None = None) -> SimulatedNVML:
+    return SimulatedNVML(n, numa)
+
+
+def __getattr__(name: str) -> Any:
+    """gpus<N>: a factory of N simulated GPUs, for TFBENCH_TEST_NVML=tests.fake_nvml:gpus<N>."""
+    match = re.fullmatch(r"gpus(\d+)", name)
+    if match is None:
+        raise AttributeError(name)
+    return lambda: simulated(int(match.group(1)))

@@ -12,8 +12,6 @@ import errno
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import cells_by_id, only_run_dir, plan_cells, run_entrypoint, write_config
 
 LIMIT_GB = 0.75  # the forked worker starts at about 0.33 GiB of private memory (torch mapped)

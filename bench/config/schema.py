@@ -63,6 +63,9 @@ NON_FIELD_ENV = {
     "TFBENCH_CALIBRATION",
     "TFBENCH_SYNC_LEASE_S",
 }
+# Switches of the harness's own tests and benchmarks, not settings: the simulated GPUs
+# (bench.run.machine.TEST_NVML_ENV).
+TEST_ENV = {"TFBENCH_TEST_NVML"}
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"
 MOUNT_HINT = (
@@ -167,6 +170,9 @@ ALLOWED: dict[str, str] = {
     f"null: {DEFAULT_PROCESSES} (fewer when measurement_iterations is smaller)",
     "process_order": "round-robin (process k of every cell, then process k + 1) or shuffled "
     "(each round in an order drawn from seed)",
+    "concurrent_cells": "auto (on a GPU host: one cell per free GPU set while each worker can have "
+    "enough host cores; on the CPU: one at a time) or an integer >= 1: cells measured at once, "
+    "each on GPUs and host cores of its own",
     "coverage": "an integer from 0 to 4, or null to use the explicit axes",
     "combinations": "null (the cross product of the axes), or a list of mappings, each with "
     "attn_implementation and optionally compile, compile_fullgraph, compile_dynamic, kernelize and "
@@ -241,6 +247,7 @@ class BenchConfig(BaseModel):
     measurement_iterations: Annotated[StrictInt, Field(ge=1)] = 20
     processes: Annotated[StrictInt, Field(ge=1)] | None = None
     process_order: Literal["round-robin", "shuffled"] = "round-robin"
+    concurrent_cells: Literal["auto"] | Annotated[StrictInt, Field(ge=1)] = "auto"
     coverage: Annotated[StrictInt, Field(ge=0, le=4)] | None = None
     combinations: list[Combination] | None = None
     attn_implementation: list[AttnImplementation] = ["sdpa"]

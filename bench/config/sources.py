@@ -25,6 +25,7 @@ from bench.config.schema import (
     MAX_NESTING,
     MOUNT_HINT,
     NON_FIELD_ENV,
+    TEST_ENV,
     BenchConfig,
     Combination,
     LoadedConfig,
@@ -181,7 +182,7 @@ def read_env(environ: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
     values: dict[str, tuple[str, Any]] = {}
     problems = []
     for name, text in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in NON_FIELD_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NON_FIELD_ENV or name in TEST_ENV:
             continue
         if name not in known:
             # Compare what follows the shared prefix, or every name looks alike.

@@ -84,13 +84,22 @@ class JsonReporter:
         self.run_id = run_id
         self.total = 0
         self.done = 0
-        self._phase: tuple[str, str] | None = None
+        self._phase: dict[str, str] = {}  # each running cell's phase (several run at once with a pool)
 
     def start(self, plan: Plan) -> None:
         self.total = len(plan.cells)
 
-    def cell_started(self, cell: Cell, attempt: int = 1, process: int = 0, processes: int = 1) -> None:
-        self._phase = None
+    def cell_started(
+        self,
+        cell: Cell,
+        attempt: int = 1,
+        process: int = 0,
+        processes: int = 1,
+        slot: dict[str, Any] | None = None,
+    ) -> None:
+        """slot: the GPUs and cores the worker runs on (bench.run.pool.Slot.fields)."""
+        self._phase.pop(cell.cell_id, None)
+        where = {k: v for k, v in (slot or {}).items() if v is not None}
         self.log.emit(
             "cell_started",
             run_id=self.run_id,
@@ -98,12 +107,13 @@ class JsonReporter:
             process=process,
             processes=processes,
             **cell_fields(cell),
+            **where,
         )
 
     def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
-        if self._phase == (cell.cell_id, phase):  # one line per phase, not one per iteration
+        if self._phase.get(cell.cell_id) == phase:  # one line per phase, not one per iteration
             return
-        self._phase = (cell.cell_id, phase)
+        self._phase[cell.cell_id] = phase
         self.log.emit("cell_phase", run_id=self.run_id, phase=phase, **cell_fields(cell))
 
     def cell_done(self, cell: Cell, record: CellRecord, final: bool = True, quiet: bool = False) -> None:

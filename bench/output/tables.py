@@ -318,6 +318,27 @@ def plan_lines(plan: Plan) -> Iterable[str]:
         yield f"{c.index:>6}  {c.cell_id:16}  {c.name:60}  {verdict}"
 
 
+def cpulist(cpus: list[int]) -> str:
+    """Cores as Linux writes them: 0-3,8-11."""
+    spans: list[list[int]] = []
+    for c in sorted(cpus):
+        if spans and c == spans[-1][1] + 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ",".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
+
+
+def where(slot: dict[str, Any] | None) -> str:
+    """A running cell's GPUs and cores, short (bench.run.pool.Slot.fields); "" when not placed."""
+    parts = []
+    if slot and slot.get("gpus"):
+        parts.append(", ".join(u[:12] for u in slot["gpus"]))
+    if slot and slot.get("cpus"):
+        parts.append(f"cores {cpulist(slot['cpus'])}")
+    return f" [dim]({'; '.join(parts)})[/dim]" if parts else ""
+
+
 class ProgressReporter:
     """A rich progress bar over the cells with the running cell and its phase; a line per finished cell."""
 
@@ -341,28 +362,44 @@ class ProgressReporter:
         )
         self.task_id: Any = None
         self.done = 0
+        self.running: dict[str, str] = {}  # a line per running cell (several at once with a pool)
 
     def start(self, plan: Plan) -> None:
         if self.owner:
             self.progress.start()
         self.task_id = self.progress.add_task(self.label or "cells", total=len(plan.cells), current="")
 
-    def cell_started(self, cell: Cell, attempt: int = 1, process: int = 0, processes: int = 1) -> None:
+    def cell_started(
+        self,
+        cell: Cell,
+        attempt: int = 1,
+        process: int = 0,
+        processes: int = 1,
+        slot: dict[str, Any] | None = None,
+    ) -> None:
         again = f" (attempt {attempt})" if attempt > 1 else ""
         which = f" process {process + 1}/{processes}" if processes > 1 else ""
-        self.progress.update(self.task_id, current=f"{escape(cell.name)} ·{which} starting{again}")
+        self.running[cell.cell_id] = f"{escape(cell.name)} ·{which} starting{again}{where(slot)}"
+        self._show()
 
     def cell_phase(self, cell: Cell, phase: str, i: int, total: int) -> None:
         text = {"load": "loading model", "done": "writing result"}.get(phase, phase)
         if total:
             text = f"{phase} {i}/{total}"
-        self.progress.update(self.task_id, current=f"{escape(cell.name)} · {text}")
+        self.running[cell.cell_id] = f"{escape(cell.name)} · {text}"
+        self._show()
+
+    def _show(self) -> None:
+        self.progress.update(self.task_id, current="\n".join(self.running.values()))
 
     def cell_done(self, cell: Cell, record: CellRecord, final: bool = True, quiet: bool = False) -> None:
         """A cell's attempt ended; `final` when no further attempt follows (the bar advances)."""
         if final:
             self.done += 1
-        self.progress.update(self.task_id, advance=1 if final else 0, current="")
+        self.running.pop(cell.cell_id, None)
+        self.progress.update(
+            self.task_id, advance=1 if final else 0, current="\n".join(self.running.values())
+        )
         if quiet:
             return
         status = record.status

@@ -57,6 +57,7 @@ def process_info(index: int, result: dict[str, Any], base: dict[str, Any]) -> di
         "warmup_check": result.get("warmup_check"),
         # A tensor-parallel cell starts a group in every process: each start-up is kept.
         **({"group_startup_s": group["group_startup_s"]} if "group_startup_s" in group else {}),
+        **{k: base.get(k) for k in ("gpus", "gpu_names", "cpus", "numa_node") if base.get(k) is not None},
     }
 
 

@@ -77,6 +77,7 @@ class Settings(BaseModel):
     processes: int = 1
     process_order: str = "round-robin"
     profile: int | None = None
+    concurrent_cells: int | str = "auto"  # how many cells run at once (bench.run.pool); not in identity
 
     @classmethod
     def from_config(cls, config: Any) -> Settings:
@@ -128,6 +129,9 @@ class Task(BaseModel):
     profile: int | None = None  # new tokens of the one profiled generate call after the timed runs
     trace_path: str | None = None  # where that call's trace goes (gzipped Chrome JSON)
     trace_name: str | None = None  # the same, relative to the run's directory (what the record says)
+    # Where the worker runs (bench.run.pool): set in the worker before anything touches CUDA.
+    cuda_visible_devices: str | None = None  # GPU UUIDs, comma-separated; None: as inherited
+    cpus: list[int] | None = None  # host cores (CPU affinity, torch's threads); None: as inherited
 
 
 # ----------------------------------------------------------------------------------- cell record
@@ -204,6 +208,8 @@ class RankInfo(_Open):
     local_rank: int | None = None
     pid: int | None = None
     host: str | None = None
+    cpus: list[int] | None = None  # its share of the worker's cores, pinned
+    torch_threads: int | None = None
     ready_s: float | None = None  # from the launch to this rank through its first barrier
     load_time_s: float | None = None
     memory: dict[str, Any] | None = None
@@ -327,6 +333,11 @@ class ProcessInfo(_Open):
     compile_cache: str | None = None  # "fresh", or "reused" from an earlier process of this cell
     isolation: dict[str, Any] | None = None
     group_startup_s: float | None = None  # a tensor-parallel cell: its group's start-up in this process
+    # Where it ran (bench.run.pool); absent in records written before the GPU pool.
+    gpus: list[str] | None = None  # UUIDs of the GPUs it saw
+    gpu_names: list[str] | None = None
+    cpus: list[int] | None = None  # the host cores it was pinned to; None: not pinned
+    numa_node: int | None = None
 
 
 class CellRecord(_Open):
@@ -504,6 +515,7 @@ class RunMeta(_Open):
     invocations: list[dict[str, Any]] = Field(default_factory=list)
     counts: dict[str, int] | None = None
     pushed: dict[str, Any] | None = None
+    concurrency: dict[str, Any] | None = None  # the GPU pool this invocation used (bench.run.pool)
 
     @property
     def device(self) -> str | None:

@@ -44,6 +44,13 @@ class GpuInfo:
     name: str
     memory_total_bytes: int
     uuid: str
+    pci_bus_id: str | None = None
+    numa_node: int | None = None  # the host's NUMA node nearest the GPU; None when the machine says nothing
+
+
+# A test double's NVML for this process, as "pkg.mod:attr" (a module-like object or a factory): how
+# the test suite and the harness's benchmarks simulate GPUs on a machine without one. Never for users.
+TEST_NVML_ENV = "TFBENCH_TEST_NVML"
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Accelerators:
     cuda_driver_version: str | None = None
 
 
-def _visible_indices(count: int, environ: dict[str, str] | os._Environ[str]) -> list[int] | None:
+def _visible_indices(count: int, environ: Mapping[str, str]) -> list[int] | None:
     """Indices CUDA_VISIBLE_DEVICES leaves visible; None when it holds UUIDs we cannot map here."""
     raw = environ.get("CUDA_VISIBLE_DEVICES")
     if raw is None:
@@ -73,10 +80,54 @@ def _visible_indices(count: int, environ: dict[str, str] | os._Environ[str]) -> 
     return indices
 
 
-def detect_accelerators(environ: dict[str, str] | None = None) -> Accelerators:
+def _load_nvml(environ: Mapping[str, str], nvml: Any) -> Any:
+    if nvml is not None:
+        return nvml
+    spec = environ.get(TEST_NVML_ENV)
+    if spec:
+        mod, _, attr = spec.partition(":")
+        obj = getattr(importlib.import_module(mod), attr) if attr else importlib.import_module(mod)
+        return obj() if callable(obj) and not hasattr(obj, "nvmlInit") else obj
+    import pynvml
+
+    return pynvml
+
+
+def numa_node_of(
+    nv: Any, handle: Any, pci_bus_id: str | None, root: str = "/sys/bus/pci/devices"
+) -> int | None:
+    """The GPU's NUMA node: NVML's answer where the binding has it, else the PCI device's numa_node
+    in sysfs (-1 there, or nothing, means the machine does not say)."""
+    get = getattr(nv, "nvmlDeviceGetNumaNodeId", None)
+    if get is not None:
+        with contextlib.suppress(Exception):
+            node = int(get(handle))
+            return node if node >= 0 else None
+    if not pci_bus_id:
+        return None
+    # NVML writes 8 hex digits of PCI domain, sysfs 4: 00000000:3B:00.0 -> 0000:3b:00.0
+    domain, _, rest = pci_bus_id.lower().partition(":")
+    try:
+        node = int((Path(root) / f"{domain[-4:]}:{rest}" / "numa_node").read_text())
+    except (OSError, ValueError):
+        return None
+    return node if node >= 0 else None
+
+
+def _pci_bus_id(nv: Any, handle: Any) -> str | None:
+    try:
+        info = nv.nvmlDeviceGetPciInfo(handle)
+    except Exception:
+        return None
+    bus = getattr(info, "busId", None) or getattr(info, "busIdLegacy", None)
+    return _text(bus) if bus else None
+
+
+def detect_accelerators(environ: Mapping[str, str] | None = None, nvml: Any = None) -> Accelerators:
+    """The visible GPUs through NVML (nvml: a module-like stand-in for pynvml, for tests)."""
     environ = os.environ if environ is None else environ
     try:
-        import pynvml
+        pynvml = _load_nvml(environ, nvml)
     except ImportError:
         return Accelerators(False, "nvidia-ml-py (pynvml) is not installed")
     try:
@@ -97,12 +148,15 @@ def detect_accelerators(environ: dict[str, str] | None = None) -> Accelerators:
         gpus = []
         for i in visible:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            bus = _pci_bus_id(pynvml, h)
             gpus.append(
                 GpuInfo(
                     index=i,
                     name=_text(pynvml.nvmlDeviceGetName(h)),
                     memory_total_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
                     uuid=_text(pynvml.nvmlDeviceGetUUID(h)),
+                    pci_bus_id=bus,
+                    numa_node=numa_node_of(pynvml, h, bus),
                 )
             )
     except Exception as exc:

@@ -8,14 +8,22 @@ spreads over every cell instead of landing on one. A cell's record is written af
 processes (status "partial" until the last is in), so a kill costs at most the process that ran.
 A cell whose process fails gets its next attempt after every other cell had its turn; the
 processes it already measured are kept. SIGINT/SIGTERM stop the run in order.
+
+With a GPU pool (bench.run.pool) several cells run at once: a greedy list scheduler walks the units
+in that same order and starts each one whose cell has no unit in flight (a cell's processes join
+its record in order) as soon as a slot (GPUs and host cores) is free; each running unit waits for
+its worker on a thread of its own, and everything else (records of the run, the reporter's lines,
+sync, signals) happens on the calling thread when a unit ends. A failed unit frees its slot at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import queue
 import random
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +46,7 @@ from bench.results.records import (
     status_counts,
 )
 from bench.results.store import RunDir, storage_errors
+from bench.run.pool import Pool, Slot, gpus_needed, one_at_a_time
 from bench.run.resume import needs_run, previous_attempts, remove_stale_temporaries, settle_running
 from bench.run.workers import LocalWorkers, judge, now_iso, signal_name
 from bench.secrets import redact_file
@@ -71,6 +80,8 @@ class Current:
     history: list[dict[str, Any]]
     measured: dict[str, Any]
     announced: bool = False  # its "running" record is on disk
+    slot: Slot = field(default_factory=Slot)
+    log: Any = None  # the attempt's log, held open while its worker runs (Runner._hold_log)
 
     @property
     def scratch(self) -> str:
@@ -90,6 +101,25 @@ def measured_part(record: CellRecord | None) -> dict[str, Any]:
     return {k: data[k] for k in MEASURED_KEYS if k in data}
 
 
+class Locked:
+    """The reporter, called from the threads of concurrent units one at a time."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return target(*args, **kwargs)
+
+        return call
+
+
 class Runner:
     """Runs one plan into one run directory."""
 
@@ -103,18 +133,23 @@ class Runner:
         previous: dict[str, CellRecord] | None = None,
         workers: Any = None,
         sync: Any = None,
+        pool: Pool | None = None,
     ):
         self.rundir = rundir
         self.plan = plan
         self.settings = settings
         self.run_meta = run_meta
-        self.reporter = reporter
+        self.reporter = Locked(reporter)
         # The latest record of each cell from earlier invocations of this run (resume).
         self.records: dict[str, CellRecord] = dict(previous or {})
         self.state = RunState()
-        self.current: Current | None = None
+        # The worker processes in progress, by cell id (several with a pool).
+        self.current: dict[str, Current] = {}
+        self._current_lock = threading.Lock()
         self.meta: RunMeta | None = None
-        self._held_log: Any = None
+        # Which GPUs and cores each cell gets; one cell at a time without placement by default.
+        self.pool = pool or one_at_a_time()
+        self._halt = False  # stop the running workers: the results volume failed
         # Where workers come from: this process's fork server, or a side server (bench.run.side).
         self.workers = workers or LocalWorkers()
         self._done_before: list[tuple[Cell, CellRecord]] = []
@@ -149,14 +184,15 @@ class Runner:
     def storage_failed(self, exc: StorageError) -> StorageError:
         """Stop in order when the results volume refuses a write (full, read-only, gone).
 
-        The reporter is closed already and no worker is alive (nothing is written while one
-        runs). Each write here is best effort, since the volume may refuse it too: the attempt in
-        progress is recorded "interrupted" (not charged: the volume failed, not the cell), else
+        The reporter is closed already and no worker is alive (the scheduler stops and waits for
+        the others when one unit's write fails). Each write here is best effort, since the volume
+        may refuse it too: each attempt in progress is recorded "interrupted" (not charged: the volume failed, not the cell), else
         left so that a restart does not charge it either; then run.json says why the run stopped.
         """
-        self._release_log()
-        cur, self.current = self.current, None
-        if cur is not None:
+        currents, self.current = list(self.current.values()), {}
+        for cur in currents:
+            self._release_log(cur)
+        for cur in currents:
             cid, scratch = cur.cell.cell_id, cur.scratch
             reason = f"the results volume failed ({exc.reason}) while writing {exc.path}"
             rec = self._record(
@@ -289,24 +325,7 @@ class Runner:
                 self.workers.start(lambda: self.state.stop_signal is not None)
                 meta.worker_server_start_s = time.perf_counter() - t
             while todo and self.state.stop_signal is None:
-                stopped: set[str] = set()  # cells whose process failed in this pass
-                for units in self._rounds(todo):
-                    for cell, process in units:
-                        if self.state.stop_signal is not None:
-                            break
-                        if cell.cell_id in stopped:
-                            continue
-                        records[cell.cell_id] = rec = self._unit(cell, process, records.get(cell.cell_id))
-                        if rec.status != "partial":
-                            self.reporter.cell_done(cell, rec, final=self._final(rec))
-                            if self.sync is not None:  # between cells: no worker is measuring now
-                                self.sync.cell(rec, final=self._final(rec))
-                                if self.sync.lost and self.state.stop_signal is None:
-                                    self.reporter.note(f"stopping: {self.sync.lost}")
-                                    self.state.stop_signal = signal.SIGTERM
-                        if rec.status not in ("ok", "partial"):
-                            stopped.add(cell.cell_id)
-                        yield
+                yield from self._pass(todo)
                 # Failed cells get their next attempt after every other cell had its turn.
                 todo = [
                     c
@@ -317,6 +336,84 @@ class Runner:
                 ]
         finally:
             self.reporter.stop()
+
+    def _stopping(self) -> bool:
+        return self.state.stop_signal is not None or self._halt
+
+    def _pass(self, cells: list[Cell]) -> Iterator[None]:
+        """One attempt at every unit still missing of `cells`: a greedy list scheduler over the units
+        in round order (see the module docstring); yields after each unit has ended."""
+        records = self.records
+        waiting = [unit for units in self._rounds(cells) for unit in units]
+        stopped: set[str] = set()  # cells whose process failed in this pass
+        running: dict[str, tuple[threading.Thread | None, Slot]] = {}
+        ended: queue.SimpleQueue[tuple[str, CellRecord | None, BaseException | None]] = queue.SimpleQueue()
+        failure: BaseException | None = None
+        inline = self.pool.size == 1  # one at a time: on this thread, as a plain call
+        cells_by_id = {c.cell_id: c for c in cells}
+
+        def work(cell: Cell, process: int, previous: CellRecord | None, slot: Slot) -> None:
+            try:
+                ended.put((cell.cell_id, self._unit(cell, process, previous, slot), None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the scheduling thread
+                ended.put((cell.cell_id, None, exc))
+
+        while waiting or running:
+            if self._stopping() or failure is not None:
+                waiting = []  # nothing new starts; the running units end (stopped) on their own
+            for unit in list(waiting):
+                cell, process = unit
+                if cell.cell_id in stopped:
+                    waiting.remove(unit)
+                    continue
+                if cell.cell_id in running:
+                    continue
+                slot = self.pool.acquire(gpus_needed(cell))
+                if slot is None:
+                    continue  # a later unit may need fewer GPUs
+                waiting.remove(unit)
+                previous = records.get(cell.cell_id)
+                if inline:
+                    running[cell.cell_id] = (None, slot)
+                    try:
+                        work_done = self._unit(cell, process, previous, slot)
+                    finally:
+                        self.pool.release(slot)
+                    ended.put((cell.cell_id, work_done, None))
+                    break
+                thread = threading.Thread(
+                    target=work, args=(cell, process, previous, slot), name=f"tfbench-{cell.cell_id[:8]}"
+                )
+                running[cell.cell_id] = (thread, slot)
+                thread.start()
+            if not running:
+                break
+            try:
+                cid, rec, exc = ended.get(timeout=0.2)
+            except queue.Empty:
+                continue  # a signal handler may have asked to stop: look again
+            thread, slot = running.pop(cid)
+            if thread is not None:
+                thread.join()
+                self.pool.release(slot)
+            if exc is not None or rec is None:
+                # The results volume failed (or a bug): stop the others, then let execute() say so.
+                failure, self._halt = failure or exc, True
+                continue
+            cell = cells_by_id[cid]
+            records[cid] = rec
+            if rec.status != "partial":
+                self.reporter.cell_done(cell, rec, final=self._final(rec))
+                if self.sync is not None:  # on this thread, between two units
+                    self.sync.cell(rec, final=self._final(rec))
+                    if self.sync.lost and self.state.stop_signal is None:
+                        self.reporter.note(f"stopping: {self.sync.lost}")
+                        self.state.stop_signal = signal.SIGTERM
+            if rec.status not in ("ok", "partial"):
+                stopped.add(cid)
+            yield
+        if failure is not None:
+            raise failure
 
     def end(self) -> int:
         """Write the summary and the run's end; the exit code."""
@@ -345,7 +442,7 @@ class Runner:
         for cache in self.rundir.work.glob("*.cache"):
             shutil.rmtree(cache, ignore_errors=True)
 
-    def _unit(self, cell: Cell, process: int, previous: CellRecord | None) -> CellRecord:
+    def _unit(self, cell: Cell, process: int, previous: CellRecord | None, slot: Slot) -> CellRecord:
         """One worker process of a cell: announced on disk first, so a kill at any instant leaves a trace.
 
         A cell's attempt lasts while its processes succeed; a process that fails ends the attempt,
@@ -359,22 +456,25 @@ class Runner:
         measured = measured_part(previous)
         extra = {"started_at": now_iso(), "process_in_flight": process}
         running = self._record(cell, "running", attempt=attempt, attempts=history, **measured, **extra)
-        self.current = Current(cell, attempt, process, history, measured)
+        cur = Current(cell, attempt, process, history, measured, slot=slot)
+        with self._current_lock:
+            self.current[cell.cell_id] = cur
         self.rundir.write_cell(running)
-        self.current.announced = True
-        self.reporter.cell_started(cell, attempt, process, self.settings.processes)
+        cur.announced = True
+        self.reporter.cell_started(cell, attempt, process, self.settings.processes, slot=slot.fields())
         try:
-            rec = self._run_process(cell, attempt, process, measured)
+            rec = self._run_process(cur)
         finally:
-            self._release_log()
+            self._release_log(cur)
         rec = rec.with_updates(attempt=attempt, attempts=history)
         self.rundir.write_cell(rec)
-        self.current = None
+        with self._current_lock:
+            self.current.pop(cell.cell_id, None)
         # Only now: until the outcome is on disk, the scratch tells a restart what happened.
         self.rundir.drop_scratch(scratch_name(cell.cell_id, attempt, process))
         return rec
 
-    def _hold_log(self, log_path: Path, header: str) -> None:
+    def _hold_log(self, cur: Current, log_path: Path, header: str) -> None:
         """Append the attempt's header to its log and keep the file open until the worker is gone.
 
         The kernel refuses to remount a volume read-only while a file on it is open for writing.
@@ -383,15 +483,15 @@ class Runner:
         worker ran (see resume.settle_running).
         """
         with storage_errors(log_path):
-            self._held_log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by _release_log
-            self._held_log.write(header)
-            self._held_log.flush()
+            cur.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed by _release_log
+            cur.log.write(header)
+            cur.log.flush()
 
-    def _release_log(self) -> None:
-        if self._held_log is not None:
+    def _release_log(self, cur: Current) -> None:
+        if cur.log is not None:
             with contextlib.suppress(OSError):  # flushed already: nothing is lost if this fails
-                self._held_log.close()
-            self._held_log = None
+                cur.log.close()
+            cur.log = None
 
     def _telemetry(self, cell: Cell) -> dict[str, Any]:
         if not self.settings.gpu_monitoring:
@@ -420,11 +520,12 @@ class Runner:
             }
         )
 
-    def _run_process(self, cell: Cell, attempt: int, process: int, measured: dict[str, Any]) -> CellRecord:
+    def _run_process(self, cur: Current) -> CellRecord:
+        cell, attempt, process, measured, slot = cur.cell, cur.attempt, cur.process, cur.measured, cur.slot
         processes = self.settings.processes
         log_path = self.rundir.log_path(cell.cell_id)
         header = f"=== tfbench: cell {cell.cell_id} process {process + 1}/{processes} attempt {attempt} at {now_iso()} ===\n"
-        self._hold_log(log_path, header)
+        self._hold_log(cur, log_path, header)
         cache = self.rundir.work / f"{cell.cell_id}.cache"
         reused = cache.is_dir() and any(cache.iterdir())
         with storage_errors(cache):
@@ -450,22 +551,26 @@ class Runner:
             profile=self.settings.profile,
             trace_path=str(self.rundir.trace_path(cell.cell_id)),
             trace_name=str(self.rundir.trace_path(cell.cell_id).relative_to(self.rundir.root)),
+            cuda_visible_devices=slot.cuda_visible_devices,
+            cpus=list(slot.cpus) if slot.cpus is not None else None,
         )
         ended = self.workers.run(
             task,
             f"tfbench-{cell.cell_id}-{process}",
             self.settings.cell_timeout_s,
-            lambda: self.state.stop_signal is not None,
+            self._stopping,
             lambda name, i, total: self.reporter.cell_phase(cell, name, i, total),
         )
-        self._release_log()
+        self._release_log(cur)
         redact_file(log_path)  # the worker wrote its log through inherited fds, unfiltered
         # Relative to the run's directory, also in a shard: the merged run then holds the same record.
         log_name = str(log_path.relative_to(self.rundir.root))
         outcome = judge(
             ended, result_path, log_path, log_name, self.settings.cell_timeout_s, self.state.stop_signal
         )
-        fields = {**outcome.fields, "compile_cache": "reused" if reused else "fresh"}
+        if outcome.status == "interrupted" and self.state.stop_signal is None:
+            outcome.reason = "stopped: the results volume failed while another cell was running"
+        fields = {**outcome.fields, "compile_cache": "reused" if reused else "fresh", **slot.fields()}
         if outcome.status != "ok" or outcome.result is None:
             # A failed process's partial numbers never join the cell's; what the others measured stays.
             extra = {

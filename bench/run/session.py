@@ -34,6 +34,7 @@ from bench.results.records import (
 from bench.results.store import RunDir, atomic_write_json, read_meta
 from bench.run.machine import Accelerators, capabilities, detect_accelerators, environment, measured_commit
 from bench.run.merge import try_merge
+from bench.run.pool import build_pool, gpus_needed, read_topology
 from bench.run.resume import Selected, identity, select_run
 from bench.run.runner import Runner, new_run_id, now_iso
 from bench.run.side import open_side, side_capabilities, side_commit, side_environment
@@ -72,6 +73,8 @@ class Job:
     sink: Any = None  # where the run is copied between cells (sync_to), or None
     lease_s: float = 0.0  # how long a lease on the run in the sink lasts unless renewed
     lease: Any = None  # this machine's lease on the run in the sink
+    pool: Any = None  # which GPUs and cores each running cell gets (set when the job runs)
+    gpus: Any = None  # the GPUs visible here (bench.run.machine.GpuInfo), for the GPU pool
 
 
 def origin(lc: LoadedConfig, key: str) -> str:
@@ -189,6 +192,7 @@ def _prepare(
                 env=job_env,
                 sink=sink,
                 lease_s=lease_s,
+                gpus=accel.gpus,
             )
         )
     for job in jobs:
@@ -371,15 +375,18 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
             from bench.run.sync import RunSync
 
             sync = RunSync(job.sink, rundir.path, job.output, log, job.lease)
+        meta = run_meta(job, env, commit)
+        meta.concurrency = concurrency(job, log)
         runner = Runner(
             rundir,
             plan,
             job.settings,
-            run_meta(job, env, commit),
+            meta,
             reporter,
             previous=sel.records,
             workers=job.workers,
             sync=sync,
+            pool=job.pool,
         )
         code = runner.execute()
         if not runner.synced and code in (EXIT_OK, EXIT_CELL_FAILED):
@@ -409,6 +416,21 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
     elif cfg.push_to_hub:
         pushed = push_once(rundir.path, cfg.push_to_hub, cfg.push_private, log)
     return code if pushed else EXIT_PUSH_FAILED
+
+
+def concurrency(job: Job, log: Any) -> dict[str, Any]:
+    """The job's GPU pool (kept on the job), said in the log; what run.json records of it. A shard
+    is a plan like any other: a pod with G GPUs runs its shard G-wide."""
+    device = job.plan.capabilities.device
+    needs = [gpus_needed(c) for c in job.plan.runnable]
+    job.pool, meta, warnings = build_pool(
+        job.settings.concurrent_cells, device, job.gpus or [], needs, read_topology()
+    )
+    for text in warnings:
+        log.emit("concurrency", level="warning", message=text)
+    if meta["used"] > 1:
+        log.emit("concurrency", used=meta["used"], message=f"{meta['used']} cells at once ({meta['why']})")
+    return meta
 
 
 def sync_failed(job: Job, sync: Any, log: Any) -> None:

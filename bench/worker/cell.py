@@ -37,6 +37,10 @@ from bench.worker.generate import (
     measure_generate,
 )
 
+# Set when the parent's GPUs are a test double (bench.run.machine.TEST_NVML_ENV): cuda cells then
+# run on the CPU, while the pool still hands each worker its own (simulated) GPUs and cores.
+SIMULATED_GPUS_ENV = "TFBENCH_TEST_NVML"
+
 # Modules transformers imports lazily inside from_pretrained and generate (about 1-2 s). The fork
 # server imports this module once, so every worker starts with them loaded. Import only: the
 # server must never compute (libgomp state) nor touch CUDA.
@@ -89,6 +93,9 @@ def worker_environment(device: str) -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "torch_threads": torch.get_num_threads(),
+        # Where the runner placed this worker (bench.run.pool), as the worker sees it.
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
     }
     if device == "cuda":
         env["cuda_device_name"] = torch.cuda.get_device_name()
@@ -358,6 +365,12 @@ def run_cell(task: Task, conn: Any, entered: float, how: Any = None) -> None:
     cache = task.cache_dir or task.scratch_dir
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache, "inductor")
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+    if task.cpus:
+        # As many compute threads as the worker has cores: more would contend with each other.
+        torch.set_num_threads(len(task.cpus))
+    if os.environ.get(SIMULATED_GPUS_ENV) and task.cell["device"] == "cuda":
+        # The test suite's simulated GPUs cannot compute: the cell runs on the CPU, on its own cores.
+        task.cell = {**task.cell, "device": "cpu"}
 
     def phase(name: str, i: int, total: int) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):

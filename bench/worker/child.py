@@ -50,6 +50,15 @@ def limit_memory(limit_gb: float | None) -> int | None:
     return limit
 
 
+def place(cuda_visible_devices: str | None, cpus: list[int] | None) -> None:
+    """Put this worker on its GPUs and cores. Runs before anything initializes CUDA (the fork
+    server never does), so CUDA sees only these GPUs, numbered from 0."""
+    if cuda_visible_devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def _fail_early(result_path: str, exc: BaseException, what: str) -> None:
     """Write a failed result for an error before the worker proper started, and leave."""
     from bench.results.store import atomic_write_json
@@ -98,6 +107,10 @@ def main(given: dict[str, Any] | Any, conn: Any, guard: Any) -> None:
         task = Task.model_validate(raw)
     except ValueError as exc:
         _fail_early(raw["result_path"], exc, "the task is not valid")
+    try:
+        place(task.cuda_visible_devices, task.cpus)
+    except (OSError, ValueError) as exc:
+        _fail_early(task.result_path, exc, f"cannot place the worker on cores {task.cpus}")
     try:
         # Before anything of the cell runs, and after the runner watch's thread has its stack.
         task.memory_limit_bytes = limit_memory(task.cell_memory_limit_gb)

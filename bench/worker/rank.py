@@ -148,8 +148,34 @@ def rank_main(raw_task: dict[str, Any], t_launch: float) -> dict[str, Any]:
         raise
 
 
+def rank_cores(cores: list[int], local_rank: int, world: int) -> list[int]:
+    """This rank's share of the worker's cores: equal, disjoint, in order (the worker's own are
+    NUMA-local to its GPUs where the pool placed it). Fewer cores than ranks: every rank shares them."""
+    share = len(cores) // world
+    if share == 0:
+        return list(cores)
+    return cores[local_rank * share : (local_rank + 1) * share]
+
+
+def place_rank(local_rank: int, world: int) -> list[int] | None:
+    """Pin this rank to its share of the worker's cores, with as many torch threads. Forked ranks
+    inherit the worker's affinity and thread count: unsplit, tp ranks would each run as many threads
+    as the whole worker has cores and contend for them (torchrun sets OMP_NUM_THREADS=1 for the same
+    reason; here each rank gets its cores' worth instead)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    mine = rank_cores(cores, local_rank, world)
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, mine)
+    torch.set_num_threads(max(1, len(mine)))
+    return mine
+
+
 def _run_rank(task: Task, rank: int, t_launch: float) -> dict[str, Any]:
     local_rank, world = int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    cores = place_rank(local_rank, world)
     cell = task.cell
     device = cell["device"]
     backend = backend_for(device)
@@ -190,6 +216,8 @@ def _run_rank(task: Task, rank: int, t_launch: float) -> dict[str, Any]:
         "local_rank": local_rank,
         "pid": os.getpid(),
         "host": socket.gethostname(),
+        "cpus": cores,
+        "torch_threads": torch.get_num_threads(),
         "ready_s": ready,
         "load_time_s": load_time,
         "memory": out["memory"],

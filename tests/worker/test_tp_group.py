@@ -5,6 +5,7 @@ until the cell's timeout (and no rank outlives it), next to the same cells witho
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -104,6 +105,10 @@ def test_tp2_cell_is_ok_with_its_group_recorded(tp_run):
     ranks = tp["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]
     assert len({r["pid"] for r in ranks}) == 2 and all(r["host"] for r in ranks)
+    # Each rank on its own share of the worker's cores, with as many threads (one each here).
+    assert all(r["torch_threads"] == len(r["cpus"]) for r in ranks)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not set(ranks[0]["cpus"]) & set(ranks[1]["cpus"])
     assert all(r["memory"]["peak_bytes"] > 0 for r in ranks)
     assert two["memory"]["per_rank_peak_bytes"] == [r["memory"]["peak_bytes"] for r in ranks]
     assert two["processes"][0]["group_startup_s"] == tp["group_startup_s"]
@@ -182,3 +187,11 @@ def test_a_local_model_without_a_tp_plan_or_with_odd_heads_is_skipped_by_its_wor
     assert "has no tp plan in transformers" in (model_problem(cell("gpt2", 2), False) or "")
     assert model_problem(cell("llama", 2), False) == "num_key_value_heads = 3 is not divisible by tp_size 2"
     assert model_problem(cell("llama", 4), False) == "num_attention_heads = 6 is not divisible by tp_size 4"
+
+
+def test_ranks_split_the_workers_cores_evenly() -> None:
+    from bench.worker.rank import rank_cores
+
+    cores = [4, 5, 6, 7, 8]
+    assert [rank_cores(cores, r, 2) for r in (0, 1)] == [[4, 5], [6, 7]]  # the odd one out stays idle
+    assert rank_cores([3], 1, 2) == [3]  # fewer cores than ranks: they share
