@@ -155,8 +155,8 @@ def test_strict_mode_is_what_catches_an_unknown_key():
         _validate(job, K8S_VERSIONS[0])
 
 
-def test_shard_count_matches_completions_and_parallelism():
-    job = _sharded_job()
+@pytest.mark.parametrize("job", _sharded_jobs(), ids=lambda job: job["metadata"]["name"])
+def test_shard_count_matches_completions_and_parallelism(job):
     spec = job["spec"]
     (container,) = spec["template"]["spec"]["containers"]
     shard_count = _env(container)["TFBENCH_SHARD_COUNT"]["value"]
@@ -314,7 +314,8 @@ def test_readme_names_only_files_that_exist():
 
 def test_the_s3_variant_needs_no_shared_volume():
     """job-s3.yaml: the same sharded Job, each pod on its own emptyDir, the run in a bucket."""
-    assert {j["metadata"]["name"] for j in _sharded_jobs()} == {"tfbench-run-1", "tfbench-run-s3"}
+    names = {j["metadata"]["name"] for j in _sharded_jobs()}
+    assert names == {"tfbench-run-1", "tfbench-run-s3", "tfbench-node-run-1"}
     shared, s3 = _sharded_job(), _one("Job", "tfbench-run-s3")
     for key in (
         "completions",
@@ -340,3 +341,26 @@ def test_the_s3_variant_needs_no_shared_volume():
     account = _one("ServiceAccount", spec["serviceAccountName"])
     assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
     assert not any(var["name"].startswith("AWS_") for var in container["env"])
+
+
+def test_the_node_variant_asks_for_every_gpu_of_a_node():
+    """job-node.yaml: the same sharded Job, one pod per node with all its GPUs, Guaranteed QoS
+    (whole CPUs, requests = limits) so that the static CPU manager gives it exclusive cores to
+    split between its concurrent cells."""
+    shared, node = _sharded_job(), _one("Job", "tfbench-node-run-1")
+    for key in ("backoffLimitPerIndex", "podReplacementPolicy", "podFailurePolicy"):
+        assert node["spec"][key] == shared["spec"][key], key
+    spec = node["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    gpus = limits["nvidia.com/gpu"]
+    assert gpus > 1 and requests["nvidia.com/gpu"] == gpus
+    assert requests["cpu"] == limits["cpu"] and str(limits["cpu"]).isdigit()  # whole CPUs
+    assert requests["memory"] == limits["memory"]
+    assert int(limits["cpu"]) >= gpus  # at least a core per concurrent cell
+    env = _env(container)
+    assert env["TFBENCH_CONCURRENT_CELLS"]["value"] == "auto"
+    assert env["TFBENCH_RUN_ID"] == _env(shared["spec"]["template"]["spec"]["containers"][0])["TFBENCH_RUN_ID"]
+    assert spec["volumes"] == shared["spec"]["template"]["spec"]["volumes"][:-1] + [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}
+    ]
