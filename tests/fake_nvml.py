@@ -10,7 +10,7 @@ it answered to a file at nvmlShutdown, which `FakeSetup.sampler_calls()` reads.
 
 Simulated GPUs for the runner's GPU pool: TFBENCH_TEST_NVML=tests.fake_nvml:gpus<N> makes the
 parent's detect_accelerators see N GPUs (fake UUIDs, one model) and its workers run their cuda
-cells on the CPU (bench.run.machine.TEST_NVML_ENV); `simulated(n)` is the same fake in process.
+cells on the CPU (bench.config.schema.TEST_NVML_ENV); `simulated(n)` is the same fake in process.
 """
 
 from __future__ import annotations

@@ -360,7 +360,9 @@ def test_the_node_variant_asks_for_every_gpu_of_a_node():
     assert int(limits["cpu"]) >= gpus  # at least a core per concurrent cell
     env = _env(container)
     assert env["TFBENCH_CONCURRENT_CELLS"]["value"] == "auto"
-    assert env["TFBENCH_RUN_ID"] == _env(shared["spec"]["template"]["spec"]["containers"][0])["TFBENCH_RUN_ID"]
+    assert (
+        env["TFBENCH_RUN_ID"] == _env(shared["spec"]["template"]["spec"]["containers"][0])["TFBENCH_RUN_ID"]
+    )
     assert spec["volumes"] == shared["spec"]["template"]["spec"]["volumes"][:-1] + [
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}}
     ]

@@ -12,8 +12,8 @@ import pytest
 
 from tests.kill_loop import kill_trials
 
-# Trials per signal here (12 in all); `make bench` runs many more (benchmarks/kill_loop.py).
-TRIALS = 6
+# Trials per signal here (8 in all); `make bench` runs many more (benchmarks/kill_loop.py).
+TRIALS = 4
 
 
 def _seed() -> int | None:

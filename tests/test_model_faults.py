@@ -220,4 +220,5 @@ def test_trust_remote_code_is_only_ever_the_config_value():
                     "trust_remote_code",
                     "cfg.trust_remote_code",
                     "self.settings.trust_remote_code",
+                    "task.trust_remote_code",  # the worker's Task carries the config's value
                 ), f"{path.name}:{node.value.lineno}: trust_remote_code={value}"

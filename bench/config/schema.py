@@ -63,9 +63,10 @@ NON_FIELD_ENV = {
     "TFBENCH_CALIBRATION",
     "TFBENCH_SYNC_LEASE_S",
 }
-# Switches of the harness's own tests and benchmarks, not settings: the simulated GPUs
-# (bench.run.machine.TEST_NVML_ENV).
-TEST_ENV = {"TFBENCH_TEST_NVML"}
+# Switches of the harness's own tests and benchmarks, not settings: the simulated GPUs (names a
+# fake NVML the parent lists GPUs with, bench.run.machine; its workers then compute on the CPU).
+TEST_NVML_ENV = "TFBENCH_TEST_NVML"
+TEST_ENV = {TEST_NVML_ENV}
 # TFBENCH_CONFIG=demo: the embedded CPU demo (what runs without any config).
 DEMO_CONFIG = "demo"
 MOUNT_HINT = (

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.config.schema import TEST_NVML_ENV
 from bench.errors import UserError
 from bench.plan.matrix import QUANTIZATION_PACKAGES, Capabilities
 
@@ -46,11 +47,6 @@ class GpuInfo:
     uuid: str
     pci_bus_id: str | None = None
     numa_node: int | None = None  # the host's NUMA node nearest the GPU; None when the machine says nothing
-
-
-# A test double's NVML for this process, as "pkg.mod:attr" (a module-like object or a factory): how
-# the test suite and the harness's benchmarks simulate GPUs on a machine without one. Never for users.
-TEST_NVML_ENV = "TFBENCH_TEST_NVML"
 
 
 @dataclass(frozen=True)
@@ -81,6 +77,9 @@ def _visible_indices(count: int, environ: Mapping[str, str]) -> list[int] | None
 
 
 def _load_nvml(environ: Mapping[str, str], nvml: Any) -> Any:
+    """pynvml, or a test double: `nvml` itself, or the one TFBENCH_TEST_NVML names ("pkg.mod:attr",
+    a module-like object or a factory), how the test suite and the harness's benchmarks simulate
+    GPUs on a machine without one. Never for users."""
     if nvml is not None:
         return nvml
     spec = environ.get(TEST_NVML_ENV)

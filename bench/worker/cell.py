@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bench.config.presets import is_synthetic
+from bench.config.schema import TEST_NVML_ENV
 from bench.results.outputs import OUTPUT_TOKENS_KEPT, degenerate, output_digest
 from bench.results.records import Task
 from bench.results.store import atomic_write_json
@@ -36,10 +37,6 @@ from bench.worker.generate import (
     measure_continuous_batching,
     measure_generate,
 )
-
-# Set when the parent's GPUs are a test double (bench.run.machine.TEST_NVML_ENV): cuda cells then
-# run on the CPU, while the pool still hands each worker its own (simulated) GPUs and cores.
-SIMULATED_GPUS_ENV = "TFBENCH_TEST_NVML"
 
 # Modules transformers imports lazily inside from_pretrained and generate (about 1-2 s). The fork
 # server imports this module once, so every worker starts with them loaded. Import only: the
@@ -368,7 +365,9 @@ def run_cell(task: Task, conn: Any, entered: float, how: Any = None) -> None:
     if task.cpus:
         # As many compute threads as the worker has cores: more would contend with each other.
         torch.set_num_threads(len(task.cpus))
-    if os.environ.get(SIMULATED_GPUS_ENV) and task.cell["device"] == "cuda":
+    # Set when the parent's GPUs are a test double: cuda cells then run on the CPU, while the pool
+    # still hands each worker its own (simulated) GPUs and cores.
+    if os.environ.get(TEST_NVML_ENV) and task.cell["device"] == "cuda":
         # The test suite's simulated GPUs cannot compute: the cell runs on the CPU, on its own cores.
         task.cell = {**task.cell, "device": "cpu"}
 
