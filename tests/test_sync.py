@@ -98,7 +98,7 @@ def _cells(objects: dict[str, bytes], run_id: str) -> dict[str, dict[str, Any]]:
 
 
 def test_a_run_is_copied_to_the_sink_without_credentials(s3: S3Server, tmp_path: Path) -> None:
-    config = _config(tmp_path, attn_implementation=["eager", "sdpa"])
+    config = _config(tmp_path, attn_implementation=["eager", "sdpa"], profile=4)
     proc = _run(config, tmp_path / "out", _env(s3, TFBENCH_RUN_ID="synced"))
     assert proc.returncode == 0, proc.stderr
     objects = _objects(s3)
@@ -107,6 +107,7 @@ def test_a_run_is_copied_to_the_sink_without_credentials(s3: S3Server, tmp_path:
         for p in (tmp_path / "out").rglob("*")
         if p.is_file() and not p.name.startswith(".")
     }
+    assert len([n for n in local if n.startswith("synced/traces/")]) == 2  # the profiler traces go too
     assert {n for n in objects if "/lease/" not in n} == set(local)
     for name, data in local.items():
         assert objects[name] == data, name
@@ -182,7 +183,7 @@ def test_a_sink_down_to_the_end_exits_3_and_the_next_invocation_catches_up(
 
 
 def test_shards_merge_from_the_sink_without_a_shared_directory(s3: S3Server, tmp_path: Path) -> None:
-    config = _config(tmp_path, batch_size=[1, 2, 3])
+    config = _config(tmp_path, batch_size=[1, 2, 3], profile=4)
     env = _env(s3, TFBENCH_RUN_ID="sharded", TFBENCH_SHARD_COUNT="2")
     for index in (0, 1):  # two machines, each with its own empty disk
         proc = _run(config, tmp_path / f"pod{index}", {**env, "JOB_COMPLETION_INDEX": str(index)})
@@ -193,6 +194,13 @@ def test_shards_merge_from_the_sink_without_a_shared_directory(s3: S3Server, tmp
     assert merged["status"] == "finished" and merged["counts"]["ok"] == 3
     assert len(_cells(objects, "sharded")) == 3
     assert {n.split("/")[2] for n in objects if n.startswith("sharded/shards/")} == {"0-of-2", "1-of-2"}
+    # each merged record names its trace where the sink holds it (the shard's), as gzip
+    last = tmp_path / "pod1" / "sharded"
+    for record in _cells(objects, "sharded").values():
+        trace = record["profile"]["trace"]
+        assert trace.startswith("shards/") and objects[f"sharded/{trace}"][:2] == b"\x1f\x8b"
+        # the last shard downloaded the other's trace, byte for byte
+        assert (last / trace).read_bytes() == objects[f"sharded/{trace}"]
     # tfbench merge with the sink's URL does the same from anywhere
     merge = subprocess.run(
         [sys.executable, str(ROOT / "entrypoint.py"), "merge", s3.url("runs") + "/sharded"],

@@ -80,18 +80,23 @@ def _writes(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-@_writes
 def atomic_write_text(path: str | os.PathLike[str], text: str, durable: bool = True) -> None:
+    """atomic_write_bytes of the text in UTF-8, with any token in it redacted."""
+    atomic_write_bytes(path, redact(text).encode("utf-8"), durable)  # no token reaches a result file
+
+
+@_writes
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
     """Write to a temporary file beside `path`, fsync, rename over it, fsync the directory.
 
     durable=False leaves out both fsyncs (the rename still makes the file whole or absent): for
     files derived from others, whose writer syncs once at the end (see merge).
     """
-    path, text = Path(path), redact(text)  # no token reaches a result file
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

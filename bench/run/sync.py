@@ -2,8 +2,9 @@
 it on a new machine, and worked on by one machine at a time.
 
 - **What goes up, and when.** A cell's record once it is final (ok, skipped, or failed for good),
-  its log if small, run.json and the summary. Uploads happen between cells, never while a worker
-  measures. The local files stay the source of truth; an upload never fails a cell.
+  its log if small, its profiler trace if it has one, run.json and the summary. Uploads happen
+  between cells, never while a worker measures. The local files stay the source of truth; an
+  upload never fails a cell.
 - **A sink that is down.** After a failed upload, the next gaps between cells try one upload each,
   so that a dead sink costs at most one upload's timeout per cell; everything waits in `pending`
   and goes up when the sink answers again. At the end the rest is tried with full retries; what
@@ -35,7 +36,7 @@ from typing import Any
 
 from bench.errors import UserError
 from bench.results.records import CellRecord, RunMeta
-from bench.results.store import RunDir, atomic_write_text
+from bench.results.store import RunDir, atomic_write_bytes, atomic_write_text
 from bench.run.sink import Sink, SinkError, acquire_lease, release_lease, renew_lease
 
 DEFAULT_LEASE_S = 120.0
@@ -91,7 +92,10 @@ def _download(
             continue
         target = output / path
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(target, data.decode("utf-8"), durable=False)
+        if path.endswith(".gz"):  # a profiler trace: compressed, and no token is written into one
+            atomic_write_bytes(target, data, durable=False)
+        else:
+            atomic_write_text(target, data.decode("utf-8"), durable=False)
         count += 1
     return count
 
@@ -291,6 +295,10 @@ class RunSync:
         with contextlib.suppress(OSError):
             if log.stat().st_size <= SMALL_LOG_BYTES:
                 self.pending[rel(log, self.output)] = False
+        # A profiled cell's trace goes with its record, whatever its size: it is what was asked for.
+        if record.profile is not None and record.profile.trace:
+            trace = self.run_path / "traces" / f"{record.cell_id}.json.gz"
+            self.pending[rel(trace, self.output)] = False
 
     def cell(self, record: CellRecord, final: bool) -> None:
         """After a cell's attempt: its record goes up once it is final, with run.json. An attempt
