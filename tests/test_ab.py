@@ -15,17 +15,22 @@ from tests.transformers_copies import transformers_copy
 
 # Two processes per cell, so each side has a between-process spread; one cell keeps it short.
 AB = {"processes": 2, "measurement_iterations": 4, "run_name": "ab"}
+PROCESSES = 6  # a side, in the planted-slowdown pair
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """BASE: the installed transformers; NEW: the same with every Llama forward 20 ms slower."""
+    """BASE: the installed transformers; NEW: the same with every Llama forward 80 ms slower."""
     root = tmp_path_factory.mktemp("ab")
     base = transformers_copy(root / "base", wheel_version=transformers.__version__)
-    new = transformers_copy(root / "new", delay_s=0.02)
-    # 4 processes a side: with 2, Welch's test has about 1 degree of freedom, and on a noisy machine
-    # even a 6x slower side can stay inconclusive at alpha/3.
-    config = write_config(root, **{**AB, "processes": 4})
+    # 80 ms a forward makes NEW about 10x slower on a quiet machine. With 20 ms (e2e 2.8x under the
+    # load of a parallel pip install) the verdict was once inconclusive: on a loaded 2-core machine a
+    # side's process medians spread by a factor of 1.5 or more.
+    new = transformers_copy(root / "new", delay_s=0.08)
+    # 6 processes a side, 2 timed runs each: with 2 processes Welch's test has about 1 degree of
+    # freedom, and with 4 one process of BASE that ran while the load paused (68 ms against 300) left
+    # a 2.8x slower NEW inconclusive at alpha/3: rightly so, with 3 degrees of freedom.
+    config = write_config(root, **{**AB, "processes": PROCESSES, "measurement_iterations": 2 * PROCESSES})
     output = root / "results"
     done = run_entrypoint(config, output, "ab", str(base), str(new), "--format", "markdown", timeout=600)
     runs = {
@@ -69,16 +74,8 @@ def test_sides_alternate_abba(planted):
             for p in json.loads(path.read_text())["processes"]:
                 starts.append((p["started_at"], side, p["index"]))
     order = [(side, index) for _, side, index in sorted(starts)]
-    assert order == [
-        ("base", 0),
-        ("new", 0),
-        ("new", 1),
-        ("base", 1),
-        ("base", 2),
-        ("new", 2),
-        ("new", 3),
-        ("base", 3),
-    ]
+    pairs = [("base", "new") if k % 2 == 0 else ("new", "base") for k in range(PROCESSES)]
+    assert order == [(side, k) for k, pair in enumerate(pairs) for side in pair]
 
 
 def test_workers_imported_each_side_from_its_source(planted):
