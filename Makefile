@@ -30,8 +30,12 @@ run: install
 plan: install
 	$(VENV)/bin/tfbench plan
 
+# Two pytest workers: most of the suite's time goes to tfbench processes started one at a time,
+# which leave the second core idle. A module stays on one worker (--dist loadfile), so that a run
+# shared by a module's tests is made once.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The end-to-end path against other transformers releases (tests/compat/): 5.23.0 as an unpacked
 # wheel, 5.17.0 in a venv of its own; built once into COMPAT_DIR and kept between runs.

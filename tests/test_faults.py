@@ -22,7 +22,19 @@ from tests.conftest import (
 # One cell per fault, with healthy cells between them; "hang" sits in the middle so that the
 # cells after a timeout are seen to run.
 FAULTS = [None, "raise", "oom", "segv", "hang", "kill", "exit", None]
-TIMEOUT_S = 8
+TIMEOUT_S = 12  # a healthy cell takes 2-3 s alone, more beside the other test worker
+
+
+def _ancestors(pid: int) -> set[int]:
+    """The pids above a live process, up to init."""
+    found = set()
+    while pid > 1:
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        found.add(pid)
+    return found
 
 
 def _process_group_members(pgid: int) -> list[int]:
@@ -169,8 +181,9 @@ def test_worker_dies_with_a_killed_runner(tmp_path):
                     cmd = (entry / "cmdline").read_bytes()
                 except OSError:
                     continue
-                # The hanging worker's helper: `sleep 3600` in the worker's process group.
-                if cmd == b"sleep\x003600\x00":
+                # The hanging worker's helper: `sleep 3600` in the worker's process group, below
+                # this runner (another test may hang a worker of its own meanwhile).
+                if cmd == b"sleep\x003600\x00" and proc.pid in _ancestors(int(entry.name)):
                     stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                     worker = int(stat[2])  # its process group id is the worker's pid
         time.sleep(0.2)
