@@ -106,3 +106,22 @@ def test_sigterm_stops_every_running_cell_as_interrupted_and_resume_reruns_them(
     assert {r["status"] for r in records.values()} == {"ok"}
     for c in hung:  # rerun, and the interrupted attempt is not charged
         assert [a["status"] for a in records[c]["attempts"]] == ["interrupted"]
+
+
+def test_a_shard_runs_its_cells_side_by_side_on_every_gpu_it_sees(tmp_path):
+    """A Kubernetes pod of job-node.yaml: one shard of the run, every GPU of its node."""
+    cfg = write_config(tmp_path, **SLEEP, batch_size=[1, 2, 3, 4, 5, 6], concurrent_cells=WIDE)
+    out = tmp_path / "out"
+    proc = run_entrypoint(cfg, out, env={**SIM, "TFBENCH_RUN_ID": "node", "TFBENCH_SHARD": "0/2"})
+    assert proc.returncode == 0, proc.stderr
+    shard = out / "node" / "shards" / "0-of-2"
+    meta = json.loads((shard / "run.json").read_text())
+    assert meta["concurrency"]["used"] == WIDE and len(meta["concurrency"]["gpus"]) == 4
+    spans = [
+        (when(p["started_at"]), when(p["finished_at"]), p["gpus"][0])
+        for rec in cells_by_id(shard).values()
+        for p in rec["processes"]
+    ]
+    assert len(spans) == 3  # its half of the 6 cells
+    together = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if a[0] < b[1] and b[0] < a[1]]
+    assert together and all(a[2] != b[2] for a, b in together), spans
