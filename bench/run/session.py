@@ -347,7 +347,7 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
         if job.sink is not None:  # a finished run whose sync did not finish: catch up now
             from bench.run.sync import RunSync
 
-            sync = RunSync(job.sink, rundir.path, job.output, log)
+            sync = RunSync(job.sink, rundir, log)
             sync.begin(records)
             if not sync.end():
                 sync_failed(job, sync, log)
@@ -374,7 +374,7 @@ def run_job(job: Job, env: dict[str, Any], commit: Any, out: Any, err: Any, log:
         if job.sink is not None:
             from bench.run.sync import RunSync
 
-            sync = RunSync(job.sink, rundir.path, job.output, log, job.lease)
+            sync = RunSync(job.sink, rundir, log, job.lease)
         meta = run_meta(job, env, commit)
         meta.concurrency = concurrency(job, log)
         runner = Runner(

@@ -262,9 +262,10 @@ class Lease:
 class RunSync:
     """Copies one run directory's final files to the sink, between cells."""
 
-    def __init__(self, sink: Sink, run_path: Path, output: Path, log: Any, lease: Lease | None = None):
-        self.sink, self.run_path, self.output, self.log, self.lease = sink, run_path, output, log, lease
-        self.prefix = rel(run_path, output)
+    def __init__(self, sink: Sink, rundir: RunDir, log: Any, lease: Lease | None = None):
+        self.sink, self.rundir, self.log, self.lease = sink, rundir, log, lease
+        self.output = rundir.output
+        self.prefix = rel(rundir.path, self.output)
         self.pending: dict[str, bool] = {}  # path in the sink -> whether it is a create-once record
         self.uploaded: set[str] = set()
         self.down = False
@@ -291,14 +292,13 @@ class RunSync:
         name = f"{self.prefix}/cells/{record.cell_id}.json"
         if name not in self.uploaded:
             self.pending[name] = True
-        log = self.run_path / "logs" / f"{record.cell_id}.log"
+        log = self.rundir.log_path(record.cell_id)
         with contextlib.suppress(OSError):
             if log.stat().st_size <= SMALL_LOG_BYTES:
                 self.pending[rel(log, self.output)] = False
         # A profiled cell's trace goes with its record, whatever its size: it is what was asked for.
         if record.profile is not None and record.profile.trace:
-            trace = self.run_path / "traces" / f"{record.cell_id}.json.gz"
-            self.pending[rel(trace, self.output)] = False
+            self.pending[rel(self.rundir.trace_path(record.cell_id), self.output)] = False
 
     def cell(self, record: CellRecord, final: bool) -> None:
         """After a cell's attempt: its record goes up once it is final, with run.json. An attempt
@@ -314,9 +314,9 @@ class RunSync:
     def end(self) -> bool:
         """The invocation's end: everything final goes up, with full retries. False if the sink
         could not take it (the next invocation catches up)."""
-        for name in ("run.json", "summary.jsonl"):
-            if (self.run_path / name).is_file():
-                self.pending[f"{self.prefix}/{name}"] = False
+        for path in (self.rundir.run_json, self.rundir.summary):
+            if path.is_file():
+                self.pending[rel(path, self.output)] = False
         self.flush(quick=False)
         return not self.pending
 
@@ -328,7 +328,7 @@ class RunSync:
         for name, once in list(self.pending.items()):
             path = self.output / name
             if f"/{ATTEMPTS}/" in name:  # the cell's record as it stands, sent as its attempts
-                path = self.run_path / "cells" / name.rsplit("/", 1)[1]
+                path = self.rundir.cells / name.rsplit("/", 1)[1]
             try:
                 data = path.read_bytes()
             except OSError:
