@@ -69,6 +69,29 @@ def run_entrypoint(
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def process_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else (int(fields[1]), fields[19])
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every live process below `root`, with its start time (to tell a reused pid apart)."""
+    parents: dict[int, list[tuple[int, str]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := process_stat(int(entry.name))) is not None:
+            parents.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    found, todo = {}, [root]
+    while todo:
+        for pid, start in parents.get(todo.pop(), []):
+            found[pid] = start
+            todo.append(pid)
+    return found
+
+
 def wait_for(predicate: Any, timeout: float = 120.0) -> None:
     """Poll until predicate() is true (a run reaching some state in another process)."""
     end = time.monotonic() + timeout

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import (
     cells_by_id,
+    descendants,
     only_run_dir,
     plan_cells,
     run_entrypoint,
@@ -23,18 +24,6 @@ from tests.conftest import (
 # cells after a timeout are seen to run.
 FAULTS = [None, "raise", "oom", "segv", "hang", "kill", "exit", None]
 TIMEOUT_S = 12  # a healthy cell takes 2-3 s alone, more beside the other test worker
-
-
-def _ancestors(pid: int) -> set[int]:
-    """The pids above a live process, up to init."""
-    found = set()
-    while pid > 1:
-        try:
-            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-        found.add(pid)
-    return found
 
 
 def _process_group_members(pgid: int) -> list[int]:
@@ -175,17 +164,17 @@ def test_worker_dies_with_a_killed_runner(tmp_path):
     deadline = time.monotonic() + 120
     worker = None
     while time.monotonic() < deadline and worker is None:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                # The hanging worker's helper: `sleep 3600` in the worker's process group, below
-                # this runner (another test may hang a worker of its own meanwhile).
-                if cmd == b"sleep\x003600\x00" and proc.pid in _ancestors(int(entry.name)):
+        # Below this runner only: another test may hang a worker of its own meanwhile.
+        for pid in descendants(proc.pid):
+            entry = Path("/proc") / str(pid)
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+                # The hanging worker's helper: `sleep 3600` in the worker's process group.
+                if cmd == b"sleep\x003600\x00":
                     stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                     worker = int(stat[2])  # its process group id is the worker's pid
+            except OSError:
+                continue
         time.sleep(0.2)
     assert worker is not None, "the hanging worker never started"
     os.kill(proc.pid, signal.SIGKILL)

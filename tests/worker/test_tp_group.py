@@ -13,34 +13,19 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cells_by_id, only_run_dir, plan_cells, start_entrypoint, write_config
+from tests.conftest import (
+    cells_by_id,
+    descendants,
+    only_run_dir,
+    plan_cells,
+    process_stat,
+    start_entrypoint,
+    write_config,
+)
 
 TIMEOUT_S = 20  # a tp2 cell of the tiny model takes about 4 s, more beside the other test worker
 # (batch size, fault on rank 1): b1 measures, b2 raises on rank 1, b3 hangs on rank 1.
 FAULTS = {1: None, 2: "raise", 3: "hang"}
-
-
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process, None when it is gone or a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else (int(fields[1]), fields[19])
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """Every live process below `root`, with its start time (to tell a reused pid apart)."""
-    parents: dict[int, list[tuple[int, str]]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            parents.setdefault(stat[0], []).append((int(entry.name), stat[1]))
-    found, todo = {}, [root]
-    while todo:
-        for pid, start in parents.get(todo.pop(), []):
-            found[pid] = start
-            todo.append(pid)
-    return found
 
 
 def _cmdline(pid: int) -> str:
@@ -72,7 +57,7 @@ def tp_run(tmp_path_factory) -> dict[str, Any]:
     def watch() -> None:
         # Every process the run starts, as it starts them: ranks, their helpers, the sleeping one.
         while proc.poll() is None:
-            for pid, start in _descendants(proc.pid).items():
+            for pid, start in descendants(proc.pid).items():
                 if pid not in seen:
                     seen[pid] = start
                 if "sleep 3600" in _cmdline(pid):
@@ -138,7 +123,9 @@ def test_a_hanging_rank_times_out_and_no_rank_outlives_the_cell(tp_run):
     # server the workers came from may take a moment to see its parent's exit: a few seconds' grace.
     def alive() -> set[int]:
         return {
-            pid for pid, start in tp_run["seen"].items() if (s := _stat(pid)) is not None and s[1] == start
+            pid
+            for pid, start in tp_run["seen"].items()
+            if (s := process_stat(pid)) is not None and s[1] == start
         }
 
     deadline = time.monotonic() + 10
